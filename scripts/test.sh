@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv and run lint, the stale-proto check and the tests.
+# The README's second quick-start command, and what CI runs (.ci/run calls this file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/_venv.sh
+ensure_venv dev
+# A real broker for the MQTT tests: Mosquitto from Debian when we may install it; the fixtures
+# fall back to the pure-Python amqtt broker when it is absent.
+if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
+    || echo "could not install mosquitto; tests use the embedded amqtt broker"
+fi
+echo "== ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+echo "== generated protos"
+"$VENV/bin/python" protos/generate.py --check
+echo "== pytest"
+"$VENV/bin/python" -m pytest "$@"
