@@ -1,0 +1,1 @@
+"""`edgeloop demo`: the whole loop on one machine, ending in an HTML report."""

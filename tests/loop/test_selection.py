@@ -1,0 +1,71 @@
+"""Goals, Pareto fronts, selection and planning on hand-made measurements (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.loop.goals import GoalError, parse_goals
+from controller.loop.planner import CandidateRequest, Ladders, plan_next_round
+from controller.loop.selection import Measurement, choose, pareto_front
+
+
+def m(version: str, acc: float, fps: float, cls: str = "cpu-1t", precision: str = "fp32", p90: float = 5.0):
+    return Measurement(cls, version, "onnxruntime", precision, acc, fps, p90)
+
+
+def test_goals_refuse_unknown_key_naming_allowed() -> None:
+    with pytest.raises(GoalError, match=r"classes\.cpu\.min_fsp.*allowed: .*min_fps"):
+        parse_goals({"classes": {"cpu": {"min_fsp": 3}}})
+
+
+def test_goals_need_a_speed_target_and_apply_defaults() -> None:
+    with pytest.raises(GoalError, match="min_fps or max_p90_latency_ms"):
+        parse_goals({"classes": {"cpu": {"max_accuracy_drop": 1}}})
+    goals = parse_goals({"defaults": {"max_accuracy_drop": 0.5}, "classes": {"a": {"min_fps": 10}}})
+    assert goals["a"].max_accuracy_drop == 0.5 and goals["a"].min_fps == 10
+
+
+def test_pareto_front_drops_dominated_points() -> None:
+    pts = [m("a", 90, 100), m("b", 89, 300), m("c", 85, 200), m("d", 80, 400)]
+    assert [p.model_version for p in pareto_front(pts)] == ["a", "b", "d"]
+
+
+def test_choose_most_accurate_meeting_goal() -> None:
+    goals = parse_goals({"classes": {"cpu-1t": {"min_fps": 250, "max_accuracy_drop": 1.0}}})
+    pts = [m("base", 90, 100), m("p50", 89.5, 260), m("p70", 89.2, 500), m("tiny", 80, 900)]
+    c = choose("cpu-1t", pts, goals["cpu-1t"], "base")
+    assert c.meets_goal and c.chosen.model_version == "p50"
+    assert c.speedup == pytest.approx(2.6)
+    assert c.accuracy_drop == pytest.approx(0.5)
+
+
+def test_choose_flags_closest_when_nothing_meets() -> None:
+    goals = parse_goals({"classes": {"cpu-1t": {"min_fps": 1000}}})
+    pts = [m("base", 90, 100), m("p50", 89.5, 260), m("tiny", 89.4, 600)]
+    c = choose("cpu-1t", pts, goals["cpu-1t"], "base")
+    assert not c.meets_goal and c.chosen.model_version == "tiny"
+    assert "fps 600.0 < 1000.0" in c.reason
+
+
+def test_faster_class_keeps_more_accurate_model() -> None:
+    goals = parse_goals({"classes": {"slow": {"min_fps": 300}, "fast": {"min_fps": 300}}})
+    pts = [
+        m("base", 90, 100, "slow"), m("small", 89.3, 350, "slow"),
+        m("base", 90, 400, "fast"), m("small", 89.3, 1400, "fast"),
+    ]  # fmt: skip
+    assert choose("slow", pts, goals["slow"], "base").chosen.model_version == "small"
+    assert choose("fast", pts, goals["fast"], "base").chosen.model_version == "base"
+
+
+def test_planner_walks_ladders_and_stops_when_goals_met() -> None:
+    goals = parse_goals({"classes": {"cpu-1t": {"min_fps": 1000}}})
+    c = {"cpu-1t": choose("cpu-1t", [m("base", 90, 100)], goals["cpu-1t"], "base")}
+    ladders = Ladders(prune_ratios=[0.3, 0.5], students=["resnet18"], per_round=3)
+    first = plan_next_round(c, "base", set(), ladders)
+    assert CandidateRequest("distill", "base", student_backbone="resnet18") in first
+    assert CandidateRequest("prune", "base", prune_ratio=0.3) in first
+    second = plan_next_round(c, "base", set(first), ladders, students_made={"resnet18": "s1"})
+    assert CandidateRequest("prune", "base", prune_ratio=0.5) in second
+    assert CandidateRequest("prune", "s1", prune_ratio=0.3) in second
+    met = {"cpu-1t": choose("cpu-1t", [m("base", 90, 2000)], goals["cpu-1t"], "base")}
+    assert plan_next_round(met, "base", set(), ladders) == []
