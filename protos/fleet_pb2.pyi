@@ -137,26 +137,34 @@ class Heartbeat(_message.Message):
     def __init__(self, timestamp: _Optional[float] = ..., active_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class CommandStatus(_message.Message):
-    __slots__ = ("command_id", "state", "message", "progress")
+    __slots__ = ("command_id", "state", "message", "progress", "kind", "model_version")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     state: str
     message: str
     progress: float
-    def __init__(self, command_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ...) -> None: ...
+    kind: str
+    model_version: str
+    def __init__(self, command_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., kind: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_version", "active_version", "cached_artifacts")
+    __slots__ = ("agent_version", "active_version", "cached_artifacts", "candidate_version", "previous_version")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CACHED_ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     active_version: str
     cached_artifacts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_version: _Optional[str] = ..., active_version: _Optional[str] = ..., cached_artifacts: _Optional[_Iterable[str]] = ...) -> None: ...
+    candidate_version: str
+    previous_version: str
+    def __init__(self, agent_version: _Optional[str] = ..., active_version: _Optional[str] = ..., cached_artifacts: _Optional[_Iterable[str]] = ..., candidate_version: _Optional[str] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "heartbeat", "status")
@@ -169,20 +177,22 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status: _Optional[_Union[CommandStatus, _Mapping]] = ...) -> None: ...
 
 class ArtifactRef(_message.Message):
-    __slots__ = ("artifact_id", "model_version", "sha256", "size_bytes", "signature", "manifest_json")
+    __slots__ = ("artifact_id", "model_version", "sha256", "size_bytes", "signature", "manifest_json", "kind")
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     artifact_id: str
     model_version: str
     sha256: str
     size_bytes: int
     signature: bytes
     manifest_json: str
-    def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[bytes] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[bytes] = ..., manifest_json: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class Deploy(_message.Message):
     __slots__ = ("artifact", "backend", "precision", "activate", "accuracy_floor", "rollout_id", "calibration", "evaluation")
@@ -224,31 +234,51 @@ class Benchmark(_message.Message):
     round_id: str
     def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., backends: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., scenarios: _Optional[_Iterable[str]] = ..., calibration: _Optional[_Union[ArtifactRef, _Mapping]] = ..., evaluation: _Optional[_Union[ArtifactRef, _Mapping]] = ..., duration_ms: _Optional[int] = ..., round_id: _Optional[str] = ...) -> None: ...
 
+class Calibrate(_message.Message):
+    __slots__ = ("artifact", "backend", "precision", "calibration")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    artifact: ArtifactRef
+    backend: str
+    precision: str
+    calibration: ArtifactRef
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., calibration: _Optional[_Union[ArtifactRef, _Mapping]] = ...) -> None: ...
+
 class Switch(_message.Message):
-    __slots__ = ("model_version",)
+    __slots__ = ("model_version", "rollout_id")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     model_version: str
-    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+    rollout_id: str
+    def __init__(self, model_version: _Optional[str] = ..., rollout_id: _Optional[str] = ...) -> None: ...
 
 class Rollback(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "to_version", "rollout_id")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    to_version: str
+    rollout_id: str
+    def __init__(self, reason: _Optional[str] = ..., to_version: _Optional[str] = ..., rollout_id: _Optional[str] = ...) -> None: ...
 
 class ControllerCommand(_message.Message):
-    __slots__ = ("command_id", "deploy", "benchmark", "switch", "rollback")
+    __slots__ = ("command_id", "deploy", "benchmark", "switch", "rollback", "calibrate")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     SWITCH_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATE_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     deploy: Deploy
     benchmark: Benchmark
     switch: Switch
     rollback: Rollback
-    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., benchmark: _Optional[_Union[Benchmark, _Mapping]] = ..., switch: _Optional[_Union[Switch, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ...) -> None: ...
+    calibrate: Calibrate
+    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., benchmark: _Optional[_Union[Benchmark, _Mapping]] = ..., switch: _Optional[_Union[Switch, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., calibrate: _Optional[_Union[Calibrate, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("artifact_id", "offset", "chunk_size")
