@@ -11,6 +11,8 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
     || echo "could not install mosquitto; tests use the embedded amqtt broker"
 fi
+# Linters for deploy/ and edge_images/ that are not wheels (systemd-analyze, docker compose).
+bash scripts/install_deploy_tools.sh
 echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
