@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from deploy_files import (
     COMPOSE_ENV_EXAMPLE,
     COMPOSE_FILE,
