@@ -1,0 +1,238 @@
+"""The deploy files agree with each other and with docs/CONVENTIONS.md.
+
+Configuration names, images, commands and volumes are written in several files (Dockerfiles,
+compose, Kubernetes, systemd); these checks fail when one of them drifts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_files import (
+    COMPOSE_ENV_EXAMPLE,
+    DEPLOY,
+    DOCKERFILES,
+    EDGE_IMAGES,
+    ENV_NAME,
+    HARDWARE_CLASSES,
+    K8S_DIR,
+    ROOT,
+    SYSTEMD_ENV_EXAMPLE,
+    compose_config,
+    convention_env_vars,
+    k8s_container_env,
+    k8s_documents,
+    parse_dockerfile,
+    parse_unit,
+    read_env_file,
+    service_argv,
+    service_dockerfile,
+    service_env,
+)
+
+AGENT_ARGV = ["edgeloop", "agent", "run"]
+CONTROLLER_ARGV = ["edgeloop", "controller", "serve"]
+AGENT_REQUIRED = {"EDGELOOP_CONTROLLER", "EDGELOOP_ENROLLMENT_TOKEN", "EDGELOOP_MQTT_URL"}
+AGENT_DIR = "/var/lib/edgeloop/agent"
+
+
+def _deploy_text_files() -> list[Path]:
+    files = [p for p in (*DEPLOY.rglob("*"), *EDGE_IMAGES.rglob("*")) if p.is_file()]
+    files.append(ROOT / "docs" / "deploy.md")
+    return [p for p in files if p.exists()]
+
+
+def _used_by(name: str) -> set[str]:
+    return {w.strip("` ").split()[0] for w in convention_env_vars()[name].split(",") if w.strip()}
+
+
+def test_every_edgeloop_variable_is_in_the_conventions_table() -> None:
+    table = convention_env_vars()
+    assert {"EDGELOOP_DB_URL", "EDGELOOP_CONTROLLER", "EDGELOOP_AGENT_DIR"} <= set(table)
+    unknown = {}
+    for path in _deploy_text_files():
+        for name in ENV_NAME.findall(path.read_text(encoding="utf-8", errors="replace")):
+            if name not in table:
+                unknown.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert not unknown, f"not in docs/CONVENTIONS.md's table: {unknown}"
+
+
+def _agent_envs() -> dict[str, dict[str, str | None]]:
+    envs: dict[str, dict[str, str | None]] = {}
+    compose = compose_config()
+    for name, service in compose["services"].items():
+        if name.startswith("agent-"):
+            envs[f"compose:{name}"] = dict(service_env(service))
+    envs["systemd"] = dict(parse_unit().environment())
+    for path, doc in k8s_documents():
+        if doc["kind"] == "DaemonSet":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                envs[f"k8s:{path.name}"] = k8s_container_env(c)
+    for hw in HARDWARE_CLASSES:
+        envs[f"image:{hw}"] = dict(parse_dockerfile(EDGE_IMAGES / hw / "Dockerfile").env)
+    return envs
+
+
+def _controller_envs() -> dict[str, dict[str, str | None]]:
+    compose = compose_config()
+    envs: dict[str, dict[str, str | None]] = {"compose": dict(service_env(compose["services"]["controller"]))}
+    for path, doc in k8s_documents():
+        if doc["kind"] == "Deployment":
+            envs[f"k8s:{path.name}"] = k8s_container_env(doc["spec"]["template"]["spec"]["containers"][0])
+    return envs
+
+
+def test_each_side_sets_only_its_own_variables() -> None:
+    for where, env in _agent_envs().items():
+        for name in env:
+            if name.startswith("EDGELOOP_"):
+                assert "agent" in _used_by(name), f"{where} sets {name}, which the agent does not read"
+    for where, env in _controller_envs().items():
+        for name in env:
+            if name.startswith("EDGELOOP_"):
+                assert "controller" in _used_by(name), (
+                    f"{where} sets {name}, which the controller does not read"
+                )
+
+
+def test_agents_everywhere_get_controller_token_broker_and_a_persistent_dir() -> None:
+    for where, env in _agent_envs().items():
+        if where.startswith("image:"):
+            assert env.get("EDGELOOP_AGENT_DIR") == AGENT_DIR, where
+            continue
+        assert AGENT_REQUIRED <= set(env), f"{where} misses {AGENT_REQUIRED - set(env)}"
+        assert env.get("EDGELOOP_AGENT_DIR") == AGENT_DIR, where
+
+
+def test_commands_are_the_same_entry_points_everywhere() -> None:
+    compose = compose_config()
+    for name, service in compose["services"].items():
+        if name.startswith("agent-"):
+            assert service_argv(service) == AGENT_ARGV, name
+    assert service_argv(compose["services"]["controller"]) == CONTROLLER_ARGV
+    exec_start = parse_unit().exec_start
+    assert Path(exec_start[0]).name == "edgeloop" and exec_start[1:] == AGENT_ARGV[1:]
+    for hw in HARDWARE_CLASSES:
+        assert parse_dockerfile(EDGE_IMAGES / hw / "Dockerfile").argv == AGENT_ARGV, hw
+    assert parse_dockerfile(DEPLOY / "controller" / "Dockerfile").argv == CONTROLLER_ARGV
+    for path, doc in k8s_documents():
+        if doc["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        image = container["image"].split(":")[0]
+        dockerfile = (
+            DEPLOY / "controller" / "Dockerfile"
+            if image == "edgeloop/controller"
+            else EDGE_IMAGES / image.removeprefix("edgeloop/agent-") / "Dockerfile"
+        )
+        assert dockerfile.exists(), f"{path.name}: no Dockerfile builds {image}"
+        df = parse_dockerfile(dockerfile)
+        argv = container.get("command", df.entrypoint) + container.get("args", df.cmd)
+        expected = CONTROLLER_ARGV if image == "edgeloop/controller" else AGENT_ARGV
+        assert argv == expected, path.name
+
+
+def test_daemonsets_select_nodes_by_hardware_class() -> None:
+    seen = {}
+    for path, doc in k8s_documents():
+        if doc["kind"] != "DaemonSet":
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        hw = spec["nodeSelector"]["edgeloop.io/hardware-class"]
+        (container,) = spec["containers"]
+        assert container["image"].split(":")[0] == f"edgeloop/agent-{hw}", path.name
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert AGENT_DIR in mounts, f"{path.name}: the agent dir is not on a volume"
+        if hw in ("dgpu", "jetson"):
+            assert spec.get("runtimeClassName") == "nvidia", path.name
+        seen[hw] = path.name
+    assert set(seen) == set(HARDWARE_CLASSES)
+
+
+def test_compose_images_are_built_from_this_repo() -> None:
+    compose = compose_config()
+    services = compose["services"]
+    assert {"controller", "postgres", "mosquitto"} <= set(services)
+    agents = [n for n in services if n.startswith("agent-")]
+    assert len(agents) == 2
+    for name in agents:
+        assert service_dockerfile(services[name]) == (EDGE_IMAGES / "cpu" / "Dockerfile").resolve()
+        assert services[name]["image"].startswith("edgeloop/agent-cpu:")
+        assert any(v.endswith(f":{AGENT_DIR}") for v in services[name]["volumes"]), name
+    assert service_dockerfile(services["controller"]) == (DEPLOY / "controller" / "Dockerfile").resolve()
+    # Two agents on one host must not share credentials or an engine cache.
+    volumes = [services[n]["volumes"][0].split(":")[0] for n in agents]
+    assert len(set(volumes)) == len(volumes)
+
+
+@pytest.mark.parametrize("hw", HARDWARE_CLASSES)
+def test_agent_images_install_only_the_agent_extra_as_non_root(hw: str) -> None:
+    df = parse_dockerfile(EDGE_IMAGES / hw / "Dockerfile")
+    assert df.user and df.user.split(":")[0] not in ("root", "0"), "the agent must not run as root"
+    assert df.healthcheck, "HEALTHCHECK missing"
+    assert df.volumes == [AGENT_DIR]
+    extras = set(re.findall(r"\[(agent|controller|trainer|dev|all)\]", df.text))
+    assert extras == {"agent"}, f"{hw} installs extras {extras}"
+    assert "import torch" in df.text, "the image build must check that torch is absent"
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", df.text, flags=re.MULTILINE):
+        assert copied.split("/")[0] not in ("controller", "trainer"), f"{hw} copies {copied}"
+    assert (EDGE_IMAGES / hw / "README.md").exists()
+    assert (EDGE_IMAGES / hw / "Dockerfile.dockerignore").exists()
+
+
+def test_every_image_runs_as_non_root_with_healthcheck() -> None:
+    for path in DOCKERFILES:
+        df = parse_dockerfile(path)
+        assert df.user.split(":")[0] not in ("", "root", "0"), path
+        assert df.healthcheck, path
+
+
+def test_mosquitto_configmap_is_the_deploy_mosquitto_files() -> None:
+    (cm,) = [
+        d for _, d in k8s_documents() if d["kind"] == "ConfigMap" and "mosquitto" in d["metadata"]["name"]
+    ]
+    for key in ("mosquitto.conf", "acl"):
+        assert cm["data"][key] == (DEPLOY / "mosquitto" / key).read_text(encoding="utf-8"), key
+
+
+def test_broker_accounts_match_the_acl() -> None:
+    acl = (DEPLOY / "mosquitto" / "acl").read_text(encoding="utf-8")
+    users = set(re.findall(r"^user (\S+)$", acl, flags=re.MULTILINE))
+    assert {"controller", "agent"} <= users
+    compose = compose_config()
+    services = compose["services"]
+    assert services["controller"]["environment"]["EDGELOOP_MQTT_URL"].startswith("mqtt://controller:")
+    for name in services:
+        if name.startswith("agent-"):
+            assert services[name]["environment"]["EDGELOOP_MQTT_URL"].startswith("mqtt://agent:"), name
+    assert read_env_file(SYSTEMD_ENV_EXAMPLE)["EDGELOOP_MQTT_URL"].startswith("mqtt://agent:")
+    (secrets,) = [
+        d
+        for d in yaml.safe_load_all((K8S_DIR / "secrets.example.yaml").read_text(encoding="utf-8"))
+        if d["metadata"]["name"] == "edgeloop-secrets"
+    ]
+    assert secrets["stringData"]["mqtt-url-controller"].startswith("mqtt://controller:")
+    assert secrets["stringData"]["mqtt-url-agent"].startswith("mqtt://agent:")
+    # the password file compose writes holds exactly the accounts the URLs use
+    init = " ".join(services["mosquitto-passwd"]["command"])
+    assert set(re.findall(r'mosquitto_passwd -b "\$f" (\S+)', init)) == {"controller", "agent"}
+
+
+def test_example_secrets_agree_so_the_examples_work_together() -> None:
+    compose_env = read_env_file(COMPOSE_ENV_EXAMPLE)
+    systemd_env = read_env_file(SYSTEMD_ENV_EXAMPLE)
+    assert systemd_env["EDGELOOP_ENROLLMENT_TOKEN"] == compose_env["EDGELOOP_ENROLLMENT_TOKEN"]
+    assert f"agent:{compose_env['MQTT_AGENT_PASSWORD']}@" in systemd_env["EDGELOOP_MQTT_URL"]
+
+
+def test_ports_are_the_conventions_defaults() -> None:
+    compose = compose_config()
+    env = compose["services"]["controller"]["environment"]
+    assert (env["EDGELOOP_GRPC_PORT"], env["EDGELOOP_HTTP_PORT"]) == ("50051", "8000")
+    for name, service in compose["services"].items():
+        if name.startswith("agent-"):
+            assert service["environment"]["EDGELOOP_CONTROLLER"] == "controller:50051"
