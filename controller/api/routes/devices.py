@@ -1,0 +1,82 @@
+"""Devices: list and filter, inspect, tag, revoke, send a benchmark."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from controller import crud
+from controller.api.deps import ControllerDep, SessionDep
+from controller.models import (
+    BenchmarkCreate,
+    CommandPublic,
+    CommandsPublic,
+    DevicePublic,
+    DevicesPublic,
+    DeviceUpdate,
+    TelemetryAggregatePublic,
+)
+from controller.services import commands, fleet
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.get("/", response_model=DevicesPublic)
+def list_devices(
+    session: SessionDep,
+    tag: str | None = None,
+    hardware_class: str | None = None,
+    online: bool | None = None,
+    skip: int = Query(0, ge=0),
+    limit: int = Query(1000, ge=1, le=10_000),
+) -> DevicesPublic:
+    rows, count = crud.list_devices(
+        session=session, tag=tag, hardware_class=hardware_class, online=online, skip=skip, limit=limit
+    )
+    return DevicesPublic(data=[crud.device_public(d) for d in rows], count=count)
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(session: SessionDep, device_id: str) -> DevicePublic:
+    return crud.device_public(crud.get_device(session=session, device_id=device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(session: SessionDep, device_id: str, device_in: DeviceUpdate) -> DevicePublic:
+    device = crud.get_device(session=session, device_id=device_id)
+    return crud.device_public(crud.update_device(session=session, device=device, device_in=device_in))
+
+
+@router.post("/{device_id}/revoke", response_model=DevicePublic)
+def revoke_device(session: SessionDep, ctl: ControllerDep, device_id: str) -> DevicePublic:
+    device = fleet.revoke_device(session=session, cache=ctl.tokens, device_id=device_id)
+    session.commit()
+    ctl.hub.kick(device_id)
+    return crud.device_public(device)
+
+
+@router.post("/{device_id}/benchmark", response_model=CommandPublic, status_code=202)
+def benchmark_device(
+    session: SessionDep, ctl: ControllerDep, device_id: str, benchmark_in: BenchmarkCreate
+) -> CommandPublic:
+    command = commands.send_benchmark(
+        session=session, hub=ctl.hub, device_id=device_id, benchmark_in=benchmark_in
+    )
+    return CommandPublic.model_validate(command)
+
+
+@router.get("/{device_id}/commands", response_model=CommandsPublic)
+def device_commands(
+    session: SessionDep, device_id: str, limit: int = Query(100, ge=1, le=1000)
+) -> CommandsPublic:
+    crud.get_device(session=session, device_id=device_id)
+    rows = crud.list_commands(session=session, device_id=device_id, limit=limit)
+    return CommandsPublic(data=[CommandPublic.model_validate(c) for c in rows], count=len(rows))
+
+
+@router.get("/{device_id}/telemetry", response_model=list[TelemetryAggregatePublic])
+def device_telemetry(session: SessionDep, device_id: str) -> list[TelemetryAggregatePublic]:
+    crud.get_device(session=session, device_id=device_id)
+    return [
+        TelemetryAggregatePublic.model_validate(t)
+        for t in crud.list_telemetry(session=session, device_id=device_id)
+    ]

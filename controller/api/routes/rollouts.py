@@ -1,0 +1,69 @@
+"""Rollouts: create (selector + strategy + gates), inspect, pause, resume, abort, roll back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from controller import crud
+from controller.api.deps import ControllerDep, SessionDep
+from controller.models import RolloutCreate, RolloutPublic, RolloutsPublic
+from controller.services import rollouts
+
+router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+
+
+@router.post("/", response_model=RolloutPublic, status_code=201)
+def create_rollout(session: SessionDep, ctl: ControllerDep, rollout_in: RolloutCreate) -> RolloutPublic:
+    rollout = rollouts.create_rollout(session=session, rollout_in=rollout_in)
+    out = crud.rollout_public(session=session, rollout=rollout)
+    session.commit()
+    ctl.wake()
+    return out
+
+
+@router.get("/", response_model=RolloutsPublic)
+def list_rollouts(
+    session: SessionDep, skip: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+) -> RolloutsPublic:
+    rows, count = crud.list_rollouts(session=session, skip=skip, limit=limit)
+    return RolloutsPublic(
+        data=[crud.rollout_public(session=session, rollout=r, with_deployments=False) for r in rows],
+        count=count,
+    )
+
+
+@router.get("/{rollout_id}", response_model=RolloutPublic)
+def get_rollout(session: SessionDep, rollout_id: str) -> RolloutPublic:
+    return crud.rollout_public(
+        session=session, rollout=crud.get_rollout(session=session, rollout_id=rollout_id)
+    )
+
+
+def _done(session: SessionDep, ctl: ControllerDep, rollout) -> RolloutPublic:  # noqa: ANN001
+    session.commit()
+    ctl.wake()
+    return crud.rollout_public(session=session, rollout=rollout)
+
+
+@router.post("/{rollout_id}/pause", response_model=RolloutPublic)
+def pause(session: SessionDep, ctl: ControllerDep, rollout_id: str) -> RolloutPublic:
+    return _done(session, ctl, rollouts.pause_rollout(session=session, rollout_id=rollout_id))
+
+
+@router.post("/{rollout_id}/resume", response_model=RolloutPublic)
+def resume(session: SessionDep, ctl: ControllerDep, rollout_id: str) -> RolloutPublic:
+    return _done(session, ctl, rollouts.resume_rollout(session=session, rollout_id=rollout_id))
+
+
+@router.post("/{rollout_id}/abort", response_model=RolloutPublic)
+def abort(session: SessionDep, ctl: ControllerDep, rollout_id: str, rollback: bool = False) -> RolloutPublic:
+    return _done(
+        session,
+        ctl,
+        rollouts.abort_rollout(session=session, hub=ctl.hub, rollout_id=rollout_id, rollback=rollback),
+    )
+
+
+@router.post("/{rollout_id}/rollback", response_model=RolloutPublic)
+def rollback(session: SessionDep, ctl: ControllerDep, rollout_id: str) -> RolloutPublic:
+    return _done(session, ctl, rollouts.rollback_rollout(session=session, hub=ctl.hub, rollout_id=rollout_id))

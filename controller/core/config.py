@@ -1,0 +1,102 @@
+"""The controller's one settings object: every environment variable it reads is named here.
+
+Nothing else in ``controller/`` reads the environment. Settings are built by a function (never
+at import), so tests and the CLI make their own with overrides.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changethis", "change-me", "secret", "token", ""}
+
+
+class Environment(str, Enum):
+    local = "local"
+    production = "production"
+
+
+def normalise_db_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3 here (the driver we ship)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore")
+
+    environment: Environment = Environment.local
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".edgeloop" / "controller")
+    db_url: str | None = None
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    mqtt_url: str | None = None
+    telemetry_prefix: str = "edgeloop"
+    api_token: str | None = None
+    enrollment_token: str | None = None
+    # what agents are told to use for their control stream
+    heartbeat_interval_s: int = 10
+    # a device whose control stream stays silent this long is shown as disconnected
+    artifact_chunk_bytes: int = 1 << 20
+    rollout_tick_s: float = 0.5
+    deploy_timeout_s: float = 600.0
+    start_broker: bool = True  # when mqtt_url is unset, start a local one (else no telemetry)
+
+    @field_validator("db_url")
+    @classmethod
+    def _normalise(cls, v: str | None) -> str | None:
+        return normalise_db_url(v) if v else v
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == Environment.production:
+            for name in ("api_token", "enrollment_token"):
+                value = getattr(self, name)
+                if value is None or value.strip().lower() in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"EDGELOOP_{name.upper()} must be set to a real secret in production")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'edgeloop.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.artifacts_dir, self.keys_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def resolve_secrets(self) -> None:
+        """Local default: a random token kept in the data dir (0600) when none is configured."""
+        self.ensure_dirs()
+        for name in ("api_token", "enrollment_token"):
+            if getattr(self, name):
+                continue
+            path = self.data_dir / name
+            if path.exists():
+                setattr(self, name, path.read_text(encoding="utf-8").strip())
+            else:
+                value = secrets.token_urlsafe(24)
+                path.write_text(value + "\n", encoding="utf-8")
+                path.chmod(0o600)
+                setattr(self, name, value)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags, tests) winning."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""The gRPC fleet service: a thin servicer over controller.services."""

@@ -1,0 +1,289 @@
+"""FleetService over grpc.aio, in its own thread and event loop.
+
+The servicer only translates: credentials from metadata, protos in and out, domain errors to
+status codes (``STATUS_FOR``). Database work runs in a small thread pool so a thousand open
+streams share one event loop; heartbeats are kept in memory and flushed in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+from sqlmodel import Session
+
+from controller import crud
+from controller.db import session_scope
+from controller.errors import (
+    Conflict,
+    ControllerError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from controller.services import fleet
+from controller.services.commands import command_to_proto
+from controller.services.hub import StreamSession
+from protos import fleet_pb2, fleet_pb2_grpc
+
+if TYPE_CHECKING:
+    from controller.runtime import Controller
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATUS_FOR: dict[type[ControllerError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 16 << 20),
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+HELLO_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _ArtifactFile:
+    path: str
+    size: int
+    sha256: str
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
+    def __init__(self, ctl: Controller, pool: ThreadPoolExecutor) -> None:
+        self.ctl = ctl
+        self.pool = pool
+        self._artifacts: dict[str, _ArtifactFile] = {}
+
+    # -- plumbing
+    async def _db(self, fn: Callable[..., T], /, **kwargs: object) -> T:
+        def unit() -> T:
+            with session_scope(self.ctl.engine) as session:
+                return fn(session=session, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, unit)
+
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: ControllerError) -> None:
+        code = next(
+            (c for t, c in STATUS_FOR.items() if isinstance(exc, t)), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        await context.abort(code, exc.message)
+
+    async def _auth(self, context: grpc.aio.ServicerContext) -> str:
+        md = {k: v for k, v in context.invocation_metadata() or ()}
+        device_id = md.get("x-edgeloop-device", "")
+        auth = md.get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if device_id and token and self.ctl.tokens.get(device_id) == fleet._hash_token(token):
+            return device_id
+        try:
+            await self._db(fleet.authenticate, cache=self.ctl.tokens, device_id=device_id, token=token)
+        except ControllerError as exc:
+            await self._abort(context, exc)
+        return device_id
+
+    # -- RPCs
+    async def Register(self, request: fleet_pb2.RegisterRequest, context: grpc.aio.ServicerContext):
+        try:
+            device, token = await self._db(
+                fleet.register_device,
+                request=request,
+                enrollment_token=self.ctl.settings.enrollment_token or "",
+            )
+        except ControllerError as exc:
+            log.info("register refused (%s): %s", context.peer(), exc.message)
+            await self._abort(context, exc)
+        self.ctl.tokens.put(device.id, device.token_hash)
+        log.info("device %s (%s, %s) registered", device.id, device.name, device.hardware_class)
+        return fleet_pb2.RegisterResponse(
+            device_id=device.id,
+            device_token=token,
+            artifact_signing_public_key=self.ctl.signer.public_key_bytes,
+            mqtt_url=self.ctl.settings.mqtt_url or self.ctl.public_mqtt_url or "",
+            telemetry_prefix=self.ctl.settings.telemetry_prefix,
+            heartbeat_interval_s=self.ctl.settings.heartbeat_interval_s,
+        )
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[fleet_pb2.ControllerCommand]:
+        device_id = await self._auth(context)
+        try:
+            first = await asyncio.wait_for(request_iterator.__anext__(), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            return
+        hello = first.hello if first.HasField("hello") else fleet_pb2.Hello()
+        loop = asyncio.get_running_loop()
+        session = StreamSession(device_id=device_id, loop=loop, queue=asyncio.Queue())
+        self.ctl.hub.attach(session)
+        self.ctl.metrics.streams.inc()
+        reader: asyncio.Task | None = None
+        try:
+            backlog = await self._db(fleet.record_connected, device_id=device_id, hello=hello, connected=True)
+            for command in backlog:
+                session.queue.put_nowait(command_to_proto(command))
+            reader = asyncio.create_task(self._read(device_id, request_iterator, session))
+            while True:
+                command = await session.queue.get()
+                if command is None:
+                    break
+                yield command
+        finally:
+            self.ctl.metrics.streams.dec()
+            if reader is not None:
+                reader.cancel()
+            if self.ctl.hub.detach(session):
+                try:
+                    await self._db(fleet.record_connected, device_id=device_id, hello=None, connected=False)
+                except Exception:  # the DB may be going away with the controller
+                    log.debug("could not record disconnect of %s", device_id, exc_info=True)
+
+    async def _read(
+        self, device_id: str, request_iterator: AsyncIterator[fleet_pb2.AgentMessage], session: StreamSession
+    ) -> None:
+        try:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("body")
+                if kind == "heartbeat":
+                    hb = msg.heartbeat
+                    self.ctl.hub.note_heartbeat(device_id, hb.active_version, hb.candidate_version)
+                elif kind == "status":
+                    try:
+                        await self._db(fleet.record_status, device_id=device_id, status=msg.status)
+                    except ControllerError as exc:
+                        log.warning("bad status from %s: %s", device_id, exc.message)
+                    self.ctl.wake()
+                elif kind == "hello":
+                    await self._db(
+                        fleet.record_connected, device_id=device_id, hello=msg.hello, connected=True
+                    )
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            log.exception("control stream of %s failed", device_id)
+        finally:
+            session.queue.put_nowait(None)
+
+    def _artifact_file(self, session: Session, artifact_id: str) -> _ArtifactFile:
+        art = crud.get_artifact(session=session, artifact_id=artifact_id)
+        return _ArtifactFile(path=art.path, size=art.size_bytes, sha256=art.sha256)
+
+    async def DownloadArtifact(self, request: fleet_pb2.DownloadRequest, context: grpc.aio.ServicerContext):
+        await self._auth(context)
+        info = self._artifacts.get(request.artifact_id)
+        if info is None:
+            try:
+                info = await self._db(self._artifact_file, artifact_id=request.artifact_id)
+            except ControllerError as exc:
+                await self._abort(context, exc)
+            self._artifacts[request.artifact_id] = info
+        if request.offset < 0 or request.offset > info.size:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} outside 0..{info.size}"
+            )
+        chunk = request.chunk_size or self.ctl.settings.artifact_chunk_bytes
+        chunk = max(4096, min(chunk, 8 << 20))
+        try:
+            fd = os.open(info.path, os.O_RDONLY)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"artifact file missing on the controller: {exc}")
+        try:
+            offset = request.offset
+            if offset == info.size:
+                yield fleet_pb2.ArtifactChunk(
+                    offset=offset, data=b"", total_size=info.size, sha256=info.sha256
+                )
+            while offset < info.size:
+                data = os.pread(fd, min(chunk, info.size - offset), offset)
+                if not data:
+                    break
+                yield fleet_pb2.ArtifactChunk(
+                    offset=offset, data=data, total_size=info.size, sha256=info.sha256
+                )
+                offset += len(data)
+                self.ctl.metrics.bytes_served.inc(len(data))
+        finally:
+            os.close(fd)
+
+    async def ReportResult(self, request: fleet_pb2.ResultReport, context: grpc.aio.ServicerContext):
+        device_id = await self._auth(context)
+        try:
+            result = await self._db(fleet.record_report, device_id=device_id, report=request.report)
+        except ControllerError as exc:
+            await self._abort(context, exc)
+        self.ctl.metrics.reports.inc()
+        self.ctl.wake()
+        return fleet_pb2.ReportAck(result_id=result.id)
+
+
+class GrpcServer:
+    """Runs the servicer in a thread with its own event loop; ``port`` is the bound one."""
+
+    def __init__(self, ctl: Controller, host: str, port: int) -> None:
+        self.ctl = ctl
+        self.host, self.port = host, port
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc-db")
+        self._stopping: asyncio.Event | None = None
+        self._grace = 1.0
+
+    def start(self) -> GrpcServer:
+        self._thread = threading.Thread(target=self._run, name="grpc-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._server = grpc.aio.server(options=SERVER_OPTIONS)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.ctl, self._pool), self._server)
+        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC on {self.host}")
+        await self._server.start()
+        log.info("gRPC fleet service on %s:%d", self.host, self.port)
+        self._stopping = asyncio.Event()
+        self._ready.set()
+        await self._stopping.wait()
+        await self._server.stop(self._grace)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._grace = grace
+        if self._loop is not None and self._stopping is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,247 @@
+"""What the gRPC fleet service does, as plain functions: enrol devices, check their
+credentials, and record what they say (hello, command status, measured reports)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+
+from google.protobuf import json_format
+from sqlmodel import Session, col, select, update
+
+from controller import crud
+from controller.errors import InvalidInput, PermissionDenied, Unauthenticated
+from controller.models import (
+    Command,
+    CommandKind,
+    CommandState,
+    Device,
+    Result,
+    utcnow,
+)
+from controller.services.commands import mark
+from controller.services.hub import HeartbeatSeen
+from protos import fleet_pb2
+
+log = logging.getLogger(__name__)
+ACCURACY_KEYS = ("top1", "accuracy", "map", "map50", "top5")
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenCache:
+    """device_id -> token hash of enrolled, not revoked devices (saves a DB read per call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hashes: dict[str, str] = {}
+
+    def get(self, device_id: str) -> str | None:
+        with self._lock:
+            return self._hashes.get(device_id)
+
+    def put(self, device_id: str, token_hash: str) -> None:
+        with self._lock:
+            self._hashes[device_id] = token_hash
+
+    def drop(self, device_id: str) -> None:
+        with self._lock:
+            self._hashes.pop(device_id, None)
+
+
+def register_device(
+    *, session: Session, request: fleet_pb2.RegisterRequest, enrollment_token: str
+) -> tuple[Device, str]:
+    """Enrol (or re-enrol) a device. Returns the device and its new plaintext token."""
+    if not request.enrollment_token or not hmac.compare_digest(
+        request.enrollment_token.encode(), enrollment_token.encode()
+    ):
+        raise Unauthenticated("invalid enrollment token")
+    device: Device | None = None
+    if request.device_id:
+        device = session.get(Device, request.device_id)
+        if device is None:
+            raise PermissionDenied(f"unknown device {request.device_id!r}: enrol without a device id")
+        if device.revoked:
+            raise PermissionDenied(f"device {request.device_id} is revoked")
+    hw = request.hardware
+    hardware_class = hw.hardware_class or "unknown"
+    token = secrets.token_urlsafe(32)
+    if device is None:
+        device = Device(name=request.name or hw.hostname or "", tags=sorted(set(request.tags)))
+    elif request.tags:
+        device.tags = sorted(set(device.tags) | set(request.tags))
+    device.name = request.name or device.name or hw.hostname
+    device.token_hash = _hash_token(token)
+    device.hardware_class = hardware_class
+    device.hardware_fingerprint = hw.fingerprint
+    device.hardware = json_format.MessageToDict(hw, preserving_proto_field_name=True)
+    device.capabilities = [
+        json_format.MessageToDict(
+            c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        for c in request.capabilities
+    ]
+    device.agent_version = request.agent_version
+    device.last_seen = utcnow()
+    session.add(device)
+    session.flush()
+    return device, token
+
+
+def authenticate(*, session: Session, cache: TokenCache, device_id: str, token: str) -> None:
+    """Raise Unauthenticated / PermissionDenied unless the credentials are an enrolled device's."""
+    if not device_id or not token:
+        raise Unauthenticated("missing device credentials (x-edgeloop-device, authorization)")
+    token_hash = _hash_token(token)
+    known = cache.get(device_id)
+    if known is not None and hmac.compare_digest(known, token_hash):
+        return
+    device = session.get(Device, device_id)
+    if device is None:
+        raise PermissionDenied(f"unknown device {device_id!r}")
+    if device.revoked:
+        raise PermissionDenied(f"device {device_id} is revoked")
+    if not hmac.compare_digest(device.token_hash, token_hash):
+        raise Unauthenticated("invalid device token")
+    cache.put(device_id, token_hash)
+
+
+def revoke_device(*, session: Session, cache: TokenCache, device_id: str) -> Device:
+    device = crud.get_device(session=session, device_id=device_id)
+    device.revoked = True
+    device.connected = False
+    device.token_hash = ""
+    session.add(device)
+    for command in crud.open_commands_for_device(session=session, device_id=device_id):
+        mark(command, CommandState.failed, "device revoked")
+        session.add(command)
+    session.flush()
+    cache.drop(device_id)
+    return device
+
+
+def record_connected(
+    *, session: Session, device_id: str, hello: fleet_pb2.Hello | None, connected: bool
+) -> list[Command]:
+    """Stream opened (with its hello) or closed. On open, returns the commands to (re)send."""
+    device = crud.get_device(session=session, device_id=device_id)
+    device.connected = connected
+    device.last_seen = utcnow()
+    if hello is not None:
+        device.agent_version = hello.agent_version or device.agent_version
+        device.active_version = hello.active_version
+        device.candidate_version = hello.candidate_version
+    session.add(device)
+    session.flush()
+    return crud.open_commands_for_device(session=session, device_id=device_id) if connected else []
+
+
+def record_status(*, session: Session, device_id: str, status: fleet_pb2.CommandStatus) -> Command | None:
+    command = session.get(Command, status.command_id)
+    if command is None or command.device_id != device_id:
+        log.warning("status for unknown command %s from %s", status.command_id, device_id)
+        return None
+    if command.state.terminal:  # a resent final status after a reconnect
+        return command
+    try:
+        state = CommandState(status.state)
+    except ValueError as exc:
+        raise InvalidInput(f"unknown command state {status.state!r}") from exc
+    mark(command, state, status.message, status.progress)
+    session.add(command)
+    if state == CommandState.succeeded and command.kind in (
+        CommandKind.deploy,
+        CommandKind.switch,
+        CommandKind.rollback,
+    ):
+        device = crud.get_device(session=session, device_id=device_id)
+        if status.model_version or command.kind != CommandKind.rollback:
+            device.active_version = status.model_version or command.model_version
+        session.add(device)
+    session.flush()
+    return command
+
+
+def primary_accuracy(metrics: dict[str, float], preferred: str = "") -> float | None:
+    """The metric gates and the matrix use, in percent (fractions 0..1 are scaled)."""
+    if not metrics:
+        return None
+    key = preferred if preferred in metrics else next((k for k in ACCURACY_KEYS if k in metrics), None)
+    if key is None:
+        key = sorted(metrics)[0]
+    value = float(metrics[key])
+    return value * 100.0 if all(0.0 <= float(v) <= 1.0 for v in metrics.values()) else value
+
+
+def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report) -> Result:
+    if not report.model_version:
+        raise InvalidInput("report needs model_version")
+    device = crud.get_device(session=session, device_id=device_id)
+    scenarios = [
+        json_format.MessageToDict(
+            s, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        for s in report.scenarios
+    ]
+    by_name = {s.scenario: s for s in report.scenarios}
+    valid_fps = [s.throughput_fps for s in report.scenarios if s.throughput_fps > 0]
+    fps = (
+        by_name["offline"].throughput_fps if "offline" in by_name else (max(valid_fps) if valid_fps else None)
+    )
+    lat = by_name.get("singlestream") or (report.scenarios[0] if report.scenarios else None)
+    result = Result(
+        device_id=device_id,
+        hardware_class=device.hardware_class,
+        model_version=report.model_version,
+        backend=report.backend,
+        precision=report.precision,
+        accuracy=primary_accuracy(dict(report.accuracy)),
+        fps=fps or None,
+        latency_p50_ms=lat.latency_p50_ms if lat else None,
+        latency_p90_ms=lat.latency_p90_ms if lat else None,
+        latency_p99_ms=lat.latency_p99_ms if lat else None,
+        peak_memory_bytes=report.peak_memory_bytes,
+        round_id=report.round_id,
+        command_id=report.command_id,
+        artifact_id=report.artifact_id,
+        metrics=dict(report.accuracy),
+        scenarios=scenarios,
+        errors=list(report.errors),
+        build_time_s=report.build_time_s,
+        calibration_time_s=report.calibration_time_s,
+        engine_key=report.engine_key,
+    )
+    session.add(result)
+    session.flush()
+    return result
+
+
+def flush_heartbeats(*, session: Session, seen: dict[str, HeartbeatSeen]) -> None:
+    """One UPDATE per device seen since the last flush (heartbeats are not written one by one)."""
+    from datetime import datetime, timezone
+
+    for device_id, hb in seen.items():
+        session.exec(
+            update(Device)
+            .where(col(Device.id) == device_id)
+            .values(
+                last_seen=datetime.fromtimestamp(hb.ts, timezone.utc),
+                active_version=hb.active_version,
+                candidate_version=hb.candidate_version,
+            )
+        )
+
+
+def mark_all_disconnected(*, session: Session) -> None:
+    """At start-up no stream is open, whatever the last run left in the table."""
+    session.exec(update(Device).where(col(Device.connected).is_(True)).values(connected=False))
+
+
+def device_ids_connected(*, session: Session) -> list[str]:
+    return list(session.exec(select(Device.id).where(col(Device.connected).is_(True))).all())

@@ -1,0 +1,83 @@
+"""Who is connected right now: one command queue per open control stream, plus the heartbeats
+seen since the last flush. Thread-safe: the rollout engine and REST handlers (other threads)
+push commands into the gRPC event loop through ``call_soon_threadsafe``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from protos import fleet_pb2
+
+
+@dataclass
+class StreamSession:
+    device_id: str
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    opened: float = field(default_factory=time.time)
+
+
+@dataclass
+class HeartbeatSeen:
+    ts: float
+    active_version: str
+    candidate_version: str
+
+
+class SessionHub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, StreamSession] = {}
+        self._heartbeats: dict[str, HeartbeatSeen] = {}
+
+    def attach(self, session: StreamSession) -> StreamSession | None:
+        """Register a stream; returns the one it replaces (a reconnect), which is closed."""
+        with self._lock:
+            old = self._sessions.get(session.device_id)
+            self._sessions[session.device_id] = session
+        if old is not None:
+            old.loop.call_soon_threadsafe(old.queue.put_nowait, None)
+        return old
+
+    def detach(self, session: StreamSession) -> bool:
+        """Forget a stream if it is still the current one for its device."""
+        with self._lock:
+            if self._sessions.get(session.device_id) is session:
+                del self._sessions[session.device_id]
+                return True
+        return False
+
+    def send(self, device_id: str, command: fleet_pb2.ControllerCommand) -> bool:
+        with self._lock:
+            session = self._sessions.get(device_id)
+        if session is None:
+            return False
+        session.loop.call_soon_threadsafe(session.queue.put_nowait, command)
+        return True
+
+    def kick(self, device_id: str) -> None:
+        """Close a device's stream (revoked)."""
+        with self._lock:
+            session = self._sessions.pop(device_id, None)
+        if session is not None:
+            session.loop.call_soon_threadsafe(session.queue.put_nowait, None)
+
+    def is_connected(self, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._sessions
+
+    def connected(self) -> set[str]:
+        with self._lock:
+            return set(self._sessions)
+
+    def note_heartbeat(self, device_id: str, active: str, candidate: str) -> None:
+        with self._lock:
+            self._heartbeats[device_id] = HeartbeatSeen(time.time(), active, candidate)
+
+    def drain_heartbeats(self) -> dict[str, HeartbeatSeen]:
+        with self._lock:
+            seen, self._heartbeats = self._heartbeats, {}
+        return seen

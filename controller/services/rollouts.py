@@ -1,0 +1,439 @@
+"""The rollout engine: which devices get a model version, in which order, and when to stop.
+
+A rollout fixes its targets when it is created (selector: tags, hardware classes, explicit
+devices) and splits them into a canary wave (``canary_share`` of the targets, wave 0) and
+``waves`` further waves. A wave's devices get a deploy command; each deployment then passes a
+**gate** on what the device itself measured for the new version (accuracy on the evaluation
+shard and throughput) against the version it replaces, measured the same way on the same
+device (or, when that device never measured it, on its hardware class). A gate failure rolls the
+device back. When every deployment of a wave is decided, a failure share above
+``max_failure_share`` aborts the rollout (and rolls back what it deployed, by default);
+otherwise the next wave starts.
+
+All state is in the DB (``Rollout``, ``Deployment``, ``Command``, ``Result``); ``tick`` only
+reads it and moves it forward, so a controller restarted mid-rollout carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timezone
+
+from sqlmodel import Session, col, select
+
+from controller import crud
+from controller.errors import Conflict, InvalidInput
+from controller.models import (
+    ArtifactKind,
+    Command,
+    CommandKind,
+    CommandState,
+    Deployment,
+    DeploymentState,
+    Device,
+    Result,
+    Rollout,
+    RolloutCreate,
+    RolloutState,
+    Strategy,
+    utcnow,
+)
+from controller.services.artifacts import artifact_ref
+from controller.services.commands import create_command
+from controller.services.fleet import primary_accuracy
+from controller.services.hub import SessionHub
+from protos import fleet_pb2
+
+log = logging.getLogger(__name__)
+FAILED = (DeploymentState.failed, DeploymentState.rolling_back, DeploymentState.rolled_back)
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------- planning
+def select_devices(*, session: Session, selector: dict) -> list[Device]:
+    tags = set(selector.get("tags") or [])
+    classes = set(selector.get("hardware_classes") or [])
+    explicit = list(selector.get("device_ids") or [])
+    if explicit:
+        devices = []
+        for device_id in explicit:
+            device = session.get(Device, device_id)
+            if device is None:
+                raise InvalidInput(f"selector names unknown device {device_id!r}")
+            devices.append(device)
+    else:
+        devices = list(session.exec(select(Device).where(col(Device.revoked).is_(False))).all())
+    out = [
+        d
+        for d in devices
+        if not d.revoked and tags <= set(d.tags or []) and (not classes or d.hardware_class in classes)
+    ]
+    return sorted(out, key=lambda d: d.id)
+
+
+def plan_waves(n: int, strategy: Strategy) -> list[int]:
+    """Wave number per target (targets in a fixed order); wave 0 is the canary when there is one."""
+    if n == 0:
+        return []
+    canary = math.ceil(strategy.canary_share * n) if strategy.canary_share > 0 else 0
+    canary = min(canary, n)
+    rest = n - canary
+    first = 1 if canary else 0
+    waves = [0] * canary
+    per_wave = math.ceil(rest / strategy.waves) if rest else 0
+    for i in range(rest):
+        waves.append(first + i // per_wave)
+    return waves
+
+
+def create_rollout(*, session: Session, rollout_in: RolloutCreate) -> Rollout:
+    """Validate, fix the targets and their waves; the engine's next tick starts wave 0."""
+    mv = crud.get_model_version(session=session, version=rollout_in.model_version)
+    for field in ("evaluation_artifact_id", "calibration_artifact_id"):
+        artifact_id = getattr(rollout_in, field)
+        if artifact_id:
+            artifact = crud.get_artifact(session=session, artifact_id=artifact_id)
+            if artifact.kind != ArtifactKind.shard:
+                raise InvalidInput(
+                    f"{field} must name a shard artifact, {artifact_id} is a {artifact.kind.value}"
+                )
+    targets = select_devices(session=session, selector=rollout_in.selector.model_dump())
+    if not targets:
+        raise InvalidInput("the selector matches no enrolled, non-revoked device")
+    busy = session.exec(
+        select(Deployment.device_id)
+        .join(Rollout, col(Rollout.id) == Deployment.rollout_id)
+        .where(col(Rollout.state).in_([RolloutState.pending, RolloutState.running, RolloutState.paused]))
+        .where(col(Deployment.device_id).in_([d.id for d in targets]))
+    ).all()
+    if busy:
+        raise Conflict(f"devices already in an active rollout: {sorted(set(busy))[:10]}")
+    rollout = Rollout(
+        model_version=mv.version,
+        backend=rollout_in.backend,
+        precision=rollout_in.precision,
+        selector=rollout_in.selector.model_dump(),
+        strategy=rollout_in.strategy.model_dump(),
+        evaluation_artifact_id=rollout_in.evaluation_artifact_id,
+        calibration_artifact_id=rollout_in.calibration_artifact_id,
+        state=RolloutState.running,
+        wave_started_at=utcnow(),
+    )
+    session.add(rollout)
+    session.flush()
+    for device, wave in zip(targets, plan_waves(len(targets), rollout_in.strategy), strict=True):
+        session.add(Deployment(rollout_id=rollout.id, device_id=device.id, wave=wave))
+    session.flush()
+    return rollout
+
+
+# ---------------------------------------------------------------- operator actions
+def pause_rollout(*, session: Session, rollout_id: str) -> Rollout:
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    if rollout.state != RolloutState.running:
+        raise Conflict(f"rollout is {rollout.state.value}, only a running rollout can be paused")
+    rollout.state = RolloutState.paused
+    crud.touch(rollout)
+    session.add(rollout)
+    return rollout
+
+
+def resume_rollout(*, session: Session, rollout_id: str) -> Rollout:
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    if rollout.state != RolloutState.paused:
+        raise Conflict(f"rollout is {rollout.state.value}, only a paused rollout can be resumed")
+    rollout.state = RolloutState.running
+    crud.touch(rollout)
+    session.add(rollout)
+    return rollout
+
+
+def abort_rollout(
+    *,
+    session: Session,
+    hub: SessionHub,
+    rollout_id: str,
+    reason: str = "aborted by operator",
+    rollback: bool = False,
+) -> Rollout:
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    if rollout.state.terminal:
+        raise Conflict(f"rollout is already {rollout.state.value}")
+    _stop(
+        session=session,
+        hub=hub,
+        rollout=rollout,
+        state=RolloutState.aborted,
+        reason=reason,
+        rollback=rollback,
+    )
+    return rollout
+
+
+def rollback_rollout(
+    *, session: Session, hub: SessionHub, rollout_id: str, reason: str = "rolled back by operator"
+) -> Rollout:
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    if rollout.state == RolloutState.rolled_back:
+        raise Conflict("rollout is already rolled back")
+    _stop(
+        session=session,
+        hub=hub,
+        rollout=rollout,
+        state=RolloutState.rolled_back,
+        reason=reason,
+        rollback=True,
+    )
+    return rollout
+
+
+def _stop(
+    *, session: Session, hub: SessionHub, rollout: Rollout, state: RolloutState, reason: str, rollback: bool
+) -> None:
+    rollout.state = state
+    rollout.reason = reason
+    crud.touch(rollout)
+    session.add(rollout)
+    for d in crud.list_deployments(session=session, rollout_id=rollout.id):
+        if d.state == DeploymentState.pending:
+            _set(d, DeploymentState.skipped, f"not deployed: {reason}")
+        elif rollback and d.state in (
+            DeploymentState.deploying,
+            DeploymentState.gating,
+            DeploymentState.succeeded,
+        ):
+            _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=reason)
+        session.add(d)
+    session.flush()
+
+
+# ---------------------------------------------------------------- the engine
+def _set(d: Deployment, state: DeploymentState, message: str = "") -> None:
+    d.state = state
+    if message:
+        d.message = message
+    d.updated_at = utcnow()
+
+
+def _send_rollback(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment, why: str) -> None:
+    command = create_command(
+        session=session,
+        hub=hub,
+        device_id=d.device_id,
+        kind=CommandKind.rollback,
+        body=fleet_pb2.Rollback(reason=why, to_version=d.previous_version, rollout_id=rollout.id),
+        model_version=d.previous_version,
+        rollout_id=rollout.id,
+    )
+    d.command_id = command.id
+    _set(d, DeploymentState.rolling_back, d.message or why)
+
+
+def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment) -> None:
+    device = session.get(Device, d.device_id)
+    if device is None or device.revoked:
+        _set(d, DeploymentState.failed, "device revoked or gone")
+        return
+    strategy = Strategy.model_validate(rollout.strategy)
+    d.previous_version = device.active_version
+    if device.active_version == rollout.model_version:
+        _set(d, DeploymentState.succeeded, "already running this version")
+        return
+    baseline = None
+    if device.active_version:
+        baseline = crud.latest_result(
+            session=session,
+            model_version=device.active_version,
+            backend=rollout.backend,
+            precision=rollout.precision,
+            device_id=device.id,
+        ) or crud.latest_result(
+            session=session,
+            model_version=device.active_version,
+            backend=rollout.backend,
+            precision=rollout.precision,
+            hardware_class=device.hardware_class,
+        )
+    if baseline is not None:
+        d.baseline_accuracy = primary_accuracy(baseline.metrics, strategy.accuracy_metric)
+        d.baseline_fps = baseline.fps
+    mv = crud.get_model_version(session=session, version=rollout.model_version)
+    body = fleet_pb2.Deploy(
+        artifact=artifact_ref(crud.get_artifact(session=session, artifact_id=mv.artifact_id), mv.version),
+        backend=rollout.backend,
+        precision=rollout.precision,
+        activate=True,
+        rollout_id=rollout.id,
+    )
+    if rollout.evaluation_artifact_id:
+        body.evaluation.CopyFrom(
+            artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.evaluation_artifact_id))
+        )
+    if rollout.calibration_artifact_id:
+        body.calibration.CopyFrom(
+            artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.calibration_artifact_id))
+        )
+    command = create_command(
+        session=session,
+        hub=hub,
+        device_id=d.device_id,
+        kind=CommandKind.deploy,
+        body=body,
+        model_version=mv.version,
+        rollout_id=rollout.id,
+    )
+    d.command_id = command.id
+    _set(
+        d,
+        DeploymentState.deploying,
+        "deploy sent" if hub.is_connected(d.device_id) else "waiting for the device",
+    )
+
+
+def gate(d: Deployment, result: Result, strategy: Strategy) -> tuple[bool, str]:
+    """The measured new version against the measured old one. Returns (passed, reason)."""
+    accuracy = primary_accuracy(result.metrics, strategy.accuracy_metric)
+    d.accuracy, d.fps = accuracy, result.fps
+    if result.errors:
+        return False, f"device reported errors: {'; '.join(result.errors)[:300]}"
+    misses = []
+    if strategy.max_accuracy_drop is not None:
+        if accuracy is None:
+            misses.append("no accuracy measured (rollout needs an evaluation shard)")
+        elif d.baseline_accuracy is not None and accuracy < d.baseline_accuracy - strategy.max_accuracy_drop:
+            misses.append(
+                f"accuracy {accuracy:.2f} < {d.baseline_accuracy:.2f} (was) - {strategy.max_accuracy_drop:g} allowed drop"
+            )
+    if strategy.min_fps_ratio is not None:
+        if not result.fps:
+            misses.append("no throughput measured")
+        elif d.baseline_fps and result.fps < strategy.min_fps_ratio * d.baseline_fps:
+            misses.append(f"fps {result.fps:.1f} < {strategy.min_fps_ratio:g} x {d.baseline_fps:.1f} (was)")
+    if misses:
+        return False, "gate failed: " + "; ".join(misses)
+    note = "" if d.baseline_accuracy is not None or not d.previous_version else " (no baseline measured)"
+    acc = f"{accuracy:.2f}" if accuracy is not None else "n/a"
+    fps = f"{result.fps:.1f}" if result.fps else "n/a"
+    return True, f"gate passed: accuracy {acc}, fps {fps}{note}"
+
+
+def _observe(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment, now: datetime) -> None:
+    """Move one in-flight deployment forward from its command's state and its report."""
+    strategy = Strategy.model_validate(rollout.strategy)
+    command = session.get(Command, d.command_id) if d.command_id else None
+    if d.state == DeploymentState.rolling_back:
+        if command is not None and command.state.terminal:
+            if command.state == CommandState.succeeded:
+                _set(d, DeploymentState.rolled_back)
+            else:
+                _set(d, DeploymentState.failed, f"{d.message}; rollback failed: {command.message}")
+            session.add(d)
+        return
+    if command is None:
+        return
+    if command.state == CommandState.failed:
+        _set(d, DeploymentState.failed, f"deploy failed: {command.message}")
+        session.add(d)
+        return
+    result = session.exec(select(Result).where(Result.command_id == command.id)).first()
+    if command.state == CommandState.succeeded and result is not None:
+        passed, reason = gate(d, result, strategy)
+        if passed:
+            _set(d, DeploymentState.succeeded, reason)
+        else:
+            d.message = reason
+            _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=reason)
+        session.add(d)
+        return
+    if command.state == CommandState.succeeded and d.state == DeploymentState.deploying:
+        _set(d, DeploymentState.gating, "deployed; waiting for the measured report")
+        session.add(d)
+    if (now - _aware(d.updated_at)).total_seconds() > strategy.deploy_timeout_s and d.state in (
+        DeploymentState.deploying,
+        DeploymentState.gating,
+    ):
+        why = (
+            f"timed out after {strategy.deploy_timeout_s:g}s ({d.state.value}, command {command.state.value})"
+        )
+        if command.state == CommandState.succeeded:
+            d.message = why
+            _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=why)
+        else:
+            _set(d, DeploymentState.failed, why)
+        session.add(d)
+
+
+def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: datetime) -> None:
+    deployments = crud.list_deployments(session=session, rollout_id=rollout.id)
+    for d in deployments:
+        if d.state in (DeploymentState.deploying, DeploymentState.gating, DeploymentState.rolling_back):
+            _observe(session=session, hub=hub, rollout=rollout, d=d, now=now)
+    if rollout.state != RolloutState.running:
+        return
+    strategy = Strategy.model_validate(rollout.strategy)
+    last_wave = max(d.wave for d in deployments)
+    while True:
+        wave = [d for d in deployments if d.wave == rollout.current_wave]
+        for d in wave:
+            if d.state == DeploymentState.pending:
+                _start_deployment(session=session, hub=hub, rollout=rollout, d=d)
+                session.add(d)
+        if any(not (d.state.terminal or d.state == DeploymentState.rolling_back) for d in wave):
+            return
+        failed = [d for d in wave if d.state in FAILED]
+        share = len(failed) / len(wave) if wave else 0.0
+        name = (
+            "canary"
+            if rollout.current_wave == 0 and strategy.canary_share > 0
+            else f"wave {rollout.current_wave}"
+        )
+        if share > strategy.max_failure_share:
+            reason = (
+                f"{name}: {len(failed)}/{len(wave)} failed ({share:.0%} > max {strategy.max_failure_share:.0%}): "
+                + failed[0].message
+            )
+            log.warning("rollout %s aborted: %s", rollout.id, reason)
+            _stop(
+                session=session,
+                hub=hub,
+                rollout=rollout,
+                state=RolloutState.aborted,
+                reason=reason,
+                rollback=strategy.rollback_on_abort,
+            )
+            return
+        if rollout.current_wave >= last_wave:
+            rollout.state = RolloutState.succeeded
+            done = sum(d.state == DeploymentState.succeeded for d in deployments)
+            rollout.reason = f"{done}/{len(deployments)} devices run {rollout.model_version}"
+            crud.touch(rollout)
+            session.add(rollout)
+            log.info("rollout %s succeeded", rollout.id)
+            return
+        rollout.current_wave += 1
+        rollout.wave_started_at = now
+        crud.touch(rollout)
+        session.add(rollout)
+
+
+def tick(*, session: Session, hub: SessionHub) -> int:
+    """One pass over every rollout that still has work. Returns how many it looked at."""
+    now = utcnow()
+    active = list(
+        session.exec(
+            select(Rollout).where(col(Rollout.state).in_([RolloutState.running, RolloutState.paused]))
+        ).all()
+    )
+    unwinding_ids = session.exec(
+        select(Deployment.rollout_id).where(Deployment.state == DeploymentState.rolling_back).distinct()
+    ).all()
+    seen = {r.id for r in active}
+    active += [crud.get_rollout(session=session, rollout_id=rid) for rid in unwinding_ids if rid not in seen]
+    for rollout in active:
+        _advance(session=session, hub=hub, rollout=rollout, now=now)
+    session.flush()
+    return len(active)

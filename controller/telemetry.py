@@ -1,0 +1,231 @@
+"""MQTT telemetry in: the agents' state, metrics and events (docs/CONVENTIONS.md).
+
+A paho-mqtt client subscribes to ``{prefix}/devices/+/state|metrics|events``. The retained state
+topic (with the agents' last-will) is what says online/offline. Metrics feed Prometheus gauges
+at once and per-device one-minute aggregates that are written to the DB in batches; events are
+stored as they come. Messages are parsed on paho's thread and written by one flusher thread, so
+a burst of telemetry never holds up the broker connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select, update
+
+from controller.db import session_scope
+from controller.metrics import Metrics
+from controller.models import Device, DeviceEvent, TelemetryAggregate
+
+log = logging.getLogger(__name__)
+WINDOW_S = 60
+
+
+@dataclass
+class _Window:
+    start: datetime
+    samples: int = 0
+    fps_sum: float = 0.0
+    fps_n: int = 0
+    cpu_sum: float = 0.0
+    cpu_n: int = 0
+    p99_max: float | None = None
+    mem_max: int | None = None
+    requests: int = 0
+    active_version: str = ""
+
+
+@dataclass
+class TelemetryIngest:
+    engine: Engine
+    metrics: Metrics
+    url: str
+    prefix: str = "edgeloop"
+    client_id: str = field(default_factory=lambda: f"edgeloop-controller-{int(time.time() * 1000) % 10**9}")
+
+    def __post_init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._windows: dict[str, _Window] = {}
+        self._classes: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.connected = threading.Event()
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
+            raise ValueError(f"unsupported MQTT URL {self.url!r}: use mqtt://host:port")
+        self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
+        )
+        if parsed.username:
+            self._client.username_pw_set(parsed.username, parsed.password)
+        if parsed.scheme in ("mqtts", "ssl"):
+            self._client.tls_set()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+
+    # -- lifecycle
+    def start(self) -> TelemetryIngest:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="telemetry-flush", daemon=True)
+        self._flusher.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        if self._flusher is not None:
+            self._flusher.join(timeout=10)
+        self._flush()
+
+    # -- paho callbacks (paho's thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            log.warning("MQTT connect to %s refused: %s", self.url, reason_code)
+            return
+        for kind, qos in (("state", 1), ("metrics", 0), ("events", 1)):
+            client.subscribe(f"{self.prefix}/devices/+/{kind}", qos=qos)
+        self.connected.set()
+        log.info("telemetry subscribed on %s under %s/", self.url, self.prefix)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+        parts = msg.topic.split("/")
+        if len(parts) < 3 or parts[-3] != "devices":
+            return
+        device_id, kind = parts[-2], parts[-1]
+        try:
+            payload = json.loads(msg.payload.decode("utf-8")) if msg.payload else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("unparsable telemetry on %s", msg.topic)
+            return
+        if not isinstance(payload, dict):
+            return
+        self.metrics.telemetry_messages.labels(kind).inc()
+        if kind == "metrics":
+            self._on_metrics(device_id, payload)
+        elif kind in ("state", "events"):
+            self._queue.put((kind, device_id, payload))
+
+    def _on_metrics(self, device_id: str, m: dict) -> None:
+        hw = self._classes.get(device_id, "")
+        now = datetime.now(timezone.utc)
+        start = now.replace(second=(now.second // WINDOW_S) * WINDOW_S if WINDOW_S < 60 else 0, microsecond=0)
+        w = self._windows.get(device_id)
+        if w is None or w.start != start:
+            if w is not None:
+                self._queue.put(("aggregate", device_id, w))
+            w = self._windows[device_id] = _Window(start=start)
+        w.samples += 1
+        fps, cpu = _num(m.get("fps")), _num(m.get("cpu_percent"))
+        lat = m.get("latency_ms") if isinstance(m.get("latency_ms"), dict) else {}
+        p99, mem = _num(lat.get("p99")), _num(m.get("memory_bytes"))
+        if fps is not None:
+            w.fps_sum, w.fps_n = w.fps_sum + fps, w.fps_n + 1
+            self.metrics.device_fps.labels(device_id, hw).set(fps)
+        if cpu is not None:
+            w.cpu_sum, w.cpu_n = w.cpu_sum + cpu, w.cpu_n + 1
+            self.metrics.device_cpu.labels(device_id, hw).set(cpu)
+        if p99 is not None:
+            w.p99_max = p99 if w.p99_max is None else max(w.p99_max, p99)
+            self.metrics.device_latency_p99.labels(device_id, hw).set(p99)
+        if mem is not None:
+            w.mem_max = int(mem) if w.mem_max is None else max(w.mem_max, int(mem))
+        w.requests = max(w.requests, int(_num(m.get("requests")) or 0))
+        w.active_version = str(m.get("active_version") or w.active_version)
+
+    # -- writer (flusher thread)
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(0.25):
+            try:
+                self._flush()
+            except Exception:
+                log.exception("telemetry flush failed")
+
+    def flush_windows(self) -> None:
+        """Write the open aggregation windows now (tests, shutdown)."""
+        for device_id, w in list(self._windows.items()):
+            self._queue.put(("aggregate", device_id, w))
+        self._flush()
+
+    def _flush(self) -> None:
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if not items:
+            return
+        with session_scope(self.engine) as session:
+            for kind, device_id, payload in items:
+                if kind == "state":
+                    self._write_state(session, device_id, payload)
+                elif kind == "events":
+                    session.add(
+                        DeviceEvent(
+                            device_id=device_id,
+                            event=str(payload.get("event", ""))[:50],
+                            model_version=str(payload.get("model_version") or "")[:200],
+                            details=payload.get("details")
+                            if isinstance(payload.get("details"), dict)
+                            else {},
+                        )
+                    )
+                elif kind == "aggregate":
+                    self._write_window(session, device_id, payload)
+            self._refresh_device_gauge(session)
+
+    def _write_state(self, session: Session, device_id: str, payload: dict) -> None:
+        state = str(payload.get("state", "")).lower()
+        if state not in ("online", "offline"):
+            return
+        values: dict = {"telemetry_state": state}
+        if state == "online":
+            values["last_seen"] = datetime.now(timezone.utc)
+            if payload.get("hardware_class"):
+                self._classes[device_id] = str(payload["hardware_class"])
+        session.exec(update(Device).where(col(Device.id) == device_id).values(**values))
+        log.info("device %s is %s (telemetry)", device_id, state)
+
+    def _write_window(self, session: Session, device_id: str, w: _Window) -> None:
+        row = session.exec(
+            select(TelemetryAggregate)
+            .where(TelemetryAggregate.device_id == device_id)
+            .where(TelemetryAggregate.window_start == w.start)
+        ).first() or TelemetryAggregate(device_id=device_id, window_start=w.start)
+        row.samples = w.samples
+        row.fps_mean = w.fps_sum / w.fps_n if w.fps_n else None
+        row.cpu_percent_mean = w.cpu_sum / w.cpu_n if w.cpu_n else None
+        row.latency_p99_ms_max = w.p99_max
+        row.memory_bytes_max = w.mem_max
+        row.requests = w.requests
+        row.active_version = w.active_version
+        session.add(row)
+
+    def _refresh_device_gauge(self, session: Session) -> None:
+        rows = session.exec(select(Device.connected, Device.telemetry_state, Device.revoked)).all()
+        online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
+        self.metrics.devices.labels("online").set(online)
+        self.metrics.devices.labels("offline").set(len(rows) - online)
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
