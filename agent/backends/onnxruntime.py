@@ -1,0 +1,305 @@
+"""ONNX Runtime backend: CPU execution provider with thread settings; CUDA (and ORT's TensorRT)
+execution providers when the installed build has them.
+
+Precisions:
+- fp32: the ONNX as given.
+- fp16: the graph converted to float16 with ONNX Runtime's own converter (inputs and outputs stay
+  float32, so clients do not change); on CPU it runs but few kernels are native FP16.
+- int8: an ONNX that already holds Q/DQ nodes runs as is; a plain model is quantized *on the
+  device* with ONNX Runtime's static Q/DQ quantizer, calibrated on images preprocessed with the
+  manifest: uint8 activations, int8 per-channel weights (the recipe that is fast on x86 CPUs,
+  see DESIGN.md), the calibration data supplied through ``BuildOptions.calibration``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from agent.backends.base import Availability, Backend, BuildInfo, BuildOptions, Engine, Precision, TensorInfo
+from agent.errors import BackendUnavailable, BuildError, CalibrationError, InvalidInput
+from protos import artifact_pb2, fleet_pb2
+
+log = logging.getLogger(__name__)
+
+ENGINE_FILE = "model.onnx"
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """True when the graph already carries explicit quantization (Q/DQ nodes)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def _providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("gpu"):
+        if "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(f"this onnxruntime build has no CUDA execution provider ({available})")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise BackendUnavailable(f"onnxruntime cannot run on device {device!r}")
+
+
+class _CalibrationReader:
+    """Adapts our calibration feeds to ORT's ``CalibrationDataReader`` protocol."""
+
+    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._feeds, None)
+        if batch is not None:
+            self.count += next(iter(batch.values())).shape[0]
+        return batch
+
+    def rewind(self) -> None:  # ORT >= 1.17 may call it; one pass is all we give
+        pass
+
+
+def quantize_qdq(
+    src: Path,
+    dst: Path,
+    options: BuildOptions,
+    *,
+    symmetric_activations: bool = False,
+) -> tuple[float, int]:
+    """Static Q/DQ quantization of ``src`` into ``dst``; returns (seconds, samples seen).
+
+    Default recipe (CPU): uint8 asymmetric activations, int8 symmetric per-channel weights.
+    ``symmetric_activations=True`` gives the int8/int8 symmetric recipe TensorRT wants.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if options.calibration is None:
+        raise CalibrationError(
+            "INT8 for a model without Q/DQ nodes needs calibration images (--calib DIR, or a "
+            "calibration shard in the deploy command)"
+        )
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if options.calibration_method not in methods:
+        raise CalibrationError(
+            f"unknown calibration method {options.calibration_method!r}; {sorted(methods)}"
+        )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeloop-quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:  # shape inference + graph cleanup the quantizer wants; optional, not fatal
+            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        except Exception as exc:
+            log.warning("quantization pre-processing skipped (%s); quantizing the model as is", exc)
+            shutil.copyfile(src, prepared)
+        reader = _CalibrationReader(iter(options.calibration()))
+        try:
+            quantize_static(
+                str(prepared),
+                str(dst),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                calibrate_method=methods[options.calibration_method],
+                extra_options={
+                    "ActivationSymmetric": symmetric_activations,
+                    "WeightSymmetric": True,
+                },
+            )
+        except CalibrationError:
+            raise
+        except Exception as exc:
+            raise BuildError(f"INT8 quantization failed: {exc}") from exc
+    if reader.count == 0:
+        raise CalibrationError("the calibration data yielded no samples")
+    return time.perf_counter() - start, reader.count
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """Float16 weights and activations, float32 inputs/outputs (clients keep sending fp32)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    onnx.save(converted, str(dst))
+
+
+def _rss() -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return 0
+
+
+class OnnxRuntimeEngine(Engine):
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: Path, options: BuildOptions, manifest: artifact_pb2.Manifest) -> None:
+        import onnxruntime as ort
+
+        self.precision = options.precision
+        self.device = options.device
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        before = _rss()
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=so, providers=_providers_for(options.device)
+            )
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            raise BuildError(f"onnxruntime could not load {model_path.name}: {exc}") from exc
+        self._memory = max(_rss() - before, model_path.stat().st_size)
+        layouts = {t.name: t.layout for t in manifest.inputs}
+        self._inputs = [self._info(a, layouts.get(a.name, "")) for a in self.session.get_inputs()]
+        self._outputs = [self._info(a, "") for a in self.session.get_outputs()]
+        self._output_names = [o.name for o in self._outputs]
+        self._lock = threading.Lock()  # only for the lazy memory update
+
+    @staticmethod
+    def _info(arg, layout: str) -> TensorInfo:
+        dtype = _ORT_TYPES.get(arg.type)
+        if dtype is None:
+            raise BuildError(f"tensor {arg.name!r} has unsupported type {arg.type}")
+        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+        return TensorInfo(arg.name, np.dtype(dtype), shape, layout)
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return self._outputs
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self.session.run(self._output_names, dict(feeds))
+        except Exception as exc:  # ORT raises its own types for bad shapes/dtypes
+            name = type(exc).__name__
+            if name in ("InvalidArgument", "Fail") or "INVALID_ARGUMENT" in str(exc):
+                raise InvalidInput(f"onnxruntime refused the input: {exc}") from exc
+            raise
+        return dict(zip(self._output_names, results, strict=True))
+
+    def memory_bytes(self) -> int:
+        return int(self._memory)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def availability(self) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return Availability(False, f"onnxruntime is not installed ({exc})")
+        return Availability(True, "", ort.__version__)
+
+    def runtime_version(self) -> str:
+        import onnxruntime as ort
+
+        return ort.__version__
+
+    def capabilities(self, profile: fleet_pb2.HardwareProfile) -> list[fleet_pb2.Capability]:
+        avail = self.availability()
+        if not avail.available:
+            return [
+                fleet_pb2.Capability(backend=self.name, precision=p.value, device="cpu", reason=avail.reason)
+                for p in Precision
+            ]
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        flags = set(profile.cpu_flags)
+        vnni = {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"} & flags
+        caps = [
+            fleet_pb2.Capability(backend=self.name, precision="fp32", device="cpu", available=True),
+            fleet_pb2.Capability(
+                backend=self.name,
+                precision="fp16",
+                device="cpu",
+                available=True,
+                reason="runs, but the CPU provider has few native FP16 kernels: expect it slower than fp32",
+            ),
+            fleet_pb2.Capability(
+                backend=self.name,
+                precision="int8",
+                device="cpu",
+                available=True,
+                reason="" if vnni else "no VNNI/dot-product instructions: INT8 may be slower than fp32",
+            ),
+        ]
+        if "CUDAExecutionProvider" in providers:
+            for gpu in profile.gpus:
+                for p in Precision:
+                    caps.append(
+                        fleet_pb2.Capability(
+                            backend=self.name, precision=p.value, device=f"gpu:{gpu.index}", available=True
+                        )
+                    )
+        return caps
+
+    def build(
+        self, onnx_path: Path, manifest: artifact_pb2.Manifest, options: BuildOptions, out_dir: Path
+    ) -> BuildInfo:
+        start = time.perf_counter()
+        dst = out_dir / ENGINE_FILE
+        info = BuildInfo(files=[ENGINE_FILE])
+        try:
+            model = onnx.load(str(onnx_path), load_external_data=False)
+        except Exception as exc:
+            raise BuildError(f"not a readable ONNX model: {onnx_path}: {exc}") from exc
+        if options.precision is Precision.FP32:
+            shutil.copyfile(onnx_path, dst)
+        elif options.precision is Precision.FP16:
+            convert_fp16(onnx_path, dst)
+        elif has_qdq(model):
+            info.notes.append("the model already holds Q/DQ nodes: run as is, no calibration")
+            shutil.copyfile(onnx_path, dst)
+        else:
+            info.calibration_time_s, samples = quantize_qdq(onnx_path, dst, options)
+            info.notes.append(f"calibrated on {samples} samples ({options.calibration_method})")
+        # Load once here so a model this runtime cannot run fails the build, not the first request.
+        OnnxRuntimeEngine(dst, options, manifest).close()
+        info.build_time_s = time.perf_counter() - start
+        return info
+
+    def load(self, engine_dir: Path, manifest: artifact_pb2.Manifest, options: BuildOptions) -> Engine:
+        return OnnxRuntimeEngine(engine_dir / ENGINE_FILE, options, manifest)

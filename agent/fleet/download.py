@@ -1,0 +1,137 @@
+"""Artifact download: resumable chunks, sha256 and ed25519 checks before anything is used.
+
+The signature (ed25519 over the raw sha256 digest, by the controller's key received at Register)
+is checked before a byte is fetched; the bytes are hashed as they arrive and the file only gets
+its final name when the digest matches the signed one. A partial file (``.part``) is resumed from
+its size; a refused artifact is deleted, and nothing the device is running is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protos import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactRejected(Exception):
+    """The artifact failed its signature or digest check; it was deleted."""
+
+
+class DownloadInterrupted(Exception):
+    """The transfer stopped early; the partial file is kept for a resume."""
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    resumed_from: int
+    bytes_received: int
+    cached: bool = False
+
+
+def verify_signature(public_key: bytes, sha256_hex: str, signature: bytes) -> None:
+    if not public_key:
+        raise ArtifactRejected("no controller public key: register first")
+    try:
+        digest = bytes.fromhex(sha256_hex)
+    except ValueError as exc:
+        raise ArtifactRejected(f"malformed sha256 {sha256_hex!r}") from exc
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, digest)
+    except (InvalidSignature, ValueError) as exc:
+        raise ArtifactRejected(f"bad signature on artifact {sha256_hex[:12]}…") from exc
+
+
+def _hash_file(path: Path, digest: hashlib._Hash) -> int:
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size
+
+
+def artifact_path(dest_dir: Path, ref: fleet_pb2.ArtifactRef) -> Path:
+    suffix = ".tar" if ref.kind == "shard" else ".onnx"
+    return dest_dir / f"{ref.sha256}{suffix}"
+
+
+def download_artifact(
+    stub: fleet_pb2_grpc.FleetServiceStub,
+    ref: fleet_pb2.ArtifactRef,
+    dest_dir: Path,
+    public_key: bytes,
+    *,
+    metadata: tuple[tuple[str, str], ...] = (),
+    chunk_size: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    timeout: float | None = None,
+) -> DownloadResult:
+    """Fetch ``ref`` into ``dest_dir/<sha256>.<ext>`` (resuming a ``.part``) and verify it."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = artifact_path(dest_dir, ref)
+    part = final.with_name(final.name + ".part")
+    try:
+        verify_signature(public_key, ref.sha256, ref.signature)
+    except ArtifactRejected:
+        part.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        raise
+    if final.exists():
+        digest = hashlib.sha256()
+        _hash_file(final, digest)
+        if digest.hexdigest() == ref.sha256:
+            return DownloadResult(final, 0, 0, cached=True)
+        log.warning("cached %s is corrupt; fetching again", final.name)
+        final.unlink()
+    digest = hashlib.sha256()
+    offset = _hash_file(part, digest) if part.exists() else 0
+    if ref.size_bytes and offset > ref.size_bytes:
+        part.unlink()
+        digest, offset = hashlib.sha256(), 0
+    resumed_from, received = offset, 0
+    if resumed_from:
+        log.info("resuming %s at %d/%d bytes", final.name, offset, ref.size_bytes)
+    request = fleet_pb2.DownloadRequest(artifact_id=ref.artifact_id, offset=offset, chunk_size=chunk_size)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        try:
+            for chunk in stub.DownloadArtifact(request, metadata=metadata, timeout=timeout):
+                if chunk.sha256 != ref.sha256 or (ref.size_bytes and chunk.total_size != ref.size_bytes):
+                    raise ArtifactRejected("the controller serves different bytes than the signed reference")
+                if chunk.offset != offset:
+                    raise DownloadInterrupted(f"chunk at {chunk.offset}, expected {offset}")
+                if chunk.data:
+                    os.write(fd, chunk.data)
+                    digest.update(chunk.data)
+                    offset += len(chunk.data)
+                    received += len(chunk.data)
+                if on_progress is not None:
+                    on_progress(offset, chunk.total_size)
+        except grpc.RpcError as exc:
+            raise DownloadInterrupted(
+                f"download of {ref.artifact_id} broke at {offset} bytes: {exc.code().name}"
+            ) from exc
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if ref.size_bytes and offset < ref.size_bytes:
+        raise DownloadInterrupted(f"stream ended at {offset}/{ref.size_bytes} bytes")
+    if digest.hexdigest() != ref.sha256:
+        part.unlink(missing_ok=True)
+        raise ArtifactRejected(
+            f"sha256 mismatch: signed {ref.sha256[:12]}…, received {digest.hexdigest()[:12]}…; deleted"
+        )
+    os.replace(part, final)
+    return DownloadResult(final, resumed_from, received)
