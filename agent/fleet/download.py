@@ -124,6 +124,9 @@ def download_artifact(
                 f"download of {ref.artifact_id} broke at {offset} bytes: {exc.code().name}"
             ) from exc
         os.fsync(fd)
+    except ArtifactRejected:
+        part.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
     if ref.size_bytes and offset < ref.size_bytes:

@@ -1,0 +1,274 @@
+"""The agent's gRPC client: enrol once, keep the device credentials, hold the control stream.
+
+Agents always dial out. ``register`` trades the enrollment token for a device id and token
+(saved 0600 under ``<agent_dir>/fleet/credentials.json``, with the controller's artifact
+public key); later calls carry them as metadata. ``serve_forever`` keeps one bidirectional
+stream open (hello, heartbeats and command status up; commands down) and reconnects with
+exponential backoff and jitter. A device the controller refuses (revoked, unknown) stops with
+``DeviceRefused`` instead of hammering the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+
+from protos import fleet_pb2, fleet_pb2_grpc
+
+log = logging.getLogger(__name__)
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class DeviceRefused(Exception):
+    """The controller does not accept this device (revoked, unknown id, wrong enrollment token)."""
+
+
+@dataclass
+class Credentials:
+    device_id: str
+    device_token: str
+    public_key_hex: str
+    controller: str
+    mqtt_url: str = ""
+    telemetry_prefix: str = "edgeloop"
+    heartbeat_interval_s: int = 10
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes.fromhex(self.public_key_hex)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(asdict(self), fh, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials | None:
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass
+class AgentIdentity:
+    """What the agent tells the controller about itself at Register."""
+
+    name: str
+    hardware: fleet_pb2.HardwareProfile
+    capabilities: list[fleet_pb2.Capability] = field(default_factory=list)
+    agent_version: str = "0.1.0"
+    tags: list[str] = field(default_factory=list)
+
+
+class FleetClient:
+    def __init__(
+        self,
+        target: str,
+        agent_dir: str | Path,
+        identity: AgentIdentity,
+        enrollment_token: str = "",
+        *,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.agent_dir = Path(agent_dir)
+        self.identity = identity
+        self.enrollment_token = enrollment_token
+        self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        self.credentials = Credentials.load(self.credentials_path)
+        self._outbox: queue.Queue[fleet_pb2.AgentMessage | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._call = None
+        self._generation = 0
+        self.connected = threading.Event()
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.agent_dir / "fleet" / "credentials.json"
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.credentials is None:
+            raise DeviceRefused("not registered")
+        return (
+            ("authorization", f"Bearer {self.credentials.device_token}"),
+            ("x-edgeloop-device", self.credentials.device_id),
+        )
+
+    # ------------------------------------------------------------ enrolment
+    def register(self, timeout: float = 30.0) -> Credentials:
+        """Enrol, or re-enrol this device (refreshing its token); saves the credentials."""
+        known = self.credentials
+        request = fleet_pb2.RegisterRequest(
+            enrollment_token=self.enrollment_token,
+            name=self.identity.name,
+            hardware=self.identity.hardware,
+            capabilities=self.identity.capabilities,
+            agent_version=self.identity.agent_version,
+            tags=self.identity.tags,
+            device_id=known.device_id if known else "",
+        )
+        try:
+            resp = self.stub.Register(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                raise DeviceRefused(f"controller refused registration: {exc.details()}") from exc
+            raise
+        self.credentials = Credentials(
+            device_id=resp.device_id,
+            device_token=resp.device_token,
+            public_key_hex=resp.artifact_signing_public_key.hex(),
+            controller=self.target,
+            mqtt_url=resp.mqtt_url,
+            telemetry_prefix=resp.telemetry_prefix or "edgeloop",
+            heartbeat_interval_s=resp.heartbeat_interval_s or 10,
+        )
+        self.credentials.save(self.credentials_path)
+        log.info("registered as %s with %s", resp.device_id, self.target)
+        return self.credentials
+
+    # ------------------------------------------------------------ unary calls
+    def report(self, report: fleet_pb2.Report, timeout: float = 30.0) -> str:
+        ack = self.stub.ReportResult(
+            fleet_pb2.ResultReport(report=report), metadata=self.metadata, timeout=timeout
+        )
+        return ack.result_id
+
+    # ------------------------------------------------------------ the stream
+    def send_status(
+        self,
+        command_id: str,
+        state: str,
+        message: str = "",
+        *,
+        progress: float = 0.0,
+        kind: str = "",
+        model_version: str = "",
+    ) -> None:
+        self._outbox.put(
+            fleet_pb2.AgentMessage(
+                status=fleet_pb2.CommandStatus(
+                    command_id=command_id,
+                    state=state,
+                    message=message[:2000],
+                    progress=progress,
+                    kind=kind,
+                    model_version=model_version,
+                )
+            )
+        )
+
+    def _outgoing(self, hello: fleet_pb2.Hello, state_fn: Callable[[], tuple[str, str]]) -> Iterator:
+        generation = self._generation
+        yield fleet_pb2.AgentMessage(hello=hello)
+        interval = self.credentials.heartbeat_interval_s if self.credentials else 10
+        next_beat = time.monotonic() + interval
+        while not self._stop.is_set():
+            try:
+                msg = self._outbox.get(timeout=max(0.05, next_beat - time.monotonic()))
+            except queue.Empty:
+                msg = False
+            if msg is None:
+                return
+            if generation != self._generation:  # this stream is gone: keep the message for the next
+                if msg is not False:
+                    self._outbox.put(msg)
+                return
+            if msg is not False:
+                yield msg
+            if time.monotonic() >= next_beat:
+                active, candidate = state_fn()
+                yield fleet_pb2.AgentMessage(
+                    heartbeat=fleet_pb2.Heartbeat(
+                        timestamp=time.time(), active_version=active, candidate_version=candidate
+                    )
+                )
+                next_beat = time.monotonic() + interval
+
+    def connect_once(
+        self,
+        on_command: Callable[[fleet_pb2.ControllerCommand], None],
+        hello_fn: Callable[[], fleet_pb2.Hello],
+        state_fn: Callable[[], tuple[str, str]],
+    ) -> None:
+        """One control stream until it breaks; commands are handed to ``on_command`` in order."""
+        call = self.stub.Connect(self._outgoing(hello_fn(), state_fn), metadata=self.metadata)
+        self._call = call
+        self.connected.set()
+        try:
+            for command in call:
+                on_command(command)
+        finally:
+            self._generation += 1
+            self.connected.clear()
+            self._call = None
+
+    def serve_forever(
+        self,
+        on_command: Callable[[fleet_pb2.ControllerCommand], None],
+        hello_fn: Callable[[], fleet_pb2.Hello],
+        state_fn: Callable[[], tuple[str, str]],
+        *,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        """Register when needed and keep the stream up until ``stop()``; raises DeviceRefused."""
+        backoff = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                if self.credentials is None:
+                    self.register()
+                self.connect_once(on_command, hello_fn, state_fn)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED and self.enrollment_token:
+                    log.info("device token refused; registering again")
+                    try:
+                        self.register()
+                        continue
+                    except DeviceRefused:
+                        raise
+                    except grpc.RpcError:
+                        pass
+                elif code == grpc.StatusCode.PERMISSION_DENIED:
+                    raise DeviceRefused(f"controller refused this device: {exc.details()}") from exc
+                elif code != grpc.StatusCode.CANCELLED or not self._stop.is_set():
+                    log.warning("control stream to %s broke: %s %s", self.target, code.name, exc.details())
+            if self._stop.is_set():
+                break
+            if time.monotonic() - started > 10:
+                backoff = 0.5  # it was up for a while: start the backoff again
+            delay = backoff * (0.5 + random.random())
+            log.info("reconnecting in %.1fs", delay)
+            self._stop.wait(delay)
+            backoff = min(max_backoff_s, backoff * 2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._outbox.put(None)
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def close(self) -> None:
+        self.stop()
+        self.channel.close()

@@ -1,0 +1,260 @@
+"""``edgeloop agent run``: the fleet daemon, a thin loop from controller commands to device work.
+
+It enrols with the controller (``--controller HOST:PORT``, enrollment token), keeps the control
+stream, and for each command: downloads and verifies the artifacts it names, calls the
+``Executor`` (deploy, calibrate, benchmark, switch, rollback), sends the measured reports and a
+final status. Commands are idempotent by id: a command seen again after a reconnect (the
+controller resends what it has not seen finish) only repeats its final status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import socket
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
+from agent.fleet.download import ArtifactRejected, DownloadInterrupted, download_artifact
+from agent.fleet.executor import Executor, Shards, load_default_executor
+from protos import fleet_pb2
+
+log = logging.getLogger(__name__)
+JOURNAL_KEEP = 500
+
+
+class FleetAgent:
+    """Maps commands to executor calls; one command at a time, in arrival order."""
+
+    def __init__(self, client: FleetClient, executor: Executor, *, download_retries: int = 5) -> None:
+        self.client = client
+        self.executor = executor
+        self.download_retries = download_retries
+        self.artifacts_dir = client.agent_dir / "artifacts"
+        self.journal_path = client.agent_dir / "fleet" / "commands.json"
+        self._journal: OrderedDict[str, dict] = OrderedDict()
+        if self.journal_path.exists():
+            self._journal = OrderedDict(json.loads(self.journal_path.read_text(encoding="utf-8")))
+        self._lock = threading.Lock()
+
+    # -- stream callbacks
+    def hello(self) -> fleet_pb2.Hello:
+        st = self.executor.state()
+        return fleet_pb2.Hello(
+            agent_version=self.client.identity.agent_version,
+            active_version=st.active,
+            candidate_version=st.candidate,
+            previous_version=st.previous,
+            cached_artifacts=st.cached,
+        )
+
+    def slot_versions(self) -> tuple[str, str]:
+        st = self.executor.state()
+        return st.active, st.candidate
+
+    def on_command(self, command: fleet_pb2.ControllerCommand) -> None:
+        with self._lock:
+            done = self._journal.get(command.command_id)
+            if done is not None:
+                self.client.send_status(command.command_id, **done)
+                return
+            kind = command.WhichOneof("body") or ""
+            self.client.send_status(command.command_id, "accepted", kind=kind)
+            try:
+                version, message = getattr(self, f"_do_{kind}")(command)
+                final = {"state": "succeeded", "message": message, "kind": kind, "model_version": version}
+            except (ArtifactRejected, DownloadInterrupted) as exc:
+                final = {
+                    "state": "failed",
+                    "message": f"artifact refused: {exc}",
+                    "kind": kind,
+                    "model_version": "",
+                }
+            except Exception as exc:  # the device work failed: say why, keep serving
+                log.exception("command %s (%s) failed", command.command_id, kind)
+                final = {
+                    "state": "failed",
+                    "message": f"{type(exc).__name__}: {exc}",
+                    "kind": kind,
+                    "model_version": "",
+                }
+            final["progress"] = 1.0
+            self._remember(command.command_id, final)
+            self.client.send_status(command.command_id, **final)
+
+    def _remember(self, command_id: str, final: dict) -> None:
+        self._journal[command_id] = final
+        while len(self._journal) > JOURNAL_KEEP:
+            self._journal.popitem(last=False)
+        self.journal_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.journal_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._journal), encoding="utf-8")
+        os.replace(tmp, self.journal_path)
+
+    # -- artifacts
+    def fetch(self, ref: fleet_pb2.ArtifactRef, command_id: str = "") -> Path:
+        creds = self.client.credentials
+        last: Exception | None = None
+        for _ in range(self.download_retries):
+            try:
+
+                def progress(done: int, total: int) -> None:
+                    if command_id and total:
+                        self.client.send_status(
+                            command_id, "running", "downloading", progress=0.5 * done / total
+                        )
+
+                return download_artifact(
+                    self.client.stub,
+                    ref,
+                    self.artifacts_dir,
+                    creds.public_key if creds else b"",
+                    metadata=self.client.metadata,
+                    on_progress=progress if command_id else None,
+                ).path
+            except DownloadInterrupted as exc:  # resumable: try again from what is on disk
+                last = exc
+                log.warning("%s; resuming", exc)
+        raise DownloadInterrupted(f"gave up after {self.download_retries} tries: {last}")
+
+    def _shards(self, calibration: fleet_pb2.ArtifactRef, evaluation: fleet_pb2.ArtifactRef) -> Shards:
+        return Shards(
+            calibration=self.fetch(calibration) if calibration.artifact_id else None,
+            evaluation=self.fetch(evaluation) if evaluation.artifact_id else None,
+        )
+
+    # -- commands
+    def _send_report(self, report: fleet_pb2.Report, command_id: str) -> None:
+        report.command_id = command_id
+        self.client.report(report)
+
+    def _do_deploy(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
+        d = command.deploy
+        onnx_path = self.fetch(d.artifact, command.command_id)
+        shards = self._shards(d.calibration, d.evaluation)
+        report = self.executor.deploy(
+            onnx_path=onnx_path, manifest_json=d.artifact.manifest_json, command=d, shards=shards
+        )
+        report.model_version = report.model_version or d.artifact.model_version
+        report.artifact_id = report.artifact_id or d.artifact.artifact_id
+        self._send_report(report, command.command_id)
+        active = self.executor.state().active
+        return active, f"deployed {d.artifact.model_version}; active {active}"
+
+    def _do_benchmark(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
+        b = command.benchmark
+        onnx_path = self.fetch(b.artifact, command.command_id)
+        shards = self._shards(b.calibration, b.evaluation)
+        reports = self.executor.benchmark(
+            onnx_path=onnx_path, manifest_json=b.artifact.manifest_json, command=b, shards=shards
+        )
+        for report in reports:
+            report.model_version = report.model_version or b.artifact.model_version
+            report.artifact_id = report.artifact_id or b.artifact.artifact_id
+            report.round_id = report.round_id or b.round_id
+            self._send_report(report, command.command_id)
+        return b.artifact.model_version, f"{len(reports)} reports"
+
+    def _do_calibrate(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
+        c = command.calibrate
+        onnx_path = self.fetch(c.artifact, command.command_id)
+        shards = self._shards(c.calibration, fleet_pb2.ArtifactRef())
+        report = self.executor.calibrate(
+            onnx_path=onnx_path, manifest_json=c.artifact.manifest_json, command=c, shards=shards
+        )
+        report.model_version = report.model_version or c.artifact.model_version
+        self._send_report(report, command.command_id)
+        return c.artifact.model_version, "calibrated"
+
+    def _do_switch(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
+        active = self.executor.switch(command.switch.model_version)
+        return active, f"active {active}"
+
+    def _do_rollback(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
+        active = self.executor.rollback(command.rollback.to_version)
+        return active, f"rolled back ({command.rollback.reason[:200]}); active {active or 'none'}"
+
+    # -- run
+    def run(self) -> None:
+        self.client.serve_forever(self.on_command, self.hello, self.slot_versions)
+
+
+def minimal_hardware(hardware_class: str = "", threads: int = 0) -> fleet_pb2.HardwareProfile:
+    """A profile from the standard library, used when the agent's probe is not installed."""
+    return fleet_pb2.HardwareProfile(
+        hostname=socket.gethostname(),
+        arch=platform.machine(),
+        os=f"{platform.system()} {platform.release()}",
+        cpu_model=platform.processor(),
+        cpu_cores=os.cpu_count() or 0,
+        hardware_class=hardware_class or f"{platform.machine()}-cpu",
+        cpu_threads_limit=threads,
+    )
+
+
+def probe_identity(args: argparse.Namespace) -> AgentIdentity:
+    hardware, capabilities = None, []
+    try:
+        from agent import probe  # the agent engineer's probe, when installed
+
+        hardware = probe.probe_hardware()
+        capabilities = list(probe.probe_capabilities())
+    except (ImportError, AttributeError) as exc:
+        log.warning("agent probe not available (%s): sending a minimal hardware profile", exc)
+    if hardware is None:
+        hardware = minimal_hardware(args.hardware_class, args.threads)
+    if args.hardware_class:
+        hardware.hardware_class = args.hardware_class
+    if args.threads:
+        hardware.cpu_threads_limit = args.threads
+    return AgentIdentity(
+        name=args.name or socket.gethostname(),
+        hardware=hardware,
+        capabilities=capabilities,
+        tags=[t for t in (args.tags or "").split(",") if t],
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--controller",
+        default=env("EDGELOOP_CONTROLLER", "127.0.0.1:50051"),
+        help="HOST:PORT of the gRPC service",
+    )
+    parser.add_argument(
+        "--agent-dir", default=env("EDGELOOP_AGENT_DIR", str(Path.home() / ".edgeloop" / "agent"))
+    )
+    parser.add_argument("--enrollment-token", default=env("EDGELOOP_ENROLLMENT_TOKEN", ""))
+    parser.add_argument("--name", default="", help="device name (default: hostname)")
+    parser.add_argument("--tags", default=env("EDGELOOP_AGENT_TAGS", ""), help="comma-separated tags")
+    parser.add_argument("--hardware-class", default=env("EDGELOOP_HARDWARE_CLASS", ""))
+    parser.add_argument("--threads", type=int, default=int(env("EDGELOOP_AGENT_THREADS", "0") or 0))
+    parser.add_argument("--mqtt", default=env("EDGELOOP_MQTT_URL", ""), help="broker URL for telemetry")
+
+
+def run(args: argparse.Namespace) -> int:
+    identity = probe_identity(args)
+    agent_dir = Path(args.agent_dir)
+    executor = load_default_executor(
+        agent_dir, threads=args.threads, mqtt_url=args.mqtt, hardware_class=identity.hardware.hardware_class
+    )
+    client = FleetClient(args.controller, agent_dir, identity, args.enrollment_token)
+    if client.credentials is None and not args.enrollment_token:
+        log.error("not enrolled yet: pass --enrollment-token or set EDGELOOP_ENROLLMENT_TOKEN")
+        return 2
+    try:
+        FleetAgent(client, executor).run()
+    except DeviceRefused as exc:
+        log.error("%s", exc)
+        return 3
+    except KeyboardInterrupt:
+        raise
+    finally:
+        client.close()
+    return 0

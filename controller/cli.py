@@ -1,0 +1,73 @@
+"""``edgeloop controller serve``: the controller in one process (gRPC, REST, dashboard, engine)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="controller_command", metavar="ACTION", required=True)
+    serve = sub.add_parser("serve", help="run the controller (gRPC fleet service, REST API, dashboard)")
+    serve.add_argument("--db", help="SQLAlchemy URL (default: SQLite in the data dir; postgres://... works)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port for agents (default 50051)")
+    serve.add_argument("--http-port", type=int, help="REST API and dashboard port (default 8000)")
+    serve.add_argument("--host", help="address to listen on for both (default 0.0.0.0)")
+    serve.add_argument("--mqtt", help="broker URL mqtt://host:port (default: start a local broker)")
+    serve.add_argument(
+        "--no-broker", action="store_true", help="no local broker and no telemetry when --mqtt is unset"
+    )
+    serve.add_argument("--data-dir", help="artifacts, keys, tokens, the SQLite file")
+    serve.add_argument("--telemetry-prefix", help="MQTT topic prefix (default edgeloop)")
+    migrate = sub.add_parser("migrate", help="run the database migrations (alembic upgrade head) and exit")
+    migrate.add_argument("--db")
+    migrate.add_argument("--data-dir")
+
+
+def _settings(args: argparse.Namespace):  # noqa: ANN202
+    from controller.core.config import get_settings
+
+    overrides = {"db_url": args.db, "data_dir": args.data_dir}
+    if args.controller_command == "serve":
+        overrides |= {
+            "grpc_port": args.grpc_port,
+            "http_port": args.http_port,
+            "mqtt_url": args.mqtt,
+            "telemetry_prefix": args.telemetry_prefix,
+            "grpc_host": args.host,
+            "http_host": args.host,
+        }
+        if args.no_broker:
+            overrides["start_broker"] = False
+    return get_settings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.controller_command == "migrate":
+        from controller.db import make_engine, migrate
+
+        migrate(make_engine(settings.database_url))
+        return 0
+    import uvicorn
+
+    from controller.main import create_app
+    from controller.runtime import Controller
+
+    ctl = Controller(settings).start()
+    print(
+        f"edgeloop controller: gRPC {settings.grpc_host}:{ctl.grpc_port}, "
+        f"HTTP http://{settings.http_host}:{settings.http_port} (dashboard /dashboard#token=..., docs /docs)\n"
+        f"  database  {settings.database_url.split('@')[-1]}\n"
+        f"  telemetry {ctl.public_mqtt_url or 'off'}\n"
+        f"  API token and enrollment token: EDGELOOP_API_TOKEN / EDGELOOP_ENROLLMENT_TOKEN "
+        f"(or the files api_token, enrollment_token in {settings.data_dir})",
+        flush=True,
+    )
+    try:
+        uvicorn.run(create_app(ctl), host=settings.http_host, port=settings.http_port, log_level="info")
+    finally:
+        ctl.stop()
+    return 0
