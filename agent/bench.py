@@ -1,0 +1,495 @@
+"""Benchmark an engine on this device with MLPerf LoadGen, and measure its accuracy.
+
+Scenarios (LoadGen's, performance mode):
+- ``singlestream``: one query at a time; latency p50/p90/p95/p99.
+- ``offline``: every sample at once, run in batches; throughput.
+- ``server``: Poisson arrivals at a target QPS with dynamic batching in the SUT; the reported
+  result is the highest QPS whose p99 latency meets the bound, found by a short search.
+``valid`` in a ScenarioResult means LoadGen's performance constraints (latency bound, minimum
+duration and query count) were met. LoadGen's early-stopping criterion, which needs thousands
+of queries, is not required of the short runs a device does between serving (it is recorded in
+the log directory when ``log_dir`` is given).
+
+``benchmark`` returns a ``fleet_pb2.Report``, the message the controller's policy reads, and
+never raises for a failure of the model: failures are listed in ``report.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import json_format
+
+from agent.backends.base import Engine
+from agent.calibration import batch_size_for
+from agent.config import AgentSettings
+from agent.engine_cache import EngineCache
+from agent.engines import BuiltEngine, build_engine
+from agent.errors import AgentError
+from agent.evaluate import evaluate
+from agent.model_spec import ResolvedModel, resolve_model
+from agent.preprocess import ImageFolder, Preprocessor, feeds_for
+from agent.probe import probe_hardware
+from protos import artifact_pb2, fleet_pb2
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("singlestream", "offline", "server")
+Progress = Callable[[str, float], None]
+_LOADGEN_LOCK = threading.Lock()  # LoadGen is process-global: one test at a time
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    scenarios: tuple[str, ...] = SCENARIOS
+    duration_ms: int = 3000  # minimum duration of one LoadGen run
+    min_queries: int = 64  # minimum query count of one LoadGen run
+    batch_size: int = 8  # offline batch, and the server's largest dynamic batch
+    samples: int = 64  # performance sample set held in memory
+    server_latency_ms: float | None = None  # p99 bound; None = 3 x single-stream p99 (>= 2 ms)
+    server_search_steps: int = 5
+    eval_limit: int | None = None  # evaluation images (None = all)
+    log_dir: Path | None = None  # keep LoadGen's logs here (one folder per run)
+
+
+# ---------------------------------------------------------------- samples
+def sample_set(
+    model: ResolvedModel, engine: Engine, data_dir: Path | None, count: int
+) -> list[dict[str, np.ndarray]]:
+    """``count`` single-sample feeds (batch 1): preprocessed images from ``data_dir`` when given,
+    else random tensors of the input spec (timing does not depend on pixel values)."""
+    manifest = model.manifest
+    if data_dir is not None:
+        folder = ImageFolder.open(data_dir).subset(count)
+        pre = Preprocessor.from_manifest(manifest)
+        images = [pre.load(p)[None] for p, _ in folder.samples]
+        return [feeds_for(manifest, img) for img in images]
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(min(count, 16)):
+        feed = {}
+        for spec in engine.inputs:
+            shape = [
+                1 if i == 0 else (d if d > 0 else _dim_default(manifest, spec.name, i))
+                for i, d in enumerate(spec.shape)
+            ]
+            if np.issubdtype(spec.dtype, np.floating):
+                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            else:
+                feed[spec.name] = rng.integers(0, 255, size=shape).astype(spec.dtype)
+        samples.append(feed)
+    return samples
+
+
+def _dim_default(manifest: artifact_pb2.Manifest, name: str, axis: int) -> int:
+    spec = next((t for t in manifest.inputs if t.name == name), None)
+    p = manifest.preprocessing
+    nchw = spec is None or (spec.layout or "NCHW") == "NCHW"
+    dims = {1: 3, 2: p.height, 3: p.width} if nchw else {1: p.height, 2: p.width, 3: 3}
+    return int(dims.get(axis) or 224)
+
+
+class _Batcher:
+    """Runs queries on the engine in a worker thread, batching what is waiting (up to
+    ``max_batch``); static-batch engines get padded batches of their fixed size."""
+
+    def __init__(
+        self, engine: Engine, samples: Sequence[dict[str, np.ndarray]], max_batch: int, fixed: int | None
+    ):
+        self.engine = engine
+        self.samples = samples
+        self.max_batch = fixed or max_batch
+        self.fixed = fixed
+        self.queue: queue.Queue = queue.Queue()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._work, name="bench-sut", daemon=True)
+        self._thread.start()
+
+    def issue(self, query_samples) -> None:
+        for q in query_samples:
+            self.queue.put(q)
+
+    def _work(self) -> None:
+        import mlperf_loadgen as lg
+
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                self._run([q.index for q in batch])
+            except Exception as exc:  # recorded; LoadGen still gets its responses
+                if len(self.errors) < 5:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in batch])
+
+    def _run(self, indices: list[int]) -> None:
+        n = len(indices)
+        if self.fixed and n < self.fixed:
+            indices = indices + [indices[-1]] * (self.fixed - n)
+        picked = [self.samples[i % len(self.samples)] for i in indices]
+        feeds = {name: np.concatenate([s[name] for s in picked]) for name in picked[0]}
+        self.engine.run(feeds)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout=30)
+
+
+def _parse_summary(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and value.strip():
+            values.setdefault(key.strip(), value.strip())
+    return values
+
+
+def _ns_to_ms(values: dict[str, str], key: str) -> float:
+    try:
+        return float(values[key]) / 1e6
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def run_loadgen(
+    engine: Engine,
+    samples: Sequence[dict[str, np.ndarray]],
+    scenario: str,
+    config: BenchConfig,
+    *,
+    target_qps: float | None = None,
+    latency_bound_ms: float | None = None,
+    expected_latency_ms: float | None = None,
+) -> tuple[fleet_pb2.ScenarioResult, dict[str, str], list[str]]:
+    """One LoadGen run; returns (result, raw summary values, SUT errors)."""
+    import mlperf_loadgen as lg
+
+    fixed = engine.max_batch if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
+    max_batch = 1 if scenario == "singlestream" else config.batch_size
+    settings = lg.TestSettings()
+    settings.mode = lg.TestMode.PerformanceOnly
+    settings.min_duration_ms = int(config.duration_ms)
+    settings.min_query_count = int(config.min_queries)
+    if scenario == "singlestream":
+        settings.scenario = lg.TestScenario.SingleStream
+        if expected_latency_ms:
+            settings.single_stream_expected_latency_ns = int(expected_latency_ms * 1e6)
+    elif scenario == "offline":
+        settings.scenario = lg.TestScenario.Offline
+        settings.offline_expected_qps = float(target_qps or 100.0)
+    elif scenario == "server":
+        settings.scenario = lg.TestScenario.Server
+        settings.server_target_qps = float(target_qps or 10.0)
+        settings.server_target_latency_ns = int((latency_bound_ms or 100.0) * 1e6)
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {SCENARIOS}")
+    outdir = Path(tempfile.mkdtemp(prefix=f"edgeloop-loadgen-{scenario}-"))
+    log_settings = lg.LogSettings()
+    log_settings.log_output.outdir = str(outdir)
+    log_settings.log_output.copy_summary_to_stdout = False
+    log_settings.enable_trace = False
+    with _LOADGEN_LOCK:
+        batcher = _Batcher(engine, samples, max_batch, fixed)
+        sut = lg.ConstructSUT(batcher.issue, lambda: None)
+        qsl = lg.ConstructQSL(len(samples), len(samples), lambda s: None, lambda s: None)
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+        finally:
+            batcher.stop()
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+    summary = (outdir / "mlperf_log_summary.txt").read_text(encoding="utf-8", errors="replace")
+    if config.log_dir is not None:
+        dest = Path(config.log_dir) / f"{scenario}-{int(time.time() * 1000)}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(outdir, dest)
+    shutil.rmtree(outdir, ignore_errors=True)
+    values = _parse_summary(summary)
+    constraints = values.get("Performance constraints satisfied", "Yes").lower().startswith("yes")
+    duration_ok = values.get("Min duration satisfied", "Yes").lower().startswith("yes")
+    queries_ok = values.get("Min queries satisfied", "Yes").lower().startswith("yes")
+    result = fleet_pb2.ScenarioResult(
+        scenario=scenario,
+        batch_size=1 if scenario == "singlestream" else (fixed or config.batch_size),
+        latency_mean_ms=_ns_to_ms(values, "Mean latency (ns)"),
+        latency_p50_ms=_ns_to_ms(values, "50.00 percentile latency (ns)"),
+        latency_p90_ms=_ns_to_ms(values, "90.00 percentile latency (ns)"),
+        latency_p95_ms=_ns_to_ms(values, "95.00 percentile latency (ns)"),
+        latency_p99_ms=_ns_to_ms(values, "99.00 percentile latency (ns)"),
+        target_latency_ms=latency_bound_ms or 0.0,
+        valid=constraints and duration_ok and queries_ok and not batcher.errors,
+    )
+    if scenario == "offline":
+        result.throughput_fps = float(values.get("Samples per second", 0) or 0)
+    elif scenario == "server":
+        result.throughput_fps = float(values.get("Completed samples per second", 0) or 0)
+    else:
+        qps = values.get("QPS w/o loadgen overhead") or values.get("QPS w/ loadgen overhead")
+        result.throughput_fps = (
+            float(qps) if qps else (1000.0 / result.latency_mean_ms if result.latency_mean_ms else 0.0)
+        )
+    return result, values, batcher.errors
+
+
+def _quick_latency_ms(
+    engine: Engine, samples: Sequence[dict[str, np.ndarray]], batch: int, repeats: int = 5
+) -> float:
+    fixed = engine.max_batch if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
+    n = fixed or batch
+    picked = [samples[i % len(samples)] for i in range(n)]
+    feeds = {name: np.concatenate([s[name] for s in picked]) for name in picked[0]}
+    engine.run(feeds)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.run(feeds)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def server_search(
+    engine: Engine,
+    samples: Sequence[dict[str, np.ndarray]],
+    config: BenchConfig,
+    latency_bound_ms: float,
+    qps_ceiling: float,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[fleet_pb2.ScenarioResult, list[str]]:
+    """Highest QPS whose p99 latency meets ``latency_bound_ms``: bisection in log space between
+    a QPS known to pass and one known to fail, ``server_search_steps`` LoadGen runs."""
+    lo, hi = 0.0, max(qps_ceiling * 1.2, 1.0)
+    best: fleet_pb2.ScenarioResult | None = None
+    last: fleet_pb2.ScenarioResult | None = None
+    errors: list[str] = []
+    qps = max(qps_ceiling * 0.6, 0.5)
+    for step in range(config.server_search_steps):
+        result, _, errs = run_loadgen(
+            engine, samples, "server", config, target_qps=qps, latency_bound_ms=latency_bound_ms
+        )
+        errors.extend(errs)
+        last = result
+        log.info("server @ %.1f qps: p99 %.2f ms (bound %.2f) -> %s", qps, result.latency_p99_ms, latency_bound_ms,
+                 "ok" if result.valid else "fails")  # fmt: skip
+        if result.valid:
+            lo = qps
+            if best is None or result.throughput_fps > best.throughput_fps:
+                best = result
+        else:
+            hi = qps
+        qps = math.sqrt(lo * hi) if lo > 0 else hi / 4
+        if progress:
+            progress((step + 1) / config.server_search_steps)
+    return (best or last), errors  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- memory
+class PeakMemory:
+    """Samples this process's RSS in a thread; ``peak`` is the largest seen."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        while True:
+            self.peak = max(self.peak, int(proc.memory_info().rss))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+# ---------------------------------------------------------------- the whole benchmark
+def benchmark_engine(
+    built: BuiltEngine,
+    *,
+    eval_dir: str | Path | None = None,
+    config: BenchConfig = BenchConfig(),
+    progress: Progress | None = None,
+    report: fleet_pb2.Report | None = None,
+) -> fleet_pb2.Report:
+    """Accuracy and the LoadGen scenarios for an engine that is already built."""
+
+    def say(stage: str, fraction: float) -> None:
+        if progress:
+            progress(stage, fraction)
+
+    report = report or fleet_pb2.Report()
+    engine, model = built.engine, built.model
+    if eval_dir is not None:
+        say("accuracy", 0.0)
+        try:
+            report.accuracy.update(
+                evaluate(
+                    engine,
+                    model.manifest,
+                    eval_dir,
+                    batch_size=config.batch_size,
+                    limit=config.eval_limit,
+                    progress=lambda done, total: say("accuracy", done / max(total, 1)),
+                )  # fmt: skip
+            )
+        except (AgentError, ValueError, OSError) as exc:
+            report.errors.append(f"accuracy: {exc}")
+    samples = sample_set(model, engine, Path(eval_dir) if eval_dir else None, config.samples)
+    batch = batch_size_for(model.manifest, config.batch_size)
+    single: fleet_pb2.ScenarioResult | None = None
+    offline: fleet_pb2.ScenarioResult | None = None
+    for scenario in config.scenarios:
+        say(scenario, 0.0)
+        try:
+            if scenario == "singlestream":
+                # LoadGen sizes the run from the expectation: err on the fast side so the run
+                # lasts at least the minimum duration.
+                expected = 0.5 * _quick_latency_ms(engine, samples, 1)
+                single, _, errs = run_loadgen(engine, samples, scenario, config, expected_latency_ms=expected)
+                result = single
+            elif scenario == "offline":
+                estimate = 1.5 * batch * 1000.0 / max(_quick_latency_ms(engine, samples, batch), 1e-3)
+                offline, _, errs = run_loadgen(engine, samples, scenario, config, target_qps=estimate)
+                result = offline
+            elif scenario == "server":
+                one = single.latency_p99_ms if single else _quick_latency_ms(engine, samples, 1)
+                bound = config.server_latency_ms or max(3.0 * one, 2.0)
+                ceiling = offline.throughput_fps if offline else batch * 1000.0 / max(
+                    _quick_latency_ms(engine, samples, batch), 1e-3)  # fmt: skip
+                result, errs = server_search(engine, samples, config, bound, ceiling,
+                                             progress=lambda f: say("server", f))  # fmt: skip
+            else:
+                raise ValueError(f"unknown scenario {scenario!r}; choose from {SCENARIOS}")
+        except (AgentError, ValueError, RuntimeError) as exc:
+            report.errors.append(f"{scenario}: {exc}")
+            continue
+        report.scenarios.append(result)
+        report.errors.extend(f"{scenario}: {e}" for e in errs)
+        say(scenario, 1.0)
+    return report
+
+
+def benchmark(
+    onnx_path: str | Path,
+    *,
+    manifest: artifact_pb2.Manifest | str | Path | None = None,
+    backend: str = "auto",
+    precision: str = "fp32",
+    calib_dir: str | Path | None = None,
+    eval_dir: str | Path | None = None,
+    config: BenchConfig = BenchConfig(),
+    settings: AgentSettings | None = None,
+    profile: fleet_pb2.HardwareProfile | None = None,
+    cache: EngineCache | None = None,
+    progress: Progress | None = None,
+    artifact_id: str = "",
+) -> fleet_pb2.Report:
+    """Build (or fetch) the engine, then measure it. Never raises for a model that fails to
+    build or run: the report lists the errors."""
+    settings = settings or AgentSettings.from_env()
+    profile = profile or probe_hardware(threads=settings.threads, hardware_class=settings.hardware_class)
+    cache = cache or EngineCache(settings.cache_dir)
+    report = fleet_pb2.Report(
+        artifact_id=artifact_id,
+        backend=backend,
+        precision=precision,
+        hardware_fingerprint=profile.fingerprint,
+    )
+    with PeakMemory() as memory:
+        try:
+            if progress:
+                progress("build", 0.0)
+            model = resolve_model(onnx_path, manifest)
+            report.model_version = model.manifest.version
+            built = build_engine(model, profile=profile, cache=cache, backend=backend, precision=precision,
+                                 calib_dir=calib_dir, threads=settings.threads)  # fmt: skip
+        except (AgentError, ValueError, OSError) as exc:
+            report.errors.append(f"build: {exc}")
+            return report
+        report.backend = built.backend
+        report.engine_key = str(built.key)
+        report.build_time_s = built.build_time_s
+        report.calibration_time_s = built.calibration_time_s
+        report.errors.extend(f"warning: {w}" for w in model.warnings)
+        if progress:
+            progress("build", 1.0)
+        try:
+            benchmark_engine(built, eval_dir=eval_dir, config=config, progress=progress, report=report)
+        finally:
+            built.engine.close()
+    report.peak_memory_bytes = max(memory.peak, built.engine.memory_bytes())
+    return report
+
+
+# ---------------------------------------------------------------- output
+def report_to_dict(report: fleet_pb2.Report) -> dict:
+    return json_format.MessageToDict(
+        report, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def render_table(report: fleet_pb2.Report) -> str:
+    """A plain-text table of the report (the CLI prints it with rich when attached to a tty)."""
+    lines = [
+        f"model {report.model_version}  backend {report.backend}  precision {report.precision}",
+        f"engine {report.engine_key}",
+        f"build {report.build_time_s:.2f}s  calibration {report.calibration_time_s:.2f}s  "
+        f"peak memory {report.peak_memory_bytes / 2**20:.1f} MiB",
+    ]
+    if report.accuracy:
+        lines.append("accuracy " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(report.accuracy.items())))
+    header = f"{'scenario':<13}{'batch':>6}{'img/s':>10}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'bound':>8}  valid"
+    lines += [header, "-" * len(header)]
+    for s in report.scenarios:
+        bound = f"{s.target_latency_ms:.1f}" if s.target_latency_ms else "-"
+        lines.append(
+            f"{s.scenario:<13}{s.batch_size:>6}{s.throughput_fps:>10.1f}{s.latency_mean_ms:>9.2f}"
+            f"{s.latency_p50_ms:>8.2f}{s.latency_p90_ms:>8.2f}{s.latency_p99_ms:>8.2f}{bound:>8}  {'yes' if s.valid else 'NO'}"
+        )
+    lines += [f"! {e}" for e in report.errors]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "BenchConfig",
+    "PeakMemory",
+    "SCENARIOS",
+    "benchmark",
+    "benchmark_engine",
+    "render_table",
+    "report_to_dict",
+    "run_loadgen",
+    "sample_set",
+    "server_search",
+]
