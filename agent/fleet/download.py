@@ -106,8 +106,9 @@ def download_artifact(
     request = fleet_pb2.DownloadRequest(artifact_id=ref.artifact_id, offset=offset, chunk_size=chunk_size)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
+        call = stub.DownloadArtifact(request, metadata=metadata, timeout=timeout)
         try:
-            for chunk in stub.DownloadArtifact(request, metadata=metadata, timeout=timeout):
+            for chunk in call:
                 if chunk.sha256 != ref.sha256 or (ref.size_bytes and chunk.total_size != ref.size_bytes):
                     raise ArtifactRejected("the controller serves different bytes than the signed reference")
                 if chunk.offset != offset:

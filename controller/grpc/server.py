@@ -265,6 +265,11 @@ class GrpcServer:
             self._error = exc
             self._ready.set()
         finally:
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     async def _serve(self) -> None:

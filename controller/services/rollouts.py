@@ -79,7 +79,7 @@ def plan_waves(n: int, strategy: Strategy) -> list[int]:
     """Wave number per target (targets in a fixed order); wave 0 is the canary when there is one."""
     if n == 0:
         return []
-    canary = math.ceil(strategy.canary_share * n) if strategy.canary_share > 0 else 0
+    canary = math.ceil(strategy.canary_share * n - 1e-9) if strategy.canary_share > 0 else 0
     canary = min(canary, n)
     rest = n - canary
     first = 1 if canary else 0
