@@ -103,7 +103,7 @@ def evaluate_classification(
         seen += n
         if progress:
             progress(seen, len(folder))
-    metrics = {"top1": top1 / seen, "samples": float(seen)}
+    metrics = {"top1": top1 / seen}
     if len(folder.classes) > 5:
         metrics["top5"] = top5 / seen
     return metrics

@@ -227,12 +227,12 @@ def probe_hardware(
         memory_bytes=_memory_bytes(),
         gpus=gpus,
         runtimes=runtime_versions(),
-        cpu_threads_limit=threads or 0,
+        cpu_threads_limit=int(threads or 0),  # type: ignore[call-overload]
     )
     jetson = _jetson()
     if jetson is not None:
         profile.jetson.CopyFrom(jetson)
-    profile.hardware_class = hardware_class or default_hardware_class(profile)
+    profile.hardware_class = str(hardware_class or default_hardware_class(profile))
     profile.fingerprint = compute_fingerprint(profile)
     return profile
 
@@ -246,3 +246,8 @@ def capabilities(profile: fleet_pb2.HardwareProfile) -> list[fleet_pb2.Capabilit
     for backend in all_backends():
         caps.extend(backend.capabilities(profile))
     return caps
+
+
+def probe_capabilities(profile: fleet_pb2.HardwareProfile | None = None) -> list[fleet_pb2.Capability]:
+    """``capabilities`` of ``profile`` (probed from the environment's settings when None)."""
+    return capabilities(profile if profile is not None else probe_hardware())
