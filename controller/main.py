@@ -6,10 +6,10 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controller import __version__
 from controller.api import errors
 from controller.api.deps import TokenDep
 from controller.api.routes import dashboard, devices, jobs, models, results, rollouts
+from controller.core.config import VERSION
 from controller.db import check_db
 from controller.runtime import Controller
 
@@ -23,7 +23,7 @@ def _unique_id(route: APIRoute) -> str:
 def create_app(ctl: Controller) -> FastAPI:
     app = FastAPI(
         title="edgeloop controller",
-        version=__version__,
+        version=VERSION,
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url="/docs",
         generate_unique_id_function=_unique_id,

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+VERSION = "0.1.0"
 PLACEHOLDER_SECRETS = {"changethis", "change-me", "secret", "token", ""}
 
 
