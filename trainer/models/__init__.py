@@ -1,0 +1,1 @@
+"""Model zoo (backbones by name) and checkpoints."""

@@ -1,0 +1,1 @@
+"""Task packages (one per task: classification, detection ...); see registry.py."""
