@@ -11,6 +11,11 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
     || echo "could not install mosquitto; tests use the embedded amqtt broker"
 fi
+# Headless Chromium for the dashboard test (tests/controller/test_dashboard.py skips without it).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "could not install chromium; the dashboard test is skipped"
+fi
 # Linters for deploy/ and edge_images/ that are not wheels (systemd-analyze, docker compose).
 bash scripts/install_deploy_tools.sh
 echo "== ruff"
