@@ -123,11 +123,19 @@ def resolve_model(
             manifest = load_manifest(manifest)
         except ManifestError as exc:
             raise ArtifactError(str(exc)) from exc
+    actual_sha = sha256_file(onnx_path)
+    if manifest is not None and verify_sha256:  # before parsing: a truncated file is named as such
+        if not manifest.sha256:
+            raise ArtifactError("manifest has no sha256; refusing to trust the ONNX file")
+        if manifest.sha256 != actual_sha:
+            raise ArtifactError(
+                f"sha256 mismatch: manifest says {manifest.sha256[:12]}…, {onnx_path.name} is "
+                f"{actual_sha[:12]}… (corrupt or truncated artifact; refused)"
+            )
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
         raise ArtifactError(f"{onnx_path} is not a valid ONNX model: {exc}") from exc
-    actual_sha = sha256_file(onnx_path)
     inputs, outputs = graph_specs(model)
     if manifest is None:
         given = False
@@ -151,14 +159,6 @@ def resolve_model(
         )
     else:
         manifest = _copy(manifest)
-        if verify_sha256:
-            if not manifest.sha256:
-                raise ArtifactError("manifest has no sha256; refusing to trust the ONNX file")
-            if manifest.sha256 != actual_sha:
-                raise ArtifactError(
-                    f"sha256 mismatch: manifest says {manifest.sha256[:12]}…, {onnx_path.name} is "
-                    f"{actual_sha[:12]}… (corrupt or truncated artifact; refused)"
-                )
     manifest.sha256 = actual_sha
     manifest.size_bytes = onnx_path.stat().st_size
     graph_in = {s.name: s for s in inputs}

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import pytest
-from agent_testkit import colour_folder, make_artifact
+# This folder is named like the package it tests: with pytest's default "prepend" import mode
+# and an editable install (a meta-path finder consulted after sys.path), `import agent` would
+# resolve to tests/agent as a namespace package. Put the repository root on sys.path first.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if getattr(sys.modules.get("agent"), "__file__", "") is None:
+    del sys.modules["agent"]
 
-from agent.engine_cache import EngineCache
-from agent.probe import probe_hardware
+import pytest  # noqa: E402
+from agent_testkit import colour_folder, make_artifact  # noqa: E402
+
+from agent.engine_cache import EngineCache  # noqa: E402
+from agent.probe import probe_hardware  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,111 @@
+"""The backend contract, run for every registered backend; a backend that cannot run here
+(TensorRT without `import tensorrt` or a GPU) is skipped with its own reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from agent_testkit import colour_classifier, write_manifest
+
+from agent.backends import BuildOptions, Precision, backend_names, get_backend
+from agent.calibration import calibration_feeds
+from agent.errors import CalibrationError
+from agent.model_spec import resolve_model
+
+VARIANTS = {
+    "dynamic": {},
+    "nhwc": {"layout": "NHWC"},
+    "two_outputs": {"two_outputs": True},
+    "static_batch": {"batch": 2},
+}
+
+
+@pytest.fixture(params=backend_names())
+def backend(request, profile):
+    b = get_backend(request.param)
+    device = b.default_device(profile)
+    verdict = b.supports(profile, Precision.FP32, device)
+    if not verdict.available:
+        pytest.skip(f"{request.param} unavailable here: {verdict.reason}")
+    return b, device
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for name, kwargs in VARIANTS.items():
+        folder = tmp_path_factory.mktemp(name)
+        path = colour_classifier(folder / "model.onnx", **kwargs)
+        write_manifest(path, layout=kwargs.get("layout", "NCHW"))
+        out[name] = path
+    return out
+
+
+def _batch(model, n: int = 2) -> dict[str, np.ndarray]:
+    spec = model.manifest.inputs[0]
+    shape = [n if d < 0 else d for d in spec.shape]
+    rng = np.random.default_rng(1)
+    return {spec.name: rng.uniform(0, 1, size=shape).astype(np.float32)}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_build_and_run_every_precision(backend, variants, images, tmp_path, variant, precision) -> None:
+    b, device = backend
+    model = resolve_model(variants[variant])
+    feeds, calib_id, count = calibration_feeds(model.manifest, images, limit=8)
+    options = BuildOptions(precision=Precision(precision), device=device, threads=1,
+                           calibration=feeds, calibration_id=calib_id)  # fmt: skip
+    out_dir = tmp_path / "engine"
+    out_dir.mkdir()
+    info = b.build(model.onnx_path, model.manifest, options, out_dir)
+    assert all((out_dir / f).is_file() for f in info.files)
+    if precision == "int8":
+        assert info.calibration_time_s > 0
+    engine = b.load(out_dir, model.manifest, options)
+    assert [t.name for t in engine.inputs] == ["images"]
+    assert engine.outputs[0].name == "logits"
+    assert len(engine.outputs) == (2 if variant == "two_outputs" else 1)
+    assert engine.inputs[0].dtype == np.float32  # fp32 I/O at every precision
+    if variant == "static_batch":
+        assert engine.max_batch == 2
+    feeds_in = _batch(model)
+    out = engine.run(feeds_in)
+    assert out["logits"].shape == (2, 3)
+    # agreement with the fp32 reference (the colour model's margins are large)
+    ref = get_backend("onnxruntime").load(_fp32_dir(model, tmp_path), model.manifest, BuildOptions())
+    expected = ref.run(feeds_in)["logits"]
+    tol = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.5}[precision]
+    assert np.allclose(out["logits"], expected, atol=tol * max(1.0, float(np.abs(expected).max())))
+    assert engine.memory_bytes() > 0
+    engine.close()
+
+
+def _fp32_dir(model, tmp_path: Path) -> Path:
+    d = tmp_path / "ref"
+    if not d.exists():
+        d.mkdir()
+        get_backend("onnxruntime").build(model.onnx_path, model.manifest, BuildOptions(), d)
+    return d
+
+
+def test_int8_without_calibration_data_says_what_is_missing(backend, variants, tmp_path) -> None:
+    b, device = backend
+    model = resolve_model(variants["dynamic"])
+    with pytest.raises(CalibrationError, match="calib"):
+        b.build(
+            model.onnx_path, model.manifest, BuildOptions(precision=Precision.INT8, device=device), tmp_path
+        )
+
+
+def test_tensorrt_reports_why_it_is_unavailable(profile) -> None:
+    trt = get_backend("tensorrt")
+    verdict = trt.availability()
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        assert not verdict.available
+        assert "tensorrt" in verdict.reason.lower()
+        assert all(not c.available and c.reason for c in trt.capabilities(profile))
