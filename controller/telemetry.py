@@ -119,6 +119,8 @@ class TelemetryIngest:
         if not isinstance(payload, dict):
             return
         self.metrics.telemetry_messages.labels(kind).inc()
+        if kind == "state" and payload.get("hardware_class"):
+            self._classes[device_id] = str(payload["hardware_class"])
         if kind == "metrics":
             self._on_metrics(device_id, payload)
         elif kind in ("state", "events"):
@@ -127,7 +129,7 @@ class TelemetryIngest:
     def _on_metrics(self, device_id: str, m: dict) -> None:
         hw = self._classes.get(device_id, "")
         now = datetime.now(timezone.utc)
-        start = now.replace(second=(now.second // WINDOW_S) * WINDOW_S if WINDOW_S < 60 else 0, microsecond=0)
+        start = now.replace(second=0, microsecond=0)  # one-minute windows (WINDOW_S)
         w = self._windows.get(device_id)
         if w is None or w.start != start:
             if w is not None:
@@ -153,8 +155,14 @@ class TelemetryIngest:
 
     # -- writer (flusher thread)
     def _flush_loop(self) -> None:
+        last_classes = 0.0
         while not self._stop.wait(0.25):
             try:
+                if time.monotonic() - last_classes > 10:
+                    with session_scope(self.engine) as session:
+                        for device_id, hw in session.exec(select(Device.id, Device.hardware_class)).all():
+                            self._classes.setdefault(device_id, hw)
+                    last_classes = time.monotonic()
                 self._flush()
             except Exception:
                 log.exception("telemetry flush failed")
@@ -200,8 +208,6 @@ class TelemetryIngest:
         values: dict = {"telemetry_state": state}
         if state == "online":
             values["last_seen"] = datetime.now(timezone.utc)
-            if payload.get("hardware_class"):
-                self._classes[device_id] = str(payload["hardware_class"])
         session.exec(update(Device).where(col(Device.id) == device_id).values(**values))
         log.info("device %s is %s (telemetry)", device_id, state)
 

@@ -1,0 +1,93 @@
+"""The dashboard in headless Chromium: the fleet, a rollout's progress and accuracy vs FPS per
+device class, rendered from live API data (screenshot + DOM check)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ctl_helpers import ScriptedExecutor, make_controller, manifest_json, start_agent, write_onnx
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+    "--virtual-time-budget=8000",
+]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: str) -> None:
+    ctl = make_controller(tmp_path / "data", sqlite_url, http=True)
+    agents = []
+    try:
+        scores = {"tiny:1": (80.0, 100.0), "tiny:2": (79.5, 180.0)}
+        for i, hw in enumerate(["cpu-1t", "cpu-4t"]):
+            speed = 1 if hw == "cpu-1t" else 3
+            s = {k: (a, f * speed) for k, (a, f) in scores.items()}
+            agents.append(
+                start_agent(
+                    ctl.grpc_target,
+                    tmp_path / f"a{i}",
+                    "test-enrollment-token",
+                    name=f"cam-{i}",
+                    hardware_class=hw,
+                    tags=["line-1"],
+                    executor=ScriptedExecutor(scores=s),
+                )
+            )
+        ctl.import_model(write_onnx(tmp_path / "m1.onnx", "v1"), manifest_json("tiny:1"))
+        ctl.import_model(write_onnx(tmp_path / "m2.onnx", "v2"), manifest_json("tiny:2", parent="tiny:1"))
+        r = ctl.create_rollout(
+            {
+                "model_version": "tiny:1",
+                "selector": {"tags": ["line-1"]},
+                "strategy": {"canary_share": 0.5, "waves": 1},
+            }
+        )
+        assert ctl.wait_for_rollout(r.id, timeout_s=30).state.value == "succeeded"
+        ids = [
+            ctl.send_benchmark(a.device_id, {"model_version": "tiny:2", "precisions": ["fp32", "int8"]})
+            for a in agents
+        ]
+        ctl.wait_for_reports(ids, timeout_s=30)
+
+        url = f"http://127.0.0.1:{ctl.http_port}/dashboard#token=test-api-token"
+        shot = tmp_path / "dashboard.png"
+        subprocess.run(
+            [CHROMIUM, *FLAGS, f"--screenshot={shot}", url], check=True, capture_output=True, timeout=90
+        )
+        assert shot.exists() and shot.stat().st_size > 10_000
+        dom = subprocess.run(
+            [CHROMIUM, *FLAGS, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=90
+        ).stdout
+        assert 'data-loaded="1"' in dom, dom[:2000]
+        assert re.search(r'<b id="n-devices">2</b>', dom) and re.search(r'<b id="n-online">2</b>', dom)
+        for a in agents:
+            assert f'data-device="{a.device_id}" data-online="true"' in dom
+        assert dom.count('<td class="active">tiny:1</td>') == 2
+        assert (
+            f'data-rollout="{r.id}" data-state="succeeded"' in dom
+            and '<span class="progress">2/2</span>' in dom
+        )
+        assert (
+            len(re.findall(r'<circle class="point" cx="[0-9.]+"', dom)) == 6
+        )  # 2 classes x (tiny:1 fp32 + tiny:2 fp32/int8)
+        assert "cpu-1t" in dom and "cpu-4t" in dom
+        out = Path(__file__).resolve().parents[2] / "results"
+        if out.is_dir():  # keep the screenshot where the docs can point at it (never committed)
+            shutil.copy(shot, out / "dashboard.png")
+    finally:
+        for a in agents:
+            a.stop()
+        ctl.stop()
