@@ -267,3 +267,57 @@ def k8s_documents() -> list[tuple[Path, dict]]:
 def k8s_container_env(container: dict) -> dict[str, str | None]:
     """name -> literal value (None when it comes from a Secret or ConfigMap)."""
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+# ---- Mosquitto with deploy/mosquitto's config ----
+@dataclass
+class DeployBroker:
+    port: int
+    log_path: Path
+    proc: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def start_deploy_broker(workdir: Path, users: dict[str, str], port: int) -> DeployBroker | str:
+    """A real Mosquitto with deploy/mosquitto/{mosquitto.conf,acl}; only paths and the port move.
+
+    Returns the reason instead when Mosquitto is not installed here.
+    """
+    import os
+
+    mosquitto, passwd_tool = shutil.which("mosquitto"), shutil.which("mosquitto_passwd")
+    if not mosquitto or not passwd_tool:
+        return "Mosquitto is not installed here (Debian package mosquitto; scripts/test.sh installs it)"
+    workdir.mkdir(parents=True, exist_ok=True)
+    passwd = workdir / "passwd"
+    passwd.touch(mode=0o600)
+    for user, password in users.items():  # as the compose service mosquitto-passwd does
+        subprocess.run([passwd_tool, "-b", str(passwd), user, password], check=True)
+    (workdir / "data").mkdir(exist_ok=True)
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
+    replacements = {
+        r"^listener 1883$": f"listener {port} 127.0.0.1",
+        r"^password_file .*$": f"password_file {passwd}",
+        r"^acl_file .*$": f"acl_file {DEPLOY / 'mosquitto' / 'acl'}",
+        r"^persistence_location .*$": f"persistence_location {workdir / 'data'}/",
+        # stdout into a file is block-buffered; Mosquitto flushes its own log file per line
+        r"^log_dest stdout$": f"log_dest file {workdir / 'mosquitto.log'}",
+    }
+    for pattern, line in replacements.items():
+        conf, n = re.subn(pattern, line, conf, flags=re.MULTILINE)
+        assert n == 1, f"deploy/mosquitto/mosquitto.conf has no line matching {pattern}"
+    if os.geteuid() == 0:  # as root Mosquitto drops to user `mosquitto`, who cannot read workdir
+        conf += "\nuser root\n"
+    (workdir / "mosquitto.conf").write_text(conf, encoding="utf-8")
+    log_path = workdir / "mosquitto.log"
+    log_path.touch()
+    with open(workdir / "mosquitto.out", "wb") as out:
+        proc = subprocess.Popen([mosquitto, "-c", str(workdir / "mosquitto.conf")], stdout=out, stderr=out)
+    return DeployBroker(port=port, log_path=log_path, proc=proc)

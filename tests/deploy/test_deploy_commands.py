@@ -12,8 +12,9 @@ host are replaced, never a variable name, and only for variables the file itself
   (the controller's own tests cover PostgreSQL with the ``postgres_url`` fixture);
 - EDGELOOP_DATA_DIR / EDGELOOP_AGENT_DIR (volumes) -> temp dirs;
 - EDGELOOP_GRPC_PORT / EDGELOOP_HTTP_PORT -> free loopback ports, EDGELOOP_CONTROLLER -> that port;
-- EDGELOOP_MQTT_URL -> the ``mqtt_broker`` fixture (deploy/mosquitto's authenticated config is
-  tested on its own in test_deploy_mosquitto.py).
+- EDGELOOP_MQTT_URL -> the ``mqtt_broker`` fixture (anonymous), or, in the tests named
+  ``..._deploy_broker``, a Mosquitto running deploy/mosquitto's config with the password file
+  made from the compose secrets: then only host:port change and the files' broker accounts are used.
 
 Tokens (API, enrollment) are kept as the example files have them: the agents register only
 because the compose and systemd examples agree.
@@ -29,20 +30,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from deploy_files import (
     EDGE_IMAGES,
+    DeployBroker,
     compose_config,
     parse_dockerfile,
     parse_unit,
     service_argv,
     service_dockerfile,
     service_env,
+    start_deploy_broker,
 )
 
-from controller.broker import LocalBroker, free_port
+from controller.broker import LocalBroker, free_port, wait_for_port
 
 EDGELOOP = Path(sys.executable).parent / "edgeloop"
 START_TIMEOUT_S = 45
@@ -90,6 +96,7 @@ class Proc:
         self.name = name
         self.log_path = logs / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.env = env
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def tail(self, n: int = 40) -> str:
@@ -131,15 +138,33 @@ def _wait(what: str, predicate, procs: list[Proc], timeout: float = START_TIMEOU
     pytest.fail(f"{what}: not after {timeout:.0f}s\n" + "\n".join(p.tail() for p in procs))
 
 
-def test_compose_controller_and_systemd_and_compose_agents(tmp_path: Path, mqtt_broker: LocalBroker) -> None:
-    _need_entry_points()
+@dataclass
+class Stack:
+    base_url: str
+    api_token: str
+    procs: list[Proc]
+
+    def devices(self) -> list[dict]:
+        status, body = _get(f"{self.base_url}/api/v1/devices/", self.api_token)
+        return body.get("data", []) if status == 200 else []
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+
+def _mqtt_local(url_in_file: str, port: int, keep_credentials: bool) -> str:
+    """The file's broker URL moved to 127.0.0.1:port; its user:password kept when asked."""
+    parts = urlsplit(url_in_file)
+    userinfo = f"{parts.username}:{parts.password}@" if keep_credentials and parts.username else ""
+    return f"{parts.scheme}://{userinfo}127.0.0.1:{port}"
+
+
+def _start_stack(tmp_path: Path, broker_port: int, keep_credentials: bool) -> Stack:
+    """The controller as compose runs it, then the systemd agent and compose's agent-cpu-1."""
     compose = compose_config()
     grpc_port, http_port = free_port(), free_port()
-    procs: list[Proc] = []
-
-    # ---- the controller, as compose runs it ----
     ctl_service = compose["services"]["controller"]
-    ctl_argv = _local_argv(service_argv(ctl_service))
     ctl_file_env = service_env(ctl_service)
     ctl_env = {
         **_base_env(tmp_path / "home-controller"),
@@ -149,41 +174,13 @@ def test_compose_controller_and_systemd_and_compose_agents(tmp_path: Path, mqtt_
             EDGELOOP_DATA_DIR=str(tmp_path / "controller"),
             EDGELOOP_GRPC_PORT=str(grpc_port),
             EDGELOOP_HTTP_PORT=str(http_port),
-            EDGELOOP_MQTT_URL=mqtt_broker.url,
+            EDGELOOP_MQTT_URL=_mqtt_local(ctl_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials),
         ),
     }
-    api_token = ctl_file_env["EDGELOOP_API_TOKEN"]
-    base_url = f"http://127.0.0.1:{http_port}"
-
-    # ---- an agent as the systemd unit runs it ----
-    unit = parse_unit()
-    sd_env = {
-        **_base_env(tmp_path / "home-systemd"),
-        **_localise(
-            unit.environment(),
-            EDGELOOP_AGENT_DIR=str(tmp_path / "agent-systemd"),
-            EDGELOOP_CONTROLLER=f"127.0.0.1:{grpc_port}",
-            EDGELOOP_MQTT_URL=mqtt_broker.url,
-        ),
-    }
-    sd_argv = _local_argv(unit.exec_start)
-
-    # ---- an agent as compose's agent-cpu-1 runs it ----
-    ag_service = compose["services"]["agent-cpu-1"]
-    ag_env = {
-        **_base_env(tmp_path / "home-compose-agent"),
-        **_localise(
-            service_env(ag_service),
-            EDGELOOP_AGENT_DIR=str(tmp_path / "agent-compose"),
-            EDGELOOP_CONTROLLER=f"127.0.0.1:{grpc_port}",
-            EDGELOOP_MQTT_URL=mqtt_broker.url,
-        ),
-    }
-    ag_argv = _local_argv(service_argv(ag_service))
-
+    stack = Stack(f"http://127.0.0.1:{http_port}", ctl_file_env["EDGELOOP_API_TOKEN"], [])
     try:
-        procs.append(Proc("controller", ctl_argv, ctl_env, tmp_path))
-        _wait("controller /healthz", lambda: _get(f"{base_url}/healthz")[0] == 200, procs)
+        stack.procs.append(Proc("controller", _local_argv(service_argv(ctl_service)), ctl_env, tmp_path))
+        _wait("controller /healthz", lambda: _get(f"{stack.base_url}/healthz")[0] == 200, stack.procs)
 
         # the controller image's HEALTHCHECK command, against this controller
         health = parse_dockerfile(service_dockerfile(ctl_service)).healthcheck
@@ -193,25 +190,141 @@ def test_compose_controller_and_systemd_and_compose_agents(tmp_path: Path, mqtt_
         )
         assert out.returncode == 0, out.stderr
 
-        procs.append(Proc("agent-systemd", sd_argv, sd_env, tmp_path))
-        procs.append(Proc("agent-compose", ag_argv, ag_env, tmp_path))
+        unit = parse_unit()
+        sd_file_env = unit.environment()
+        sd_env = {
+            **_base_env(tmp_path / "home-systemd"),
+            **_localise(
+                sd_file_env,
+                EDGELOOP_AGENT_DIR=str(tmp_path / "agent-systemd"),
+                EDGELOOP_CONTROLLER=f"127.0.0.1:{grpc_port}",
+                EDGELOOP_MQTT_URL=_mqtt_local(
+                    sd_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials
+                ),
+            ),
+        }
+        ag_service = compose["services"]["agent-cpu-1"]
+        ag_file_env = service_env(ag_service)
+        ag_env = {
+            **_base_env(tmp_path / "home-compose-agent"),
+            **_localise(
+                ag_file_env,
+                EDGELOOP_AGENT_DIR=str(tmp_path / "agent-compose"),
+                EDGELOOP_CONTROLLER=f"127.0.0.1:{grpc_port}",
+                EDGELOOP_MQTT_URL=_mqtt_local(
+                    ag_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials
+                ),
+            ),
+        }
+        stack.procs.append(Proc("agent-systemd", _local_argv(unit.exec_start), sd_env, tmp_path))
+        stack.procs.append(Proc("agent-compose", _local_argv(service_argv(ag_service)), ag_env, tmp_path))
+        stack.agent_env = ag_env  # type: ignore[attr-defined]
 
-        def two_devices() -> list[dict] | None:
-            status, body = _get(f"{base_url}/api/v1/devices/", api_token)
-            devices = body.get("data", []) if status == 200 else []
-            return devices if len(devices) >= 2 else None
+        def both_connected() -> list[dict] | None:
+            devices = stack.devices()
+            return devices if len(devices) == 2 and all(d["connected"] for d in devices) else None
 
-        devices = _wait("both agents registered", two_devices, procs)
+        _wait("both agents registered, control streams up", both_connected, stack.procs)
+        return stack
+    except BaseException:
+        stack.stop()
+        raise
+
+
+def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_broker: LocalBroker) -> None:
+    _need_entry_points()
+    stack = _start_stack(tmp_path, mqtt_broker.port, keep_credentials=False)
+    try:
+        devices = stack.devices()
         assert len(devices) == 2, devices
         tags = [set(d.get("tags") or []) for d in devices]
         assert any("systemd" in t for t in tags), tags
-        assert any("compose" in t for t in tags), tags
-        assert _get(f"{base_url}/api/v1/devices/")[0] == 401, "the REST API must want the token"
+        assert any({"compose", "cpu"} <= t for t in tags), tags
+        assert _get(f"{stack.base_url}/api/v1/devices/")[0] == 401, "the REST API must want the token"
 
         # the agent images' HEALTHCHECK (edgeloop agent probe), with the compose agent's env
         probe = parse_dockerfile(EDGE_IMAGES / "cpu" / "Dockerfile").healthcheck
-        out = subprocess.run(_local_argv(probe), env=ag_env, capture_output=True, text=True, timeout=60)
+        env = stack.agent_env  # type: ignore[attr-defined]
+        out = subprocess.run(_local_argv(probe), env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
+
+        # the systemd agent restarted (Restart=on-failure) keeps its enrolment: same device, no new one
+        before = {d["id"] for d in devices}
+        sd = stack.procs[1]
+        sd.stop()
+        stack.procs[1] = Proc("agent-systemd-2", list(sd.proc.args), sd.env, tmp_path)
+        _wait(
+            "the restarted agent reconnects as the same device",
+            lambda: (
+                lambda ds: (
+                    len(ds) == 2 and all(d["connected"] for d in ds) and {d["id"] for d in ds} == before
+                )
+            )(stack.devices()),
+            stack.procs,
+        )
     finally:
-        for p in reversed(procs):
-            p.stop()
+        stack.stop()
+
+
+@pytest.fixture
+def deploy_broker(tmp_path: Path) -> Iterator[DeployBroker]:
+    """deploy/mosquitto's config with the accounts and passwords the compose secrets define."""
+    compose = compose_config()
+    init_env = compose["services"]["mosquitto-passwd"]["environment"]
+    users = {"controller": init_env["MQTT_CONTROLLER_PASSWORD"], "agent": init_env["MQTT_AGENT_PASSWORD"]}
+    broker = start_deploy_broker(tmp_path / "broker", users, free_port())
+    if isinstance(broker, str):
+        pytest.skip(broker)
+    try:
+        wait_for_port("127.0.0.1", broker.port)
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_exact_commands_deploy_broker_controller_authenticates(
+    tmp_path: Path, deploy_broker: DeployBroker
+) -> None:
+    _need_entry_points()
+    stack = _start_stack(tmp_path, deploy_broker.port, keep_credentials=True)
+    try:
+        assert _wait_for_log(deploy_broker, "u'controller'"), deploy_broker.log()
+        assert "not authorised" not in _controller_lines(deploy_broker.log()), deploy_broker.log()
+    finally:
+        stack.stop()
+
+
+@pytest.mark.xfail(
+    reason="agent telemetry does not reach the controller through deploy/'s authenticated broker: "
+    "agent/telemetry.py drops the user:password of EDGELOOP_MQTT_URL, and the daemon publishes "
+    "under the hostname instead of the device id the controller assigned",
+    strict=False,
+)
+def test_exact_commands_deploy_broker_agent_telemetry_online(
+    tmp_path: Path, deploy_broker: DeployBroker
+) -> None:
+    _need_entry_points()
+    stack = _start_stack(tmp_path, deploy_broker.port, keep_credentials=True)
+    try:
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            if all(d["telemetry_state"] == "online" for d in stack.devices()):
+                break
+            time.sleep(0.5)
+        states = {d["id"]: d["telemetry_state"] for d in stack.devices()}
+        assert all(s == "online" for s in states.values()), f"{states}\n{deploy_broker.log()[-2000:]}"
+    finally:
+        stack.stop()
+
+
+def _controller_lines(log: str) -> str:
+    return "\n".join(line for line in log.splitlines() if "controller" in line)
+
+
+def _wait_for_log(broker: DeployBroker, needle: str, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in broker.log():
+            return True
+        time.sleep(0.2)
+    return False

@@ -8,17 +8,13 @@ with mosquitto_passwd, as deploy/README.md tells operators to.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from deploy_files import DEPLOY
+from deploy_files import start_deploy_broker
 
 from controller.broker import free_port, wait_for_port
 
@@ -29,37 +25,14 @@ USERS = {"controller": "pw-controller", "agent": "pw-agent", "monitor": "pw-moni
 
 @pytest.fixture
 def secured_broker(tmp_path: Path) -> Iterator[int]:
-    mosquitto, passwd_tool = shutil.which("mosquitto"), shutil.which("mosquitto_passwd")
-    if not mosquitto or not passwd_tool:
-        pytest.skip("Mosquitto is not installed here (Debian package mosquitto; scripts/test.sh installs it)")
-    passwd = tmp_path / "passwd"
-    passwd.touch(mode=0o600)
-    for user, password in USERS.items():
-        subprocess.run([passwd_tool, "-b", str(passwd), user, password], check=True)
-    (tmp_path / "data").mkdir()
-    port = free_port()
-    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
-    replacements = {
-        r"^listener 1883$": f"listener {port} 127.0.0.1",
-        r"^password_file .*$": f"password_file {passwd}",
-        r"^acl_file .*$": f"acl_file {DEPLOY / 'mosquitto' / 'acl'}",
-        r"^persistence_location .*$": f"persistence_location {tmp_path / 'data'}/",
-    }
-    for pattern, line in replacements.items():
-        conf, n = re.subn(pattern, line, conf, flags=re.MULTILINE)
-        assert n == 1, f"deploy/mosquitto/mosquitto.conf has no line matching {pattern}"
-    if os.geteuid() == 0:  # as root Mosquitto drops to user `mosquitto`, who cannot read tmp_path
-        conf += "\nuser root\n"
-    (tmp_path / "mosquitto.conf").write_text(conf, encoding="utf-8")
-    log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([mosquitto, "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=log)
+    broker = start_deploy_broker(tmp_path, USERS, free_port())
+    if isinstance(broker, str):
+        pytest.skip(broker)
     try:
-        wait_for_port("127.0.0.1", port)
-        yield port
+        wait_for_port("127.0.0.1", broker.port)
+        yield broker.port
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        broker.stop()
 
 
 class Client:
