@@ -15,13 +15,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--num-images", type=int, default=600, help="images in total over train/val/test")
     s.add_argument("--image-size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=1, help="processes (the files do not depend on it)")
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer.jobs import synthesize_dataset
 
     try:
-        summary = synthesize_dataset(args.task, args.out, args.num_images, args.image_size, args.seed)
+        summary = synthesize_dataset(
+            args.task, args.out, args.num_images, args.image_size, args.seed, args.workers
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -115,7 +115,9 @@ def _launch_torchrun(task: str, action: str, obj: Any, n: int) -> ActionResult:
     )
 
 
-def synthesize_dataset(task: str, out: str | Path, num_images: int, image_size: int, seed: int = 0) -> dict:
+def synthesize_dataset(
+    task: str, out: str | Path, num_images: int, image_size: int, seed: int = 0, workers: int = 1
+) -> dict:
     """Write a synthetic data set for ``task`` under ``out``; returns a summary dict."""
     if task == "detection":
         try:
@@ -128,4 +130,6 @@ def synthesize_dataset(task: str, out: str | Path, num_images: int, image_size: 
     t = get_task(task)
     if t.synthesize is None:
         raise RuntimeError(f"task {task!r} has no synthetic data generator")
+    if workers > 1:
+        return t.synthesize(out, num_images, image_size, seed, workers=workers)
     return t.synthesize(out, num_images, image_size, seed)

@@ -6,7 +6,7 @@ distill, quantize, export.
 
 from __future__ import annotations
 
-from trainer.data.synth_pcb import synthesize
+from trainer.datasets.synth_pcb import synthesize
 from trainer.tasks.classification.compress import distill, prune
 from trainer.tasks.classification.deploy import export, quantize
 from trainer.tasks.classification.evaluate import evaluate, inference

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainer.data.folder import (
+from trainer.datasets.folder import (
     ImageListDataset,
     Samples,
     class_names,

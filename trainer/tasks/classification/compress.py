@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.data.folder import class_names
+from trainer.datasets.folder import class_names
 from trainer.distill import Binding, DistillationMismatchError, Distiller
 from trainer.models.backbones import head_module
 from trainer.models.checkpoint import load_checkpoint, save_checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.data.folder import preprocess_numpy, scan_split
+from trainer.datasets.folder import preprocess_numpy, scan_split
 from trainer.export import (
     ManifestInfo,
     default_version,
@@ -79,9 +79,16 @@ def export_checkpoint(
         raise RuntimeError(
             f"ONNX output differs from PyTorch by {diff:.3g} > {allowed:.3g} (export.parity_atol + parity_rtol * {scale:.3g})"
         )
-    acc = onnx_accuracy(onnx_path, spec, "val", labels, ck.image_size, ck.mean, ck.std)
+    split = "test" if (Path(spec.dataset.root) / "test").is_dir() else "val"
+    acc = onnx_accuracy(onnx_path, spec, split, labels, ck.image_size, ck.mean, ck.std)
     cx = complexity(model, example[:1])
-    metrics = {"val_accuracy": acc, "parity_max_abs_diff": diff, "parity_images": len(check), **cx}
+    metrics = {
+        "accuracy": acc,
+        "accuracy_split": split,
+        "parity_max_abs_diff": diff,
+        "parity_images": len(check),
+        **cx,
+    }
     return onnx_path, metrics
 
 
@@ -191,7 +198,11 @@ def quantize(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
             "weight_type": q.weight_type,
         },
     )
-    manifest_metrics = {"accuracy": metrics["test_accuracy_int8"]} if q.evaluate else {}
+    manifest_metrics = (
+        {"accuracy": metrics["test_accuracy_int8"], "fp32_accuracy": metrics["test_accuracy_fp32"]}
+        if q.evaluate
+        else {}
+    )
     import onnx
 
     opset = next(
@@ -215,10 +226,7 @@ def quantize(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
             precision="int8-qdq",
             opset=opset,
             backbone=backbone,
-            metrics={
-                **{f"fp32_{k}": v for k, v in fp32_metrics.items() if isinstance(v, float)},
-                **manifest_metrics,
-            },
+            metrics={**{k: v for k, v in fp32_metrics.items() if k == "val_accuracy"}, **manifest_metrics},
             lineage=lineage,
             complexity=cx,
         ),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.data.folder import PathDataset, eval_transform, list_images, scan_split
+from trainer.datasets.folder import PathDataset, eval_transform, list_images, scan_split
 from trainer.runtime import ActionOutput, RunContext, select_device
 from trainer.tasks.classification.common import (
     classification_metrics,
@@ -75,7 +75,7 @@ def inference(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     device = select_device(spec.train.device) if path.suffix != ".onnx" else torch.device("cpu")
     pred = load_predictor(path, device)
     folder = Path(spec.inference.input_dir) if spec.inference.input_dir else Path(spec.dataset.root) / "test"
-    from trainer.data.folder import image_ok
+    from trainer.datasets.folder import image_ok
 
     paths, corrupt = [], []
     for p in list_images(folder):

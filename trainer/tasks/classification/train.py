@@ -144,7 +144,7 @@ def run_training(
 
 def train(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     """Train a classifier from model.backbone (optionally model.pretrained_path)."""
-    from trainer.data.folder import class_names
+    from trainer.datasets.folder import class_names
 
     seed_everything(spec.seed)
     classes = class_names(Path(spec.dataset.root), "train")

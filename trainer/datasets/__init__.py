@@ -1,0 +1,1 @@
+"""Data sets: ImageFolder reading with a corrupt-image policy, transforms, synthetic PCB sets."""
