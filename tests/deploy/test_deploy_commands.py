@@ -160,7 +160,9 @@ def _mqtt_local(url_in_file: str, port: int, keep_credentials: bool) -> str:
     return f"{parts.scheme}://{userinfo}127.0.0.1:{port}"
 
 
-def _start_stack(tmp_path: Path, broker_port: int, keep_credentials: bool) -> Stack:
+def _start_stack(
+    tmp_path: Path, broker_port: int, keep_credentials: bool, db_url: str | None = None
+) -> Stack:
     """The controller as compose runs it, then the systemd agent and compose's agent-cpu-1."""
     compose = compose_config()
     grpc_port, http_port = free_port(), free_port()
@@ -170,7 +172,7 @@ def _start_stack(tmp_path: Path, broker_port: int, keep_credentials: bool) -> St
         **_base_env(tmp_path / "home-controller"),
         **_localise(
             ctl_file_env,
-            EDGELOOP_DB_URL=f"sqlite:///{tmp_path / 'controller' / 'edgeloop.db'}",
+            EDGELOOP_DB_URL=db_url or f"sqlite:///{tmp_path / 'controller' / 'edgeloop.db'}",
             EDGELOOP_DATA_DIR=str(tmp_path / "controller"),
             EDGELOOP_GRPC_PORT=str(grpc_port),
             EDGELOOP_HTTP_PORT=str(http_port),
@@ -262,6 +264,17 @@ def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_
             )(stack.devices()),
             stack.procs,
         )
+    finally:
+        stack.stop()
+
+
+@pytest.mark.postgres
+def test_exact_commands_on_postgresql(tmp_path: Path, mqtt_broker: LocalBroker, postgres_url: str) -> None:
+    """As above with PostgreSQL, compose's database (skipped with the reason when none can be had)."""
+    _need_entry_points()
+    stack = _start_stack(tmp_path, mqtt_broker.port, keep_credentials=False, db_url=postgres_url)
+    try:
+        assert len(stack.devices()) == 2
     finally:
         stack.stop()
 
