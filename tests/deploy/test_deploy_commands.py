@@ -92,12 +92,13 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path, cwd: Path | None = None):
         self.name = name
         self.log_path = logs / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.env = env
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.cwd = cwd
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
 
     def tail(self, n: int = 40) -> str:
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -218,7 +219,11 @@ def _start_stack(
                 ),
             ),
         }
-        stack.procs.append(Proc("agent-systemd", _local_argv(unit.exec_start), sd_env, tmp_path))
+        # WorkingDirectory= is the agent dir (StateDirectory= creates it): the same, localised
+        assert unit.get("Service", "WorkingDirectory") == [sd_file_env["EDGELOOP_AGENT_DIR"]]
+        (tmp_path / "agent-systemd").mkdir(mode=0o700)
+        sd_argv = _local_argv(unit.exec_start)
+        stack.procs.append(Proc("agent-systemd", sd_argv, sd_env, tmp_path, cwd=tmp_path / "agent-systemd"))
         stack.procs.append(Proc("agent-compose", _local_argv(service_argv(ag_service)), ag_env, tmp_path))
         stack.agent_env = ag_env  # type: ignore[attr-defined]
 
@@ -254,7 +259,7 @@ def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_
         before = {d["id"] for d in devices}
         sd = stack.procs[1]
         sd.stop()
-        stack.procs[1] = Proc("agent-systemd-2", list(sd.proc.args), sd.env, tmp_path)
+        stack.procs[1] = Proc("agent-systemd-2", list(sd.proc.args), sd.env, tmp_path, cwd=sd.cwd)
         _wait(
             "the restarted agent reconnects as the same device",
             lambda: (
