@@ -8,8 +8,8 @@ host are replaced, never a variable name, and only for variables the file itself
 
 - ``edgeloop`` (/opt/edgeloop/venv/bin/edgeloop in the unit, on PATH in the images) -> this
   venv's ``edgeloop`` console script, the same entry point;
-- EDGELOOP_DB_URL (PostgreSQL in compose) -> SQLite in a temp dir, the embedded default
-  (the controller's own tests cover PostgreSQL with the ``postgres_url`` fixture);
+- EDGELOOP_DB_URL (PostgreSQL in compose) -> SQLite in a temp dir, the embedded default, or a
+  fresh database from the ``postgres_url`` fixture (``test_exact_commands_on_postgresql``);
 - EDGELOOP_DATA_DIR / EDGELOOP_AGENT_DIR (volumes) -> temp dirs;
 - EDGELOOP_GRPC_PORT / EDGELOOP_HTTP_PORT -> free loopback ports, EDGELOOP_CONTROLLER -> that port;
 - EDGELOOP_MQTT_URL -> the ``mqtt_broker`` fixture (anonymous), or, in the tests named
@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,11 +62,7 @@ def _module_exists(name: str) -> bool:
 
 
 def _need_entry_points() -> None:
-    missing = [
-        m
-        for m in ("controller.cli", "agent.cli", "agent.fleet.daemon")
-        if importlib.util.find_spec(m) is None
-    ]
+    missing = [m for m in ("controller.cli", "agent.cli", "agent.fleet.daemon") if not _module_exists(m)]
     if missing:
         pytest.skip(f"the entry points are not in this tree yet: {', '.join(missing)} missing")
     if not EDGELOOP.exists():
@@ -143,7 +139,8 @@ def _wait(what: str, predicate, procs: list[Proc], timeout: float = START_TIMEOU
 class Stack:
     base_url: str
     api_token: str
-    procs: list[Proc]
+    procs: list[Proc] = field(default_factory=list)
+    agent_env: dict[str, str] = field(default_factory=dict)  # compose agent-cpu-1's, localised
 
     def devices(self) -> list[dict]:
         status, body = _get(f"{self.base_url}/api/v1/devices/", self.api_token)
@@ -180,7 +177,7 @@ def _start_stack(
             EDGELOOP_MQTT_URL=_mqtt_local(ctl_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials),
         ),
     }
-    stack = Stack(f"http://127.0.0.1:{http_port}", ctl_file_env["EDGELOOP_API_TOKEN"], [])
+    stack = Stack(f"http://127.0.0.1:{http_port}", ctl_file_env["EDGELOOP_API_TOKEN"])
     try:
         stack.procs.append(Proc("controller", _local_argv(service_argv(ctl_service)), ctl_env, tmp_path))
         _wait("controller /healthz", lambda: _get(f"{stack.base_url}/healthz")[0] == 200, stack.procs)
@@ -225,7 +222,7 @@ def _start_stack(
         sd_argv = _local_argv(unit.exec_start)
         stack.procs.append(Proc("agent-systemd", sd_argv, sd_env, tmp_path, cwd=tmp_path / "agent-systemd"))
         stack.procs.append(Proc("agent-compose", _local_argv(service_argv(ag_service)), ag_env, tmp_path))
-        stack.agent_env = ag_env  # type: ignore[attr-defined]
+        stack.agent_env = ag_env
 
         def both_connected() -> list[dict] | None:
             devices = stack.devices()
@@ -251,24 +248,28 @@ def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_
 
         # the agent images' HEALTHCHECK (edgeloop agent probe), with the compose agent's env
         probe = parse_dockerfile(EDGE_IMAGES / "cpu" / "Dockerfile").healthcheck
-        env = stack.agent_env  # type: ignore[attr-defined]
-        out = subprocess.run(_local_argv(probe), env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            _local_argv(probe), env=stack.agent_env, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stdout + out.stderr
 
         # the systemd agent restarted (Restart=on-failure) keeps its enrolment: same device, no new one
         before = {d["id"] for d in devices}
+        (sd_id,) = [d["id"] for d in devices if "systemd" in (d.get("tags") or [])]
+
+        def sd_device() -> dict:
+            return next((d for d in stack.devices() if d["id"] == sd_id), {})
+
         sd = stack.procs[1]
         sd.stop()
+        seen_before = sd_device().get("last_seen")
         stack.procs[1] = Proc("agent-systemd-2", list(sd.proc.args), sd.env, tmp_path, cwd=sd.cwd)
         _wait(
-            "the restarted agent reconnects as the same device",
-            lambda: (
-                lambda ds: (
-                    len(ds) == 2 and all(d["connected"] for d in ds) and {d["id"] for d in ds} == before
-                )
-            )(stack.devices()),
+            "the restarted agent connects as the same device",
+            lambda: (d := sd_device()).get("connected") is True and d.get("last_seen") != seen_before,
             stack.procs,
         )
+        assert {d["id"] for d in stack.devices()} == before, "a restart must not enrol a new device"
     finally:
         stack.stop()
 
