@@ -174,6 +174,8 @@ def resolve_model(
                 t.shape[:] = graph_in[t.name].shape
             if not t.layout:
                 t.layout = graph_in[t.name].layout
+        named = {t.name for t in manifest.inputs}
+        manifest.inputs.extend(s for s in inputs if s.name not in named)  # every graph input is required
     else:
         manifest.inputs.extend(inputs)
     if manifest.outputs:

@@ -44,6 +44,7 @@ def colour_classifier(
     batch: int | str = "N",
     layout: str = "NCHW",
     two_outputs: bool = False,
+    two_inputs: bool = False,
     scrambled: bool = False,
     seed: int = 0,
 ) -> Path:
@@ -74,15 +75,20 @@ def colour_classifier(
         helper.make_node("Relu", ["c2"], ["r2"]),
         helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["features"], axis=1),
-        helper.make_node("Gemm", ["features", "fc_w", "fc_b"], ["logits"], transB=1),
+        helper.make_node(
+            "Gemm", ["features", "fc_w", "fc_b"], ["raw_logits" if two_inputs else "logits"], transB=1
+        ),
     ]
+    if two_inputs:  # a second, non-image input: a per-sample gain on the logits
+        nodes.append(helper.make_node("Mul", ["raw_logits", "gain"], ["logits"]))
     shape = [batch, 3, SIZE, SIZE] if layout == "NCHW" else [batch, SIZE, SIZE, 3]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 3])]
     if two_outputs:
         outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, 8]))
-    graph = helper.make_graph(
-        nodes, "colour", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)], outputs, inits
-    )
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)]
+    if two_inputs:
+        inputs.append(helper.make_tensor_value_info("gain", TensorProto.FLOAT, [batch, 1]))
+    graph = helper.make_graph(nodes, "colour", inputs, outputs, inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeloop-tests"
     )

@@ -19,6 +19,7 @@ VARIANTS = {
     "nhwc": {"layout": "NHWC"},
     "two_outputs": {"two_outputs": True},
     "static_batch": {"batch": 2},
+    "two_inputs": {"two_inputs": True},
 }
 
 
@@ -44,10 +45,14 @@ def variants(tmp_path_factory) -> dict[str, Path]:
 
 
 def _batch(model, n: int = 2) -> dict[str, np.ndarray]:
-    spec = model.manifest.inputs[0]
-    shape = [n if d < 0 else d for d in spec.shape]
     rng = np.random.default_rng(1)
-    return {spec.name: rng.uniform(0, 1, size=shape).astype(np.float32)}
+    feeds = {}
+    for spec in model.manifest.inputs:
+        shape = [n if d < 0 else d for d in spec.shape]
+        feeds[spec.name] = (
+            rng.uniform(0, 1, size=shape).astype(np.float32) if spec.layout else np.ones(shape, np.float32)
+        )
+    return feeds
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -65,7 +70,7 @@ def test_build_and_run_every_precision(backend, variants, images, tmp_path, vari
     if precision == "int8":
         assert info.calibration_time_s > 0
     engine = b.load(out_dir, model.manifest, options)
-    assert [t.name for t in engine.inputs] == ["images"]
+    assert [t.name for t in engine.inputs] == (["images", "gain"] if variant == "two_inputs" else ["images"])
     assert engine.outputs[0].name == "logits"
     assert len(engine.outputs) == (2 if variant == "two_outputs" else 1)
     assert engine.inputs[0].dtype == np.float32  # fp32 I/O at every precision
@@ -109,3 +114,31 @@ def test_tensorrt_reports_why_it_is_unavailable(profile) -> None:
         assert not verdict.available
         assert "tensorrt" in verdict.reason.lower()
         assert all(not c.available and c.reason for c in trt.capabilities(profile))
+
+
+def test_tensorrt_version_rules_for_dla() -> None:
+    """Pure version logic of the TensorRT backend (no TensorRT needed): DLA exists up to 10.7
+    and again from 11.4.1 (DESIGN.md)."""
+    from agent.backends.tensorrt import dla_supported
+
+    assert dla_supported("10.3.0")[0] and dla_supported("10.7.0.23")[0]
+    assert (
+        not dla_supported("10.8.0")[0] and not dla_supported("11.0.0")[0] and not dla_supported("11.4.0")[0]
+    )
+    assert dla_supported("11.4.1")[0] and dla_supported("12.0")[0]
+    assert "11.2" in dla_supported("11.2.1")[1]
+
+
+def test_multi_input_model_serves_and_benchmarks(tmp_path, profile, cache, images) -> None:
+    from agent.bench import BenchConfig, benchmark_engine
+    from agent.engines import build_engine
+
+    path = colour_classifier(tmp_path / "model.onnx", two_inputs=True)
+    write_manifest(path)
+    model = resolve_model(path)
+    assert [t.name for t in model.manifest.inputs] == ["images", "gain"]
+    assert any("not images" in w for w in model.warnings)
+    built = build_engine(model, profile=profile, cache=cache, precision="int8", calib_dir=images)
+    report = benchmark_engine(built, eval_dir=images,
+                              config=BenchConfig(scenarios=("singlestream",), duration_ms=100, min_queries=8))  # fmt: skip
+    assert report.scenarios[0].valid and not report.errors
