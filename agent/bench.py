@@ -406,6 +406,7 @@ def benchmark(
     manifest: artifact_pb2.Manifest | str | Path | None = None,
     backend: str = "auto",
     precision: str = "fp32",
+    device: str | None = None,
     calib_dir: str | Path | None = None,
     eval_dir: str | Path | None = None,
     config: BenchConfig = BenchConfig(),
@@ -433,7 +434,7 @@ def benchmark(
             model = resolve_model(onnx_path, manifest)
             report.model_version = model.manifest.version
             built = build_engine(model, profile=profile, cache=cache, backend=backend, precision=precision,
-                                 calib_dir=calib_dir, threads=settings.threads)  # fmt: skip
+                                 device=device, calib_dir=calib_dir, threads=settings.threads)  # fmt: skip
         except (AgentError, ValueError, OSError) as exc:
             report.errors.append(f"build: {exc}")
             return report
@@ -446,9 +447,10 @@ def benchmark(
             progress("build", 1.0)
         try:
             benchmark_engine(built, eval_dir=eval_dir, config=config, progress=progress, report=report)
+            engine_memory = built.engine.memory_bytes()
         finally:
             built.engine.close()
-    report.peak_memory_bytes = max(memory.peak, built.engine.memory_bytes())
+    report.peak_memory_bytes = max(memory.peak, engine_memory)
     return report
 
 

@@ -151,7 +151,7 @@ def cmd_bench(args) -> int:
     )
     with _ProgressView() as view:
         report = benchmark(args.model, manifest=args.manifest, backend=args.backend, precision=args.precision,
-                           calib_dir=args.calib, eval_dir=args.eval, config=config, settings=settings,
+                           device=args.device, calib_dir=args.calib, eval_dir=args.eval, config=config, settings=settings,
                            cache=_cache(args, settings), progress=view)  # fmt: skip
     print(render_table(report))
     if args.json:

@@ -186,7 +186,12 @@ class EngineCache:
                 "created": time.time(),
             }
             (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-            tmp.rename(self.path_for(key))
+            try:
+                tmp.rename(self.path_for(key))
+            except OSError:  # another process (agents may share a cache) finished first
+                if not self.validate(key)[0]:
+                    raise
+                log.info("engine %s was built concurrently elsewhere; using that one", key)
         except FileNotFoundError as exc:
             raise BuildError(f"build of {key} did not write its files: {exc}") from exc
         finally:
