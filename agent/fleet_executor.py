@@ -25,6 +25,7 @@ from agent.probe import probe_hardware
 from agent.server import InferenceServer
 from agent.slots import ModelSlots
 from agent.stats import RequestStats
+from agent.telemetry import Telemetry, metrics_collector
 from protos import fleet_pb2
 from protos.manifest import ManifestError, manifest_from_json
 
@@ -66,7 +67,7 @@ class FleetExecutor:
         threads: int | None = None,
         mqtt_url: str | None = None,
         hardware_class: str | None = None,
-        device_id: str = "",
+        device_id: str = "",  # without it, telemetry starts at attach_telemetry() after registration
         serve_port: int | None = 0,
         deploy_bench: BenchConfig | None = DEPLOY_BENCH,
     ) -> None:
@@ -83,27 +84,35 @@ class FleetExecutor:
         self.cache = EngineCache(settings.cache_dir)
         self.shard_root = settings.agent_dir / "shards"
         self.deploy_bench = deploy_bench
-        self.telemetry = None
-        if settings.mqtt_url:
-            from agent.telemetry import Telemetry, metrics_collector
-
-            self.telemetry = Telemetry(settings.mqtt_url, device_id or self.profile.hostname,
-                                       prefix=settings.telemetry_prefix,
-                                       hardware_class=self.profile.hardware_class).start()  # fmt: skip
+        self.telemetry: Telemetry | None = None
         self.slots = ModelSlots(profile=self.profile, cache=self.cache, threads=settings.threads,
-                                state_dir=settings.slots_dir,
-                                on_event=self.telemetry.event if self.telemetry else None)  # fmt: skip
+                                state_dir=settings.slots_dir, on_event=self._event)  # fmt: skip
         self.stats = RequestStats()
         self.slots.restore()
         self.server = None
         if serve_port is not None:
-            self.server = InferenceServer(
-                DataPlane(self.slots, self.stats), host="0.0.0.0", port=serve_port
-            ).start()
+            self.server = InferenceServer(DataPlane(self.slots, self.stats), host="0.0.0.0", port=serve_port)
+            self.server.start()
             log.info("live inference on port %d", self.server.port)
-        if self.telemetry:
-            self.telemetry.start_metrics(metrics_collector(self.slots, self.stats))
+        if settings.mqtt_url and device_id:
+            self.attach_telemetry(device_id, settings.mqtt_url, settings.telemetry_prefix)
         self._lock = threading.Lock()
+
+    def attach_telemetry(self, device_id: str, mqtt_url: str = "", prefix: str = "") -> None:
+        """Publish telemetry as ``device_id`` (the id the controller assigned at registration,
+        with the broker and prefix of its RegisterResponse when given). Replaces a running one."""
+        url = mqtt_url or self.settings.mqtt_url
+        if not url:
+            return
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        self.telemetry = Telemetry(url, device_id, prefix=prefix or self.settings.telemetry_prefix,
+                                   hardware_class=self.profile.hardware_class).start()  # fmt: skip
+        self.telemetry.start_metrics(metrics_collector(self.slots, self.stats))
+
+    def _event(self, event: str, model_version: str, details: dict) -> None:
+        if self.telemetry is not None:
+            self.telemetry.event(event, model_version, details)
 
     # -- Executor protocol
     def state(self):
@@ -185,10 +194,9 @@ class FleetExecutor:
                         benchmark_engine(built, eval_dir=evaluation, config=config, report=report)
                         built.engine.close()
                 report.peak_memory_bytes = memory.peak
-                if self.telemetry:
-                    self.telemetry.event("benchmarked", report.model_version, {
-                        "backend": report.backend, "precision": precision, "errors": list(report.errors)[:3],
-                    })  # fmt: skip
+                self._event("benchmarked", report.model_version, {
+                    "backend": report.backend, "precision": precision, "errors": list(report.errors)[:3],
+                })  # fmt: skip
                 reports.append(report)
         return reports
 
@@ -202,8 +210,7 @@ class FleetExecutor:
                                  precision=command.precision or "int8", calib_dir=calib,
                                  threads=self.settings.threads)  # fmt: skip
         built.engine.close()
-        if self.telemetry:
-            self.telemetry.event("calibrated", model.manifest.version, {"engine_key": str(built.key)})
+        self._event("calibrated", model.manifest.version, {"engine_key": str(built.key)})
         return fleet_pb2.Report(
             model_version=model.manifest.version,
             backend=built.backend,

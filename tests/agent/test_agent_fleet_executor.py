@@ -80,3 +80,17 @@ def test_calibrate_builds_without_activating(executor, artifacts, shard) -> None
                                 command=fleet_pb2.Calibrate(precision="int8"))  # fmt: skip
     assert report.calibration_time_s > 0 and report.precision == "int8"
     assert executor.state().active == ""
+
+
+def test_events_after_attach_telemetry(executor, artifacts, mqtt_broker) -> None:
+    from test_agent_telemetry import Subscriber
+
+    sub = Subscriber(mqtt_broker.url, "fleet/devices/dev-42/events")
+    try:
+        executor.attach_telemetry("dev-42", mqtt_broker.url, "fleet")  # after Register
+        v = make_artifact(artifacts, "fx6", version="colour:fx6")
+        executor.deploy(**_args(v), shards=Shards(), command=fleet_pb2.Deploy(activate=True))
+        sub.wait(lambda m: m[1]["event"] == "built" and m[1]["model_version"] == "colour:fx6")
+        sub.wait(lambda m: m[1]["event"] == "switched")
+    finally:
+        sub.close()
