@@ -191,6 +191,8 @@ def test_daemonsets_select_nodes_by_hardware_class() -> None:
         assert AGENT_DIR in mounts, f"{path.name}: the agent dir is not on a volume"
         if hw in ("dgpu", "jetson"):
             assert spec.get("runtimeClassName") == "nvidia", path.name
+        image_health = parse_dockerfile(EDGE_IMAGES / hw / "Dockerfile").healthcheck
+        assert container["livenessProbe"]["exec"]["command"] == image_health, path.name
         seen[hw] = path.name
     assert set(seen) == set(HARDWARE_CLASSES)
 
