@@ -280,3 +280,13 @@ def test_ports_are_the_conventions_defaults() -> None:
     for name, service in compose["services"].items():
         if name.startswith("agent-"):
             assert service["environment"]["EDGELOOP_CONTROLLER"] == "controller:50051"
+
+
+def test_controller_probes_use_the_path_the_image_healthcheck_uses() -> None:
+    """The image's HEALTHCHECK runs against a real controller in test_deploy_commands.py."""
+    health = " ".join(parse_dockerfile(DEPLOY / "controller" / "Dockerfile").healthcheck)
+    (path,) = re.findall(r"http://127\.0\.0\.1:%s(/\S*?)'", health)
+    (deployment,) = [d for _, d in k8s_documents() if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == path, probe
