@@ -253,7 +253,8 @@ def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_
         )
         assert out.returncode == 0, out.stdout + out.stderr
 
-        # the systemd agent restarted (Restart=on-failure) keeps its enrolment: same device, no new one
+        # the systemd agent killed (a crash: what Restart=on-failure restarts) and started again with
+        # the same agent dir keeps its enrolment: the same device, no new one
         before = {d["id"] for d in devices}
         (sd_id,) = [d["id"] for d in devices if "systemd" in (d.get("tags") or [])]
 
@@ -261,6 +262,7 @@ def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_
             return next((d for d in stack.devices() if d["id"] == sd_id), {})
 
         sd = stack.procs[1]
+        sd.proc.kill()
         sd.stop()
         seen_before = sd_device().get("last_seen")
         stack.procs[1] = Proc("agent-systemd-2", list(sd.proc.args), sd.env, tmp_path, cwd=sd.cwd)
