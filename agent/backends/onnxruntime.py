@@ -49,16 +49,32 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def _providers_for(device: str) -> list[str]:
+def _providers_for(device: str, precision: Precision = Precision.FP32, cache_dir: Path | None = None) -> list:
+    """Execution providers for a device: CPU; or on ``gpu:N`` ORT's TensorRT EP (when the build
+    has it; its own engine cache inside our cache entry) then CUDA, with CPU for the rest."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device.startswith("gpu"):
+        index = int(device.partition(":")[2] or 0)
         if "CUDAExecutionProvider" not in available:
             raise BackendUnavailable(f"this onnxruntime build has no CUDA execution provider ({available})")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers: list = []
+        if "TensorrtExecutionProvider" in available and cache_dir is not None:
+            providers.append((
+                "TensorrtExecutionProvider",
+                {
+                    "device_id": index,
+                    "trt_fp16_enable": precision is Precision.FP16,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache_dir / "ort-tensorrt"),
+                    "trt_timing_cache_enable": True,
+                },
+            ))  # fmt: skip
+        providers += [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return providers
     raise BackendUnavailable(f"onnxruntime cannot run on device {device!r}")
 
 
@@ -176,7 +192,9 @@ class OnnxRuntimeEngine(Engine):
         before = _rss()
         try:
             self.session = ort.InferenceSession(
-                str(model_path), sess_options=so, providers=_providers_for(options.device)
+                str(model_path),
+                sess_options=so,
+                providers=_providers_for(options.device, options.precision, model_path.parent),
             )
         except BackendUnavailable:
             raise
