@@ -1,7 +1,7 @@
 """deploy/mosquitto/ on a real Mosquitto: authentication on, and the ACLs do what they say.
 
 The config file is used as written, with only its host-specific lines moved into a temp dir
-(listener port, password file, ACL file, persistence location). Users and passwords are made
+(listener port, password file, ACL file, persistence and log locations). Users and passwords are made
 with mosquitto_passwd, as deploy/README.md tells operators to.
 """
 
