@@ -237,11 +237,16 @@ class ModelSlots:
         """Make the candidate active (atomically); the old active becomes ``previous``."""
         with self._lock:
             candidate = self._candidate
+            active = self._active
+            if model_version and candidate is None and active is not None and active.version == model_version:
+                return active  # already active: a repeated command is not an error
             if candidate is None or (model_version and model_version != candidate.version):
                 if model_version and self._previous is not None and self._previous.version == model_version:
                     return self.rollback(to_version=model_version, reason="switch back")
                 raise ModelNotFound(
-                    f"no healthy candidate {model_version or ''} to switch to".replace("  ", " ")
+                    f"no healthy candidate {model_version!r} to switch to"
+                    if model_version
+                    else "no healthy candidate to switch to"
                 )
             old = self._active
             self._active, self._previous, self._candidate = candidate, old, None
@@ -255,7 +260,11 @@ class ModelSlots:
         with self._lock:
             prev = self._previous
             if prev is None or (to_version and to_version != prev.version):
-                raise ModelNotFound(f"no previous version {to_version!r} to roll back to".replace(" ''", ""))
+                raise ModelNotFound(
+                    f"no previous version {to_version!r} to roll back to"
+                    if to_version
+                    else "nothing to roll back to"
+                )
             old = self._active
             self._active, self._previous = prev, old
             self._save_state()
