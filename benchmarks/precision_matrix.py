@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -56,7 +57,8 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=64, help="calibration images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--duration-ms", type=int, default=4000)
+    ap.add_argument("--duration-ms", type=int, default=3000, help="per LoadGen run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating FP32/INT8 timing rounds (median)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-precision-matrix")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
@@ -76,34 +78,62 @@ def main() -> int:
         model = resolve_model(onnx_path)
         eval_dir = args.eval if artifact else images
         dw, convs = depthwise_convs(onnx_path)
+        built = {
+            precision: build_engine(
+                model,
+                profile=profile,
+                cache=cache,
+                backend="onnxruntime",
+                precision=precision,
+                calib_dir=calib if precision == "int8" else None,
+                calib_samples=args.calib,
+                threads=args.threads,
+            )  # fmt: skip
+            for precision in ("fp32", "int8")
+        }
+        # accuracy first, then timing rounds that alternate FP32 / INT8 so the neighbours' load
+        # and clock drift hit both; the median round is reported
+        accuracy: dict[str, tuple[str, float, float]] = {}
         reference = None
-        rel_err = float("nan")
-        for precision in ("fp32", "int8"):
-            built = build_engine(model, profile=profile, cache=cache, backend="onnxruntime", precision=precision,
-                                 calib_dir=calib if precision == "int8" else None, calib_samples=args.calib,
-                                 threads=args.threads)  # fmt: skip
-            report = benchmark_engine(built, config=config)
-            by = {s.scenario: s for s in report.scenarios}
+        for precision, b in built.items():
             if artifact and eval_dir:
-                acc_name, acc = "top1", evaluate(built.engine, model.manifest, eval_dir)["top1"]
+                accuracy[precision] = (
+                    "top1",
+                    evaluate(b.engine, model.manifest, eval_dir)["top1"],
+                    float("nan"),
+                )
             else:
-                logits = logits_of(built.engine, model.manifest, ImageFolder.open(eval_dir), args.batch)
+                logits = logits_of(b.engine, model.manifest, ImageFolder.open(eval_dir), args.batch)
                 reference = logits if reference is None else reference
-                acc_name, acc = "agreement_with_fp32", float((logits.argmax(1) == reference.argmax(1)).mean())
+                agree = float((logits.argmax(1) == reference.argmax(1)).mean())
                 rel_err = float(np.linalg.norm(logits - reference) / max(np.linalg.norm(reference), 1e-12))
+                accuracy[precision] = ("agreement_with_fp32", agree, rel_err)
+        runs: dict[str, list] = {p: [] for p in built}
+        for _ in range(args.rounds):
+            for precision, b in built.items():
+                runs[precision].append(benchmark_engine(b, config=config))
+        for precision, b in built.items():
+            offline = [next(s for s in r.scenarios if s.scenario == "offline") for r in runs[precision]]
+            single = [next(s for s in r.scenarios if s.scenario == "singlestream") for r in runs[precision]]
+            acc_name, acc, rel_err = accuracy[precision]
             rows.append({
                 "model": name, "precision": precision, "depthwise_convs": dw, "convs": convs,
-                "offline_fps": by["offline"].throughput_fps, "singlestream_p50_ms": by["singlestream"].latency_p50_ms,
-                "singlestream_p99_ms": by["singlestream"].latency_p99_ms, acc_name: acc,
-                "logits_rel_error": rel_err, "build_s": built.build_time_s, "calibration_s": built.calibration_time_s,
-                "valid": all(s.valid for s in report.scenarios), "errors": list(report.errors),
+                "offline_fps": statistics.median(s.throughput_fps for s in offline),
+                "offline_fps_rounds": [round(s.throughput_fps, 1) for s in offline],
+                "singlestream_p50_ms": statistics.median(s.latency_p50_ms for s in single),
+                "singlestream_p99_ms": statistics.median(s.latency_p99_ms for s in single),
+                acc_name: acc, "logits_rel_error": rel_err,
+                "build_s": b.build_time_s, "calibration_s": b.calibration_time_s,
+                "valid": all(s.valid for r in runs[precision] for s in r.scenarios),
+                "errors": sorted({e for r in runs[precision] for e in r.errors}),
             })  # fmt: skip
-            built.engine.close()
+            b.engine.close()
             print(
-                f"  {name} {precision}: {by['offline'].throughput_fps:.1f} img/s", file=sys.stderr, flush=True
+                f"  {name} {precision}: {rows[-1]['offline_fps_rounds']} img/s", file=sys.stderr, flush=True
             )
 
-    print(f"\nload average {os.getloadavg()[0]:.2f} (other processes share these cores)")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other processes share these cores); "
+          f"medians of {args.rounds} alternating rounds, LoadGen runs of {args.duration_ms} ms")  # fmt: skip
     print(f"host: {profile.cpu_model}, {profile.cpu_cores} cores visible, threads {args.threads}, "
           f"flags {','.join(profile.cpu_flags)}; onnxruntime {profile.runtimes.get('onnxruntime')}; "
           f"python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
