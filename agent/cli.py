@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("run", help="the fleet daemon: register with the controller and follow its commands")
     try:
         daemon = importlib.import_module("agent.fleet.daemon")
-    except ImportError:
+    except Exception as exc:  # a missing or broken daemon must not break probe/bench/serve
+        log.debug("fleet daemon unavailable: %s", exc)
         r.add_argument("rest", nargs=argparse.REMAINDER)
     else:
         daemon.add_arguments(r)
@@ -207,9 +208,9 @@ def cmd_serve(args) -> int:
 def cmd_run(args) -> int:
     try:
         daemon = importlib.import_module("agent.fleet.daemon")
-    except ImportError as exc:
+    except Exception as exc:
         print(
-            f"error: the fleet daemon is not installed in this build (agent.fleet.daemon: {exc})",
+            f"error: the fleet daemon is not available in this build (agent.fleet.daemon: {exc})",
             file=sys.stderr,
         )
         return 2
