@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,39 @@ class DownloadResult:
     resumed_from: int
     bytes_received: int
     cached: bool = False
+
+
+class _HashingWriter:
+    """Hashes and appends chunks on a helper thread (hashlib and os.write release the GIL)."""
+
+    def __init__(self, fd: int, digest: hashlib._Hash, depth: int = 8) -> None:
+        self.fd, self.digest = fd, digest
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="artifact-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.digest.update(data)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self.fd, view) :]
+                except BaseException as exc:  # reported by close()
+                    self.error = exc
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(data)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def verify_signature(public_key: bytes, sha256_hex: str, signature: bytes) -> None:
@@ -105,6 +140,7 @@ def download_artifact(
         log.info("resuming %s at %d/%d bytes", final.name, offset, ref.size_bytes)
     request = fleet_pb2.DownloadRequest(artifact_id=ref.artifact_id, offset=offset, chunk_size=chunk_size)
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sink = _HashingWriter(fd, digest)  # hashing and writing overlap with receiving the next chunk
     try:
         call = stub.DownloadArtifact(request, metadata=metadata, timeout=timeout)
         try:
@@ -114,8 +150,7 @@ def download_artifact(
                 if chunk.offset != offset:
                     raise DownloadInterrupted(f"chunk at {chunk.offset}, expected {offset}")
                 if chunk.data:
-                    os.write(fd, chunk.data)
-                    digest.update(chunk.data)
+                    sink.put(chunk.data)
                     offset += len(chunk.data)
                     received += len(chunk.data)
                 if on_progress is not None:
@@ -124,6 +159,9 @@ def download_artifact(
             raise DownloadInterrupted(
                 f"download of {ref.artifact_id} broke at {offset} bytes: {exc.code().name}"
             ) from exc
+        finally:
+            call.cancel()  # no-op when complete; stops the sender when we bail out early
+            sink.close()  # everything received so far is on disk (and hashed) before we go on
         os.fsync(fd)
     except ArtifactRejected:
         part.unlink(missing_ok=True)

@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     enrollment_token: str | None = None
     # what agents are told to use for their control stream
     heartbeat_interval_s: int = 10
-    # a device whose control stream stays silent this long is shown as disconnected
     artifact_chunk_bytes: int = 1 << 20
+    artifact_cache_bytes: int = 256 << 20  # serialized chunks kept in memory for rollouts to many devices
     rollout_tick_s: float = 0.5
     deploy_timeout_s: float = 600.0
     start_broker: bool = True  # when mqtt_url is unset, start a local one (else no telemetry)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
 ]
 HELLO_TIMEOUT_S = 30.0
+SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
 
 
 @dataclass
@@ -66,11 +68,86 @@ class _ArtifactFile:
     sha256: str
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_chunk(offset: int, data: bytes, total_size: int, sha256: str) -> bytes:
+    """A serialized ArtifactChunk built without copying ``data`` through a message object."""
+    head = fleet_pb2.ArtifactChunk(offset=offset, total_size=total_size, sha256=sha256).SerializeToString()
+    return b"".join((head, b"\x12", _varint(len(data)), data))  # field 2 (data), wire type 2
+
+
+class ChunkCache:
+    """LRU of serialized chunks, bounded in bytes. Only touched from the gRPC event loop."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def get(self, key: tuple) -> bytes | None:
+        msg = self._items.get(key)
+        if msg is not None:
+            self._items.move_to_end(key)
+        return msg
+
+    def put(self, key: tuple, msg: bytes) -> None:
+        if len(msg) > self.max_bytes or key in self._items:
+            return
+        self._items[key] = msg
+        self.size += len(msg)
+        while self.size > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self.size -= len(old)
+
+
+def _passthrough(msg: bytes | fleet_pb2.ArtifactChunk) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def add_servicer(servicer: FleetServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that DownloadArtifact yields already-serialized chunks."""
+    handlers = {
+        "Register": grpc.unary_unary_rpc_method_handler(
+            servicer.Register,
+            request_deserializer=fleet_pb2.RegisterRequest.FromString,
+            response_serializer=fleet_pb2.RegisterResponse.SerializeToString,
+        ),
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            servicer.Connect,
+            request_deserializer=fleet_pb2.AgentMessage.FromString,
+            response_serializer=fleet_pb2.ControllerCommand.SerializeToString,
+        ),
+        "DownloadArtifact": grpc.unary_stream_rpc_method_handler(
+            servicer.DownloadArtifact,
+            request_deserializer=fleet_pb2.DownloadRequest.FromString,
+            response_serializer=_passthrough,
+        ),
+        "ReportResult": grpc.unary_unary_rpc_method_handler(
+            servicer.ReportResult,
+            request_deserializer=fleet_pb2.ResultReport.FromString,
+            response_serializer=fleet_pb2.ReportAck.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, ctl: Controller, pool: ThreadPoolExecutor) -> None:
         self.ctl = ctl
         self.pool = pool
         self._artifacts: dict[str, _ArtifactFile] = {}
+        self._chunks = ChunkCache(ctl.settings.artifact_cache_bytes)
 
     # -- plumbing
     async def _db(self, fn: Callable[..., T], /, **kwargs: object) -> T:
@@ -186,6 +263,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         return _ArtifactFile(path=art.path, size=art.size_bytes, sha256=art.sha256)
 
     async def DownloadArtifact(self, request: fleet_pb2.DownloadRequest, context: grpc.aio.ServicerContext):
+        """Chunks aligned to ``chunk_size`` boundaries, pre-serialized and kept in an LRU cache, so a
+        rollout to many devices reads and encodes each chunk once."""
         await self._auth(context)
         info = self._artifacts.get(request.artifact_id)
         if info is None:
@@ -200,27 +279,35 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             )
         chunk = request.chunk_size or self.ctl.settings.artifact_chunk_bytes
         chunk = max(4096, min(chunk, 8 << 20))
+        offset = request.offset
+        if offset == info.size:
+            yield encode_chunk(offset, b"", info.size, info.sha256)
+            return
+        fd: int | None = None
         try:
-            fd = os.open(info.path, os.O_RDONLY)
-        except OSError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"artifact file missing on the controller: {exc}")
-        try:
-            offset = request.offset
-            if offset == info.size:
-                yield fleet_pb2.ArtifactChunk(
-                    offset=offset, data=b"", total_size=info.size, sha256=info.sha256
-                )
             while offset < info.size:
-                data = os.pread(fd, min(chunk, info.size - offset), offset)
-                if not data:
-                    break
-                yield fleet_pb2.ArtifactChunk(
-                    offset=offset, data=data, total_size=info.size, sha256=info.sha256
-                )
-                offset += len(data)
-                self.ctl.metrics.bytes_served.inc(len(data))
+                end = min((offset // chunk + 1) * chunk, info.size)
+                key = (request.artifact_id, offset, end)
+                msg = self._chunks.get(key)
+                if msg is None:
+                    if fd is None:
+                        try:
+                            fd = os.open(info.path, os.O_RDONLY)
+                        except OSError as exc:
+                            await context.abort(
+                                grpc.StatusCode.NOT_FOUND, f"artifact file missing on the controller: {exc}"
+                            )
+                    data = os.pread(fd, end - offset, offset)
+                    if len(data) != end - offset:
+                        await context.abort(grpc.StatusCode.DATA_LOSS, "artifact file shorter than recorded")
+                    msg = encode_chunk(offset, data, info.size, info.sha256)
+                    self._chunks.put(key, msg)
+                yield msg
+                self.ctl.metrics.bytes_served.inc(end - offset)
+                offset = end
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
     async def ReportResult(self, request: fleet_pb2.ResultReport, context: grpc.aio.ServicerContext):
         device_id = await self._auth(context)
@@ -274,7 +361,7 @@ class GrpcServer:
 
     async def _serve(self) -> None:
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.ctl, self._pool), self._server)
+        add_servicer(FleetServicer(self.ctl, self._pool), self._server)
         self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
         if self.port == 0:
             raise OSError(f"could not bind gRPC on {self.host}")

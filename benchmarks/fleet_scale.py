@@ -1,0 +1,313 @@
+"""Fleet scale: N simulated agents enrol, heartbeat and take a rollout of a 50 MB artifact.
+
+The controller runs as its own process (``edgeloop controller serve``, SQLite by default or
+``--db URL``). The agents are light: real gRPC clients (grpc.aio, one TCP connection each,
+spread over ``--procs`` processes) without engines; they register with the enrollment token,
+hold the control stream with heartbeats, and on a deploy command download every byte of the
+artifact in chunks, send a measured report and a final status, like a real agent minus the
+engine build and the sha256 of the bytes (the signature/sha path is measured by
+artifact_transfer.py). Prints time to enrol, time to 100 % of the rollout, controller CPU and
+the REST API's p50/p99 latency measured while the rollout runs.
+
+    .venv/bin/python benchmarks/fleet_scale.py --agents 100 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _controller_proc import start_controller  # noqa: E402
+
+TAG = "sim"
+
+
+def make_model(dest: Path, size_mb: int) -> tuple[Path, Path]:
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = (size_mb << 20) // 4
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal(n, dtype=np.float32), "w")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", n])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["input", "w"], ["logits"])], "big", [x], [y], initializer=[w]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx_path = dest / "model.onnx"
+    onnx.save_model(model, str(onnx_path))
+    manifest = dest / "manifest.json"
+    manifest.write_text(
+        json.dumps({"name": "scale", "version": "scale:1", "task": "classification"}), encoding="utf-8"
+    )
+    return onnx_path, manifest
+
+
+# ---------------------------------------------------------------- simulated agents (child processes)
+async def _agent(i: int, target: str, token: str, connected: asyncio.Event, stats: dict) -> None:
+    import grpc
+
+    from protos import fleet_pb2, fleet_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
+    stub = fleet_pb2_grpc.FleetServiceStub(channel)
+    download = channel.unary_stream(
+        "/edgeloop.fleet.v1.FleetService/DownloadArtifact",
+        request_serializer=fleet_pb2.DownloadRequest.SerializeToString,
+        response_deserializer=None,  # raw bytes: the simulated agent only counts them
+    )
+    hw = fleet_pb2.HardwareProfile(hostname=f"sim-{i}", hardware_class=f"sim-class-{i % 4}", arch="x86_64")
+    for attempt in range(20):
+        try:
+            reg = await stub.Register(
+                fleet_pb2.RegisterRequest(enrollment_token=token, name=f"sim-{i}", hardware=hw, tags=[TAG]),
+                timeout=60,
+            )
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.2 * (attempt + 1))
+    else:
+        raise RuntimeError(f"sim-{i} could not register")
+    md = (("authorization", f"Bearer {reg.device_token}"), ("x-edgeloop-device", reg.device_id))
+    out: asyncio.Queue = asyncio.Queue()
+    await out.put(fleet_pb2.AgentMessage(hello=fleet_pb2.Hello(agent_version="sim")))
+    active = ""
+
+    async def outgoing():
+        while True:
+            try:
+                msg = await asyncio.wait_for(out.get(), timeout=reg.heartbeat_interval_s or 5)
+            except asyncio.TimeoutError:
+                msg = fleet_pb2.AgentMessage(
+                    heartbeat=fleet_pb2.Heartbeat(timestamp=time.time(), active_version=active)
+                )
+            if msg is None:
+                return
+            yield msg
+
+    call = stub.Connect(outgoing(), metadata=md)
+    connected.set()
+    try:
+        async for cmd in call:
+            if cmd.WhichOneof("body") != "deploy":
+                await out.put(
+                    fleet_pb2.AgentMessage(
+                        status=fleet_pb2.CommandStatus(command_id=cmd.command_id, state="succeeded")
+                    )
+                )
+                continue
+            ref = cmd.deploy.artifact
+            await out.put(
+                fleet_pb2.AgentMessage(
+                    status=fleet_pb2.CommandStatus(command_id=cmd.command_id, state="accepted")
+                )
+            )
+            got, t0 = 0, time.perf_counter()
+            async for raw in download(fleet_pb2.DownloadRequest(artifact_id=ref.artifact_id), metadata=md):
+                got += len(raw)
+            stats["bytes"] += got
+            stats["download_s"].append(time.perf_counter() - t0)
+            report = fleet_pb2.Report(
+                model_version=ref.model_version,
+                backend="onnxruntime",
+                precision=cmd.deploy.precision or "fp32",
+                accuracy={"top1": 0.8},
+                command_id=cmd.command_id,
+                scenarios=[fleet_pb2.ScenarioResult(scenario="offline", throughput_fps=100.0, valid=True)],
+            )
+            await stub.ReportResult(fleet_pb2.ResultReport(report=report), metadata=md, timeout=60)
+            active = ref.model_version
+            await out.put(
+                fleet_pb2.AgentMessage(
+                    status=fleet_pb2.CommandStatus(
+                        command_id=cmd.command_id, state="succeeded", kind="deploy", model_version=active
+                    )
+                )
+            )
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await out.put(None)
+        call.cancel()
+        await channel.close()
+
+
+def _agents_proc(ids: list[int], target: str, token: str, conn) -> None:  # noqa: ANN001 - a Pipe end
+    async def main() -> None:
+        stats = {"bytes": 0, "download_s": []}
+        sem = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            connected = asyncio.Event()
+            async with sem:  # at most 64 enrolments in flight per process
+                task = asyncio.create_task(_agent(i, target, token, connected, stats))
+                waiter = asyncio.create_task(connected.wait())
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            await task
+
+        tasks = [asyncio.create_task(one(i)) for i in ids]
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # the parent says stop
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn.send(stats)
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the run
+def _probe(
+    base: str, headers: dict, stop: threading.Event, latencies: list[float], rollout_id: list[str]
+) -> None:
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        while not stop.is_set():
+            for path in ("/devices/?limit=50", f"/rollouts/{rollout_id[0]}" if rollout_id else "/rollouts/"):
+                t0 = time.perf_counter()
+                http.get(path).raise_for_status()
+                latencies.append((time.perf_counter() - t0) * 1000)
+            stop.wait(0.1)
+
+
+def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path) -> dict:
+    data = tmp / f"n{n}" / "data"
+    data.parent.mkdir(parents=True)
+    ctl = start_controller(data, db_url)
+    cproc = psutil.Process(ctl.proc.pid)
+    try:
+        model_dir = tmp / f"n{n}" / "model"
+        model_dir.mkdir()
+        onnx_path, manifest = make_model(model_dir, size_mb)
+        with ctl.http as http, open(onnx_path, "rb") as o, open(manifest, "rb") as m:
+            http.post("/models/import", files={"onnx": o, "manifest": m}).raise_for_status()
+        ctx = mp.get_context("spawn")
+        pipes, children = [], []
+        t_enrol = time.perf_counter()
+        for p in range(procs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_agents_proc,
+                args=(list(range(p, n, procs)), ctl.grpc_target, ctl.enrollment_token, child),
+            )
+            proc.start()
+            pipes.append(parent)
+            children.append(proc)
+        with ctl.http as http:
+            while True:
+                online = http.get("/devices/", params={"online": "true", "limit": 1}).json()["count"]
+                if online >= n:
+                    break
+                if time.perf_counter() - t_enrol > 600:
+                    raise TimeoutError(f"only {online}/{n} agents connected")
+                time.sleep(0.25)
+        enrol_s = time.perf_counter() - t_enrol
+        time.sleep(1.0)  # a heartbeat round with everyone connected
+        latencies: list[float] = []
+        stop = threading.Event()
+        rid: list[str] = []
+        cpu0 = cproc.cpu_times()
+        t0 = time.perf_counter()
+        with ctl.http as http:
+            r = http.post(
+                "/rollouts/",
+                json={
+                    "model_version": "scale:1",
+                    "selector": {"tags": [TAG]},
+                    "strategy": {
+                        "canary_share": 0.01,
+                        "waves": 4,
+                        "max_failure_share": 0.0,
+                        "max_accuracy_drop": 1.0,
+                        "min_fps_ratio": 0.9,
+                        "deploy_timeout_s": 600,
+                    },
+                },
+            )
+            r.raise_for_status()
+            rid.append(r.json()["id"])
+            prober = threading.Thread(
+                target=_probe, args=(str(http.base_url), dict(http.headers), stop, latencies, rid)
+            )
+            prober.start()
+            while True:
+                state = http.get(f"/rollouts/{rid[0]}").json()
+                if state["state"] != "running":
+                    break
+                if time.perf_counter() - t0 > 900:
+                    raise TimeoutError(f"rollout still running: {state['counts']}")
+                time.sleep(0.2)
+        rollout_s = time.perf_counter() - t0
+        cpu1 = cproc.cpu_times()
+        stop.set()
+        prober.join()
+        stats = []
+        for pipe in pipes:
+            pipe.send("stop")
+        for pipe, proc in zip(pipes, children, strict=True):
+            stats.append(pipe.recv() if pipe.poll(60) else {"bytes": 0, "download_s": []})
+            proc.join(timeout=30)
+        cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        downloads = [d for s in stats for d in s["download_s"]]
+        lat = sorted(latencies)
+        return {
+            "agents": n,
+            "state": state["state"],
+            "counts": state["counts"],
+            "enrol_s": enrol_s,
+            "rollout_s": rollout_s,
+            "bytes": sum(s["bytes"] for s in stats),
+            "controller_cpu_s": cpu_s,
+            "controller_cpu_pct": 100 * cpu_s / rollout_s,
+            "api_p50_ms": statistics.median(lat) if lat else float("nan"),
+            "api_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
+            "api_requests": len(lat),
+            "download_p50_s": statistics.median(downloads) if downloads else float("nan"),
+        }
+    finally:
+        ctl.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--procs", type=int, default=2, help="processes the simulated agents are spread over")
+    ap.add_argument("--size-mb", type=int, default=50)
+    ap.add_argument("--db", default=None, help="controller DB URL (default: SQLite in a temp dir)")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeloop-scale-") as tmp:
+        for n in args.agents:
+            row = run_once(n, args.procs, args.size_mb, args.db, Path(tmp))
+            rows.append(row)
+            print(
+                f"N={row['agents']:5d}  rollout {row['state']} {row['counts']}  enrol+connect {row['enrol_s']:.1f} s  "
+                f"time to 100% {row['rollout_s']:.1f} s  data {row['bytes'] / 1e9:.1f} GB  "
+                f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core)  "
+                f"API p50 {row['api_p50_ms']:.1f} ms p99 {row['api_p99_ms']:.1f} ms ({row['api_requests']} requests)",
+                flush=True,
+            )
+    print(
+        f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; artifact {args.size_mb} MB; "
+        f"{args.procs} agent processes; goal: 1000 agents, rollout < 60 s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
