@@ -95,6 +95,20 @@ class _CalibrationReader:
         pass
 
 
+# The TensorRT recipe (what Optimum's TensorRT config does): symmetric int8 everywhere, a Q/DQ pair
+# on every weight and one per consumer (TensorRT places and fuses them by its own rules), bias left
+# in float, only the op types TensorRT runs in INT8.
+TRT_QDQ_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
+               "Add", "Concat", "Resize", "Relu", "Clip", "Reshape", "Transpose", "Flatten"]  # fmt: skip
+TRT_QDQ_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "AddQDQPairToWeight": True,
+    "DedicatedQDQPair": True,
+    "QuantizeBias": False,
+}
+
+
 def quantize_qdq(
     src: Path,
     dst: Path,
@@ -143,10 +157,13 @@ def quantize_qdq(
                 weight_type=QuantType.QInt8,
                 per_channel=True,
                 calibrate_method=methods[options.calibration_method],
-                extra_options={
-                    "ActivationSymmetric": symmetric_activations,
+                op_types_to_quantize=TRT_QDQ_OPS if symmetric_activations else None,
+                extra_options=TRT_QDQ_OPTIONS
+                if symmetric_activations
+                else {
+                    "ActivationSymmetric": False,
                     "WeightSymmetric": True,
-                },
+                },  # fmt: skip
             )
         except CalibrationError:
             raise

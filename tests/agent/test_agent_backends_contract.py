@@ -142,3 +142,36 @@ def test_multi_input_model_serves_and_benchmarks(tmp_path, profile, cache, image
     report = benchmark_engine(built, eval_dir=images,
                               config=BenchConfig(scenarios=("singlestream",), duration_ms=100, min_queries=8))  # fmt: skip
     assert report.scenarios[0].valid and not report.errors
+
+
+def test_tensorrt_int8_recipe_is_symmetric_qdq(model_path, images, tmp_path) -> None:
+    """The Q/DQ file the TensorRT backend builds from (made here with ONNX Runtime's quantizer;
+    TensorRT itself is not needed): int8 zero points all 0, weights behind their own Q/DQ pair,
+    and the model still answers like the fp32 one."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from agent.backends.onnxruntime import quantize_qdq
+
+    model = resolve_model(model_path)
+    feeds, _, _ = calibration_feeds(model.manifest, images)
+    out = tmp_path / "trt_qdq.onnx"
+    quantize_qdq(
+        model_path, out, BuildOptions(precision=Precision.INT8, calibration=feeds), symmetric_activations=True
+    )
+    q = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    zero_points = [
+        inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+    ]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    weight_q = [
+        n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in ("w1", "w2", "fc_w")
+    ]
+    assert len(weight_q) == 3
+    x = np.zeros((3, 3, 16, 16), np.float32)
+    for i, c in enumerate((2, 1, 0)):
+        x[i, c] = 0.8
+    got = ort.InferenceSession(str(out)).run(None, {"images": x})[0]
+    assert got.argmax(1).tolist() == [0, 1, 2]
