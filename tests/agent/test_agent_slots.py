@@ -49,14 +49,22 @@ class Load:
     def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
-        time.sleep(0.2)
+        wait_for(lambda: self.ok >= 3)  # every client is in flight before the action
         return self
 
     def __exit__(self, *exc) -> None:
-        time.sleep(0.2)
+        served = self.ok
+        wait_for(lambda: self.ok >= served + 3)  # and still answered after it
         self.stop.set()
         for t in self.threads:
             t.join(timeout=10)
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -77,12 +85,13 @@ def test_switch_and_rollback_under_load(setup, images) -> None:
     with Load(server.port) as load:
         result = slots.deploy(v2, eval_dir=images, accuracy_floor=0.9)
         assert result.ok and result.activated and result.accuracy["top1"] == 1.0
-        time.sleep(0.2)
         assert slots.active.version == "colour:2" and slots.previous.version == "colour:1"
+        wait_for(lambda: "colour:2" in load.versions)
         slots.rollback(reason="test")
-        time.sleep(0.2)
+        served = load.ok
+        wait_for(lambda: load.ok > served + 3)
     assert not load.failures, load.failures[:3]
-    assert load.ok > 10 and load.versions == {"colour:1", "colour:2"}
+    assert load.versions == {"colour:1", "colour:2"}
     assert slots.active.version == "colour:1"
     assert [e for e, _, _ in events if e in ("switched", "rolled_back")] == [
         "switched",
