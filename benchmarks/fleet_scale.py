@@ -65,7 +65,10 @@ async def _agent(i: int, target: str, token: str, connected: asyncio.Event, stat
 
     from protos import fleet_pb2, fleet_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
+    channel = grpc.aio.insecure_channel(
+        target,
+        options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.http2.max_frame_size", 4 << 20)],
+    )
     stub = fleet_pb2_grpc.FleetServiceStub(channel)
     download = channel.unary_stream(
         "/edgeloop.fleet.v1.FleetService/DownloadArtifact",

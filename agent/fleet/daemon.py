@@ -198,20 +198,17 @@ def minimal_hardware(hardware_class: str = "", threads: int = 0) -> fleet_pb2.Ha
 
 
 def probe_identity(args: argparse.Namespace) -> AgentIdentity:
-    hardware, capabilities = None, []
+    """Hardware and capabilities from the agent's probe (a minimal profile when it is absent)."""
     try:
-        from agent import probe  # the agent engineer's probe, when installed
-
-        hardware = probe.probe_hardware()
-        capabilities = list(probe.probe_capabilities())
-    except (ImportError, AttributeError) as exc:
+        from agent import probe
+    except ImportError as exc:  # an install without the agent extra
         log.warning("agent probe not available (%s): sending a minimal hardware profile", exc)
-    if hardware is None:
-        hardware = minimal_hardware(args.hardware_class, args.threads)
-    if args.hardware_class:
-        hardware.hardware_class = args.hardware_class
-    if args.threads:
-        hardware.cpu_threads_limit = args.threads
+        hardware, capabilities = minimal_hardware(args.hardware_class, args.threads), []
+    else:
+        hardware = probe.probe_hardware(
+            threads=args.threads or None, hardware_class=args.hardware_class or None
+        )
+        capabilities = list(probe.probe_capabilities(hardware))
     return AgentIdentity(
         name=args.name or socket.gethostname(),
         hardware=hardware,
@@ -236,19 +233,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hardware-class", default=env("EDGELOOP_HARDWARE_CLASS", ""))
     parser.add_argument("--threads", type=int, default=int(env("EDGELOOP_AGENT_THREADS", "0") or 0))
     parser.add_argument("--mqtt", default=env("EDGELOOP_MQTT_URL", ""), help="broker URL for telemetry")
+    parser.add_argument(
+        "--serve-port", type=int, default=8001, help="live inference (Open Inference Protocol); -1 = off"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     identity = probe_identity(args)
     agent_dir = Path(args.agent_dir)
     executor = load_default_executor(
-        agent_dir, threads=args.threads, mqtt_url=args.mqtt, hardware_class=identity.hardware.hardware_class
+        agent_dir,
+        threads=args.threads or None,
+        mqtt_url=args.mqtt or None,
+        hardware_class=identity.hardware.hardware_class,
+        serve_port=None if args.serve_port < 0 else args.serve_port,
     )
     client = FleetClient(args.controller, agent_dir, identity, args.enrollment_token)
     if client.credentials is None and not args.enrollment_token:
         log.error("not enrolled yet: pass --enrollment-token or set EDGELOOP_ENROLLMENT_TOKEN")
         return 2
     try:
+        creds = client.credentials if client.credentials is not None else client.register()
+        attach = getattr(executor, "attach_telemetry", None)
+        if attach is not None:  # telemetry under the id the controller assigned
+            attach(creds.device_id, args.mqtt or creds.mqtt_url, creds.telemetry_prefix)
         FleetAgent(client, executor).run()
     except DeviceRefused as exc:
         log.error("%s", exc)
@@ -257,4 +265,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         client.close()
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
     return 0
