@@ -172,9 +172,19 @@ def _split_counts(num_images: int) -> dict[str, int]:
     return {s: counts[s] for s in SPLITS}
 
 
-def synthesize(out: str | Path, num_images: int, image_size: int = 256, seed: int = 0) -> dict[str, int]:
+def _draw_one(job: tuple[int, int, int, int, str]) -> list[tuple[int, list[float]]]:
+    seed, s_idx, i, image_size, path = job
+    image, defects = render(np.random.default_rng([seed, s_idx, i]), image_size)
+    image.save(path)
+    return defects
+
+
+def synthesize(
+    out: str | Path, num_images: int, image_size: int = 256, seed: int = 0, workers: int = 1
+) -> dict[str, int]:
     """Write ``num_images`` images split 80/10/10 into ``out/{train,val,test}/`` with COCO
-    ``annotations.json`` in each; returns the image count per split."""
+    ``annotations.json`` in each; returns the image count per split. ``workers`` > 1 draws in
+    that many processes (same files)."""
     if num_images < 3:
         raise ValueError("num_images must be at least 3 (one image per split)")
     if image_size < 32:
@@ -185,11 +195,17 @@ def synthesize(out: str | Path, num_images: int, image_size: int = 256, seed: in
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for i in range(n):
-            rng = np.random.default_rng([seed, s_idx, i])
-            image, defects = render(rng, image_size)
-            name = f"{split}_{i:06d}.png"
-            image.save(folder / name)
+        names = [f"{split}_{i:06d}.png" for i in range(n)]
+        jobs = [(seed, s_idx, i, image_size, str(folder / names[i])) for i in range(n)]
+        if workers > 1 and n > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                all_defects = pool.map(_draw_one, jobs, chunksize=16)
+        else:
+            all_defects = [_draw_one(j) for j in jobs]
+        for i, defects in enumerate(all_defects):
+            name = names[i]
             images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
             for cls, box in defects:
                 annotations.append(

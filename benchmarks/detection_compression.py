@@ -1,0 +1,335 @@
+"""Teacher vs distilled student vs student INT8 on the synthetic PCB detection set.
+
+Two steps, because the models are trained on a GPU machine and measured on this CPU:
+
+``python benchmarks/detection_compression.py train --out OUT``
+    synthesizes the data set, trains the teacher (``--teacher``), distils the student
+    (``--student``) from it in one run, and writes both checkpoints as fp16 state dicts split
+    into parts of at most 15 MiB (``teacher.pth.part*``, ``student.pth.part*``) plus a log.
+``python benchmarks/detection_compression.py measure --ckpt-dir DIR``
+    re-synthesizes the same data set (same seed, same files), joins the parts, exports both to
+    ONNX, quantizes the student to INT8 Q/DQ with real calibration images, and prints for each:
+    COCO mAP@[.5:.95] / mAP@.5 of the ONNX model on the test split (ONNX Runtime) and ONNX Runtime
+    CPU images/s (batch 1 and batch 8, this machine's threads), in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("detection_compression")
+PART_BYTES = 15 * 1024 * 1024
+
+
+def split_checkpoint(path: Path, out_dir: Path, stem: str) -> list[Path]:
+    """fp16 state dict of a detection checkpoint, in parts of at most 15 MiB."""
+    import torch
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in payload.pop("state_dict").items()}
+    for k in ("optimizer", "scheduler", "scaler"):
+        payload.pop(k, None)
+    parts, current, size = [], {}, 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if current and size + n > PART_BYTES - (1 << 20):
+            parts.append(current)
+            current, size = {}, 0
+        current[k] = v
+        size += n
+    parts.append(current)
+    files = []
+    for i, part in enumerate(parts):
+        f = out_dir / f"{stem}.pth.part{i}"
+        buf = io.BytesIO()
+        torch.save({"meta": payload if i == 0 else None, "state_dict": part, "parts": len(parts)}, buf)
+        f.write_bytes(zlib.compress(buf.getvalue(), 6))
+        files.append(f)
+    return files
+
+
+def join_checkpoint(ckpt_dir: Path, stem: str, out: Path) -> Path:
+    import torch
+
+    def part(i: int) -> dict:
+        raw = zlib.decompress((ckpt_dir / f"{stem}.pth.part{i}").read_bytes())
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+    first = part(0)
+    payload, state = dict(first["meta"]), dict(first["state_dict"])
+    for i in range(1, int(first["parts"])):
+        state.update(part(i)["state_dict"])
+    payload["state_dict"] = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, out)
+    return out
+
+
+TEACHER_MODEL = [
+    "model.d_model=256",
+    "model.encoder_ffn_dim=1024",
+    "model.decoder_ffn_dim=1024",
+    "model.decoder_layers=6",
+]
+STUDENT_MODEL = [
+    "model.d_model=128",
+    "model.encoder_ffn_dim=512",
+    "model.decoder_ffn_dim=512",
+    "model.decoder_layers=3",
+]
+
+
+def common_overrides(args) -> list[str]:
+    return [f"dataset.root={args.data}", f"dataset.image_size={args.image_size}", f"seed={args.seed}"]
+
+
+def cmd_train(args) -> int:
+    import shutil
+
+    from trainer.jobs import run_action
+    from trainer.tasks.detection.synth import synthesize
+
+    t0 = time.time()
+    counts = synthesize(args.data, args.num_images, args.image_size, args.seed, workers=args.workers)
+    log.info("data %s in %.1fs", counts, time.time() - t0)
+    spec = ROOT / "trainer" / "specs" / "detection.yaml"
+    train = [
+        f"train.batch_size={args.batch_size}",
+        f"train.num_workers={args.workers}",
+        f"train.lr={args.lr}",
+        "train.warmup_epochs=1",
+        "train.val_interval=2",
+        "train.amp=false",
+        "train.channels_last=false",
+        "evaluate.batch_size=64",
+    ]
+    base = common_overrides(args) + train
+    teacher = run_action(
+        "detection",
+        "train",
+        spec,
+        base
+        + TEACHER_MODEL
+        + [
+            f"results_dir={args.runs}",
+            f"model.backbone={args.teacher}",
+            f"model.num_queries={args.teacher_queries}",
+            f"train.epochs={args.teacher_epochs}",
+            f"train.time_limit_s={args.teacher_time}",
+        ],
+    )
+    log.info(
+        "teacher %s (%.0fs)", {k: v for k, v in teacher.metrics.items() if k != "history"}, time.time() - t0
+    )
+    student = run_action(
+        "detection",
+        "distill",
+        spec,
+        base
+        + STUDENT_MODEL
+        + [
+            f"results_dir={args.runs}",
+            f"model.backbone={args.student}",
+            f"model.num_queries={args.queries}",
+            f"train.epochs={args.student_epochs}",
+            f"train.time_limit_s={args.student_time}",
+            f"distill.teacher.backbone={args.teacher}",
+            f"distill.teacher.checkpoint={teacher.model_path}",
+        ],
+    )
+    log.info(
+        "student %s (%.0fs)", {k: v for k, v in student.metrics.items() if k != "history"}, time.time() - t0
+    )
+    parts_dir = Path(args.runs) / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    files = split_checkpoint(Path(student.model_path), parts_dir, "student")
+    files += split_checkpoint(Path(teacher.model_path), parts_dir, "teacher")
+    summary: dict = {"teacher": teacher.metrics, "student": student.metrics, "data": counts}
+    # what fits the transfer budget now goes to --out; the rest stays in parts_dir
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget, sent = args.out_budget_mb * 1e6, 0.0
+    summary["files"], summary["left_in"] = [], str(parts_dir)
+    for f in files:
+        if sent + f.stat().st_size > budget or len(summary["files"]) >= args.out_files:
+            continue
+        shutil.copy(f, out / f.name)
+        sent += f.stat().st_size
+        summary["files"].append(f.name)
+    summary["all_parts"] = [f.name for f in files]
+    (parts_dir / "sent.txt").write_text("\n".join(summary["files"]) + "\n", encoding="utf-8")
+    summary["wall_s"] = round(time.time() - t0, 1)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    # the teacher's ONNX mAP measured here too (a cross-check, and the fallback should its
+    # weights not all come back)
+    try:
+        exp = run_action(
+            "detection",
+            "export",
+            spec,
+            common_overrides(args)
+            + [f"results_dir={args.runs}/teacher_onnx", f"export.checkpoint={teacher.model_path}"],
+        )
+        ev = run_action(
+            "detection",
+            "evaluate",
+            spec,
+            common_overrides(args)
+            + [
+                f"results_dir={args.runs}/teacher_onnx",
+                f"evaluate.checkpoint={exp.onnx_path}",
+                "evaluate.batch_size=32",
+            ],
+        )
+        summary["teacher_onnx_test"] = {k: ev.metrics[k] for k in ("map", "map50", "ap_per_class")}
+    except Exception as exc:  # a cross-check only
+        summary["teacher_onnx_test"] = f"failed: {exc}"
+    summary["wall_s"] = round(time.time() - t0, 1)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("teacher", "student")}, default=str))
+    return 0
+
+
+def ort_throughput(onnx_path: Path, image_size: int, batch: int, seconds: float, threads: int) -> float:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {name: x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {name: x})
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def cmd_measure(args) -> int:
+    from trainer.jobs import run_action
+    from trainer.tasks.detection.synth import synthesize
+
+    ckpt_dir = Path(args.ckpt_dir)
+    runs = Path(args.runs)
+    if not (Path(args.data) / "test" / "annotations.json").is_file():
+        synthesize(args.data, args.num_images, args.image_size, args.seed, workers=args.workers)
+    teacher = join_checkpoint(ckpt_dir, "teacher", runs / "teacher" / "model.pth")
+    student = join_checkpoint(ckpt_dir, "student", runs / "student" / "model.pth")
+    spec = ROOT / "trainer" / "specs" / "detection.yaml"
+    base = common_overrides(args) + ["train.device=cpu", "evaluate.batch_size=8", "train.num_workers=0"]
+    rows = []
+    onnx = {}
+    for name, ckpt in (("teacher", teacher), ("student", student)):
+        r = run_action(
+            "detection", "export", spec, base + [f"results_dir={runs / name}", f"export.checkpoint={ckpt}"]
+        )
+        onnx[name] = r.onnx_path
+    q = run_action(
+        "detection",
+        "quantize",
+        spec,
+        base
+        + [
+            f"results_dir={runs / 'student'}",
+            f"quantize.checkpoint={onnx['student']}",
+            f"quantize.num_calibration_samples={args.calib}",
+            f"quantize.scope={args.scope}",
+            "quantize.evaluate=false",
+        ],
+    )
+    onnx["student_int8"] = q.onnx_path
+    threads = args.threads or os.cpu_count() or 1
+    for name, path in onnx.items():
+        ev = run_action(
+            "detection",
+            "evaluate",
+            spec,
+            base + [f"results_dir={runs / name}", f"evaluate.checkpoint={path}", "evaluate.split=test"],
+        )
+        ips1 = ort_throughput(Path(path), args.image_size, 1, args.seconds, threads)
+        ips8 = ort_throughput(Path(path), args.image_size, 8, args.seconds, threads)
+        rows.append(
+            {
+                "model": name,
+                "map": ev.metrics["map"],
+                "map50": ev.metrics["map50"],
+                "images_per_s_b1": round(ips1, 2),
+                "images_per_s_b8": round(ips8, 2),
+                "onnx_mb": round(Path(path).stat().st_size / 1e6, 2),
+            }
+        )
+    t = rows[0]
+    print(f"\nORT CPU, {threads} threads, image {args.image_size}px, test split")
+    print(
+        f"{'model':14s} {'mAP':>7s} {'mAP50':>7s} {'img/s b1':>9s} {'img/s b8':>9s} {'x teacher':>9s} {'MB':>7s}"
+    )
+    for r in rows:
+        r["speedup_b8"] = round(r["images_per_s_b8"] / t["images_per_s_b8"], 2)
+        r["map_drop_points"] = round(100 * (t["map"] - r["map"]), 2)
+        print(
+            f"{r['model']:14s} {r['map']:7.4f} {r['map50']:7.4f} {r['images_per_s_b1']:9.2f} "
+            f"{r['images_per_s_b8']:9.2f} {r['speedup_b8']:9.2f} {r['onnx_mb']:7.2f}"
+        )
+    s8 = rows[-1]
+    goal = s8["speedup_b8"] >= 3.0 and s8["map_drop_points"] <= 1.0
+    print(f"goal (INT8 student >= 3x teacher img/s, mAP drop <= 1.0 point): {'met' if goal else 'MISSED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "threads": threads, "goal_met": goal}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/pcb_det_bench")
+    p.add_argument("--runs", default="runs/detection_bench")
+    p.add_argument("--num-images", type=int, default=4000)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", required=True)
+    t.add_argument("--teacher", default="resnet50")
+    t.add_argument("--teacher-queries", type=int, default=300)
+    t.add_argument("--out-budget-mb", type=float, default=60.0)
+    t.add_argument("--out-files", type=int, default=6)
+    t.add_argument("--student", default="resnet18")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--teacher-epochs", type=int, default=18)
+    t.add_argument("--student-epochs", type=int, default=18)
+    t.add_argument("--teacher-time", type=float, default=220)
+    t.add_argument("--student-time", type=float, default=240)
+    m = sub.add_parser("measure")
+    m.add_argument("--ckpt-dir", required=True)
+    m.add_argument("--calib", type=int, default=64)
+    m.add_argument("--scope", default="full", choices=["full", "conv_only"])
+    m.add_argument("--threads", type=int, default=0)
+    m.add_argument("--seconds", type=float, default=8.0)
+    m.add_argument("--json", default="")
+    args = p.parse_args(argv)
+    return cmd_train(args) if args.cmd == "train" else cmd_measure(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

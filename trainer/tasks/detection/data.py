@@ -1,0 +1,251 @@
+"""COCO detection data: a split directory ``<root>/<split>/`` with images and ``annotations.json``.
+
+What real COCO files bring, and what we do with it:
+
+- **non-contiguous category ids** (e.g. 1, 3, 7): categories are sorted by id and mapped to
+  contiguous label indices 0..K-1; the map travels in checkpoints and manifests so predictions
+  are written back with the original ids;
+- **images without boxes**: kept (the detector learns "nothing here");
+- **``iscrowd: 1``** regions: never a training target; evaluation hands them to COCOeval, which
+  ignores detections on them;
+- **missing or corrupt image files**: every one is reported with its path; ``dataset.corrupt_images``
+  = ``skip`` drops them (counted and logged), ``error`` refuses the split naming the first ones;
+- **bad boxes** (negative or zero size, outside the image): ``dataset.bad_boxes`` = ``fix`` clips a
+  box to the image and drops it when less than 1 px remains (counted, logged); ``error`` refuses
+  the split naming the annotation ids. An annotation naming an unknown image or category is
+  always an error.
+
+Augmentation keeps boxes right by using torchvision ``transforms.v2`` with ``tv_tensors``:
+photometric jitter, zoom-out, IoU crop and flips move the boxes with the pixels, then
+``SanitizeBoundingBoxes`` drops the ones a crop removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A COCO split that cannot be used as it is; the message names files and annotation ids."""
+
+
+@dataclass
+class CocoSplit:
+    root: Path  # the split directory
+    annotation_file: Path
+    images: list[dict[str, Any]]  # COCO image records that are usable
+    boxes: dict[int, list[tuple[list[float], int, int]]]  # image id -> [(xywh, label, iscrowd)]
+    categories: list[dict[str, Any]]  # sorted by id
+    cat_to_label: dict[int, int]
+    coco: dict[str, Any]  # the (fixed) COCO dict, ground truth for COCOeval
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [c["name"] for c in self.categories]
+
+    @property
+    def label_to_cat(self) -> dict[int, int]:
+        return {v: k for k, v in self.cat_to_label.items()}
+
+    def path_of(self, image: dict[str, Any]) -> Path:
+        return self.root / image["file_name"]
+
+
+def _image_ok(path: Path) -> str | None:
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()
+    except Exception as exc:  # PIL raises many kinds for broken files
+        return f"corrupt ({type(exc).__name__}: {exc})"
+    return None
+
+
+def load_coco_split(
+    root: str | Path, *, bad_boxes: str = "fix", corrupt_images: str = "skip", check_images: bool = True
+) -> CocoSplit:
+    """Read and validate ``root/annotations.json`` (see the module docstring for the rules)."""
+    root = Path(root)
+    ann_path = root / "annotations.json"
+    if not ann_path.is_file():
+        raise DataError(
+            f"no COCO annotations at {ann_path} (a split is <root>/<split>/ with annotations.json)"
+        )
+    try:
+        coco = json.loads(ann_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{ann_path} is not valid JSON: {exc}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise DataError(f"{ann_path}: '{key}' must be a list")
+    categories = sorted(coco["categories"], key=lambda c: int(c["id"]))
+    if not categories:
+        raise DataError(f"{ann_path}: no categories")
+    cat_to_label = {int(c["id"]): i for i, c in enumerate(categories)}
+    images = {int(im["id"]): im for im in coco["images"]}
+
+    broken: list[str] = []
+    broken_ids: set[int] = set()
+    if check_images:
+        for im in coco["images"]:
+            why = _image_ok(root / im["file_name"])
+            if why:
+                broken.append(f"{root / im['file_name']}: {why}")
+                broken_ids.add(int(im["id"]))
+    if broken:
+        if corrupt_images == "error":
+            raise DataError(f"{len(broken)} unreadable images in {root}:\n  " + "\n  ".join(broken[:10]))
+        log.warning("skipping %d unreadable images in %s:\n  %s", len(broken), root, "\n  ".join(broken[:20]))
+
+    fixed, dropped, bad = 0, 0, []
+    kept_anns = []
+    boxes: dict[int, list[tuple[list[float], int, int]]] = {i: [] for i in images}
+    for ann in coco["annotations"]:
+        aid = ann.get("id")
+        image_id = int(ann["image_id"])
+        if image_id not in images:
+            raise DataError(f"{ann_path}: annotation {aid} names unknown image id {image_id}")
+        cat = int(ann["category_id"])
+        if cat not in cat_to_label:
+            raise DataError(f"{ann_path}: annotation {aid} names unknown category id {cat}")
+        if image_id in broken_ids:
+            continue
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        width, height = float(images[image_id]["width"]), float(images[image_id]["height"])
+        x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(width, x + w), min(height, y + h)
+        is_bad = w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height
+        if is_bad:
+            bad.append(aid)
+            if bad_boxes == "error":
+                continue
+            if w <= 0 or h <= 0 or x1 - x0 < 1 or y1 - y0 < 1:
+                dropped += 1
+                continue
+            fixed += 1
+            x, y, w, h = x0, y0, x1 - x0, y1 - y0
+        crowd = int(ann.get("iscrowd", 0))
+        boxes[image_id].append(([x, y, w, h], cat_to_label[cat], crowd))
+        kept_anns.append(
+            {**ann, "bbox": [x, y, w, h], "area": float(ann.get("area") or w * h), "iscrowd": crowd}
+        )
+    if bad and bad_boxes == "error":
+        raise DataError(
+            f"{ann_path}: {len(bad)} boxes with non-positive size or outside their image "
+            f"(annotation ids {bad[:10]}); set dataset.bad_boxes=fix to clip or drop them"
+        )
+    if fixed or dropped:
+        log.warning(
+            "%s: %d boxes clipped to their image, %d dropped (non-positive size)", ann_path, fixed, dropped
+        )
+    usable = [im for im in coco["images"] if int(im["id"]) not in broken_ids]
+    if not usable:
+        raise DataError(f"{root}: no usable images")
+    gt = {
+        "images": usable,
+        "annotations": kept_anns,
+        "categories": categories,
+        "info": coco.get("info", {}),
+    }
+    report = {
+        "images": len(usable),
+        "skipped_images": len(broken),
+        "unreadable": broken,
+        "boxes": len(kept_anns),
+        "boxes_clipped": fixed,
+        "boxes_dropped": dropped,
+        "images_without_boxes": sum(1 for im in usable if not boxes[int(im["id"])]),
+        "crowd_regions": sum(1 for a in kept_anns if a["iscrowd"]),
+    }
+    return CocoSplit(root, ann_path, usable, boxes, categories, cat_to_label, gt, report)
+
+
+def train_transforms(image_size: int, aug: Any):
+    """Box-preserving augmentation (torchvision v2); ``aug`` is the spec's augmentation section."""
+    from torchvision.transforms import v2
+
+    ops: list[Any] = []
+    if aug.color_jitter > 0:
+        j = aug.color_jitter
+        ops.append(v2.RandomApply([v2.ColorJitter(j, j, j, min(0.1, j / 2))], p=0.8))
+    if aug.zoom_out > 0:
+        ops.append(v2.RandomApply([v2.RandomZoomOut(fill=0, side_range=(1.0, 1.0 + aug.zoom_out))], p=0.5))
+    if aug.iou_crop > 0:
+        ops.append(v2.RandomApply([v2.RandomIoUCrop()], p=aug.iou_crop))
+    if aug.hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(aug.hflip))
+    if aug.vflip > 0:
+        ops.append(v2.RandomVerticalFlip(aug.vflip))
+    ops += [v2.Resize((image_size, image_size), antialias=True), v2.SanitizeBoundingBoxes(min_size=1)]
+    return v2.Compose(ops)
+
+
+def eval_transforms(image_size: int):
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Items: (image tensor [3,S,S] normalised, target dict with ``class_labels`` [n],
+    ``boxes`` [n,4] cxcywh in 0..1, ``image_id``, ``orig_size`` (h, w))."""
+
+    def __init__(self, split: CocoSplit, image_size: int, mean, std, transforms=None, train: bool = False):
+        self.split = split
+        self.image_size = image_size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.transforms = transforms or eval_transforms(image_size)
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, index: int):
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        rec = self.split.images[index]
+        image_id = int(rec["id"])
+        with Image.open(self.split.path_of(rec)) as im:
+            image = im.convert("RGB")
+        w, h = image.size
+        objs = [(b, lab) for b, lab, crowd in self.split.boxes[image_id] if not crowd]
+        xyxy = torch.tensor(
+            [[x, y, x + bw, y + bh] for (x, y, bw, bh), _ in objs], dtype=torch.float32
+        ).reshape(-1, 4)
+        labels = torch.tensor([lab for _, lab in objs], dtype=torch.int64)
+        img = tv_tensors.Image(F.pil_to_tensor(image))
+        boxes = tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(h, w))
+        img, tgt = self.transforms(img, {"boxes": boxes, "labels": labels})
+        boxes, labels = tgt["boxes"], tgt["labels"]
+        x = (img.as_subclass(torch.Tensor).float() / 255.0 - self.mean) / self.std
+        size = float(self.image_size)
+        b = boxes.as_subclass(torch.Tensor).float() / size
+        cxcywh = torch.stack(
+            [(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1
+        )
+        target = {
+            "class_labels": labels,
+            "boxes": cxcywh.clamp(0, 1),
+            "image_id": torch.tensor(image_id),
+            "orig_size": torch.tensor([h, w]),
+        }
+        return x, target
+
+
+def collate(batch):
+    images = torch.stack([b[0] for b in batch])
+    return images, [b[1] for b in batch]
