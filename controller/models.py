@@ -12,8 +12,31 @@ from datetime import datetime, timezone
 from enum import Enum
 
 from pydantic import field_validator, model_validator
-from sqlalchemy import JSON, BigInteger, DateTime, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, UniqueConstraint
+from sqlalchemy import DateTime as _SADateTime
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+
+class DateTime(TypeDecorator):
+    """Timezone-aware UTC on every backend (SQLite returns naive values; they are UTC here).
+    Stored as ``DateTime(timezone=True)``, which is what the migrations create."""
+
+    impl = _SADateTime(timezone=True)
+    cache_ok = True
+
+    def __init__(self, timezone: bool = True) -> None:  # noqa: ARG002 - same call shape as sa.DateTime
+        super().__init__()
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
 
 
 def utcnow() -> datetime:

@@ -24,7 +24,10 @@ ControllerDep = Annotated[Controller, Depends(get_controller)]
 
 
 def get_session(ctl: ControllerDep) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns, rolled back on any error."""
+    """One transaction per request: committed when the handler returns, rolled back on any error.
+
+    Scope "function": the commit happens before the response is sent, so a 2xx means committed
+    and a failed commit becomes an error response (never a 201 for a row that is not there)."""
     with Session(ctl.engine, expire_on_commit=False) as session:
         try:
             yield session
@@ -34,7 +37,7 @@ def get_session(ctl: ControllerDep) -> Iterator[Session]:
             raise
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def require_token(
