@@ -82,31 +82,57 @@ def main() -> int:
         def in_process() -> np.ndarray:
             return session.run(None, {input_name: x})[0]
 
-        def over_grpc() -> np.ndarray:
+        def request():
             req = inference_pb2.ModelInferRequest(model_name=name)
             req.inputs.add(name=input_name, datatype="FP32", shape=list(x.shape))
             req.raw_input_contents.append(x.tobytes())
-            resp = stub.ModelInfer(req)
+            return req
+
+        def over_grpc() -> np.ndarray:
+            resp = stub.ModelInfer(request())
             return np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(list(resp.outputs[0].shape))
+
+        def pipelined(n: int) -> None:
+            """``n`` requests with two in flight: a client's next tensor travels while the
+            server computes (how a camera pipeline or tritonclient's async_infer uses it)."""
+            pending = [stub.ModelInfer.future(request()) for _ in range(min(2, n))]
+            sent = len(pending)
+            while pending:
+                pending.pop(0).result()
+                if sent < n:
+                    pending.append(stub.ModelInfer.future(request()))
+                    sent += 1
 
         ref, got = in_process(), over_grpc()  # warm-up both, and check they agree
         if not np.allclose(ref, got, atol=1e-3 * max(1.0, float(np.abs(ref).max()))):
             raise SystemExit("gRPC answer differs from the in-process session")
         for _ in range(2):
             in_process(), over_grpc()
-        local, remote = [], []
+        local, remote, piped = [], [], []
+
+        def sequential(fn):
+            return lambda: [fn() for _ in range(args.iters)]
+
         for _ in range(args.rounds):
-            for fn, sink in ((in_process, local), (over_grpc, remote)):
+            for run_round, sink in (
+                (sequential(in_process), local),
+                (sequential(over_grpc), remote),
+                (lambda: pipelined(args.iters), piped),
+            ):
                 start = time.perf_counter()
-                for _ in range(args.iters):
-                    fn()
+                run_round()
                 sink.append(args.batch * args.iters / (time.perf_counter() - start))
-        lo, re_ = statistics.median(local), statistics.median(remote)
+        lo, re_, pi = statistics.median(local), statistics.median(remote), statistics.median(piped)
+        paired = statistics.median(r / loc for r, loc in zip(remote, local, strict=True))
+        paired_pi = statistics.median(p / loc for p, loc in zip(piped, local, strict=True))
         print(f"model {onnx_path} ({name}), batch {args.batch}, threads {args.threads}, "
               f"{args.rounds} rounds x {args.iters} requests; load average {os.getloadavg()[0]:.2f}")  # fmt: skip
         print(f"in-process onnxruntime: {lo:8.1f} img/s  (rounds: {', '.join(f'{v:.1f}' for v in local)})")
-        print(f"agent gRPC (OIP, raw):  {re_:8.1f} img/s  (rounds: {', '.join(f'{v:.1f}' for v in remote)})")
-        print(f"ratio gRPC / in-process: {re_ / lo:.3f}  (goal >= 0.95)")
+        print(f"agent gRPC, 1 in flight: {re_:8.1f} img/s  (rounds: {', '.join(f'{v:.1f}' for v in remote)})")
+        print(f"agent gRPC, 2 in flight: {pi:8.1f} img/s  (rounds: {', '.join(f'{v:.1f}' for v in piped)})")
+        print(f"ratio gRPC / in-process, 1 in flight: {re_ / lo:.3f} (median of paired rounds {paired:.3f})")
+        print(f"ratio gRPC / in-process, 2 in flight: {pi / lo:.3f} (median of paired rounds {paired_pi:.3f})"
+              "  (goal >= 0.95)")  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=20)

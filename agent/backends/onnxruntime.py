@@ -222,7 +222,10 @@ class OnnxRuntimeEngine(Engine):
         self._inputs = [self._info(a, layouts.get(a.name, "")) for a in self.session.get_inputs()]
         self._outputs = [self._info(a, "") for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
-        self._lock = threading.Lock()  # only for the lazy memory update
+        # On CPU the intra-op pool already uses every core it was given: two runs at once only
+        # fight over them. One run at a time; concurrent requests queue here while their bytes
+        # are received and decoded, which overlaps transport with compute.
+        self._run_lock = threading.Lock() if options.device == "cpu" else None
 
     @staticmethod
     def _info(arg, layout: str) -> TensorInfo:
@@ -242,7 +245,11 @@ class OnnxRuntimeEngine(Engine):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            results = self.session.run(self._output_names, dict(feeds))
+            if self._run_lock is not None:
+                with self._run_lock:
+                    results = self.session.run(self._output_names, dict(feeds))
+            else:
+                results = self.session.run(self._output_names, dict(feeds))
         except Exception as exc:  # ORT raises its own types for bad shapes/dtypes
             name = type(exc).__name__
             if name in ("InvalidArgument", "Fail") or "INVALID_ARGUMENT" in str(exc):
