@@ -61,10 +61,12 @@ def list_devices(
             Device.revoked
         ).is_(False)
         stmt = stmt.where(is_online if online else ~is_online)
-    rows = list(session.exec(stmt.order_by(Device.enrolled_at, Device.id)).all())
+    stmt = stmt.order_by(Device.enrolled_at, Device.id)
     if tag:  # JSON list: filtered here so SQLite and PostgreSQL behave the same
-        rows = [d for d in rows if tag in (d.tags or [])]
-    return rows[skip : skip + limit], len(rows)
+        rows = [d for d in session.exec(stmt).all() if tag in (d.tags or [])]
+        return rows[skip : skip + limit], len(rows)
+    count = session.exec(select(func.count()).select_from(stmt.order_by(None).subquery())).one()
+    return list(session.exec(stmt.offset(skip).limit(limit)).all()), int(count)
 
 
 def update_device(*, session: Session, device: Device, device_in: DeviceUpdate) -> Device:

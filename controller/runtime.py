@@ -153,6 +153,7 @@ class Controller:
         last_flush = 0.0
         while not self._stop.is_set():
             self._wake.wait(self.settings.rollout_tick_s)
+            self._stop.wait(0.05)  # a burst of reports makes one tick, not one per report
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -161,13 +162,32 @@ class Controller:
                     rollouts.tick(session=session, hub=self.hub)
                 if time.monotonic() - last_flush > 2.0:
                     seen = self.hub.drain_heartbeats()
-                    if seen:
-                        with session_scope(self.engine) as session:
+                    with session_scope(self.engine) as session:
+                        if seen:
                             fleet.flush_heartbeats(session=session, seen=seen)
+                        self._update_gauges(session)
                     last_flush = time.monotonic()
             except Exception:
                 if not self._stop.is_set():
                     log.exception("rollout engine tick failed")
+
+    def _update_gauges(self, session: Session) -> None:
+        from sqlmodel import col, select
+
+        from controller.models import Deployment, Device, Rollout
+
+        rows = session.exec(select(Device.connected, Device.telemetry_state, Device.revoked)).all()
+        online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
+        self.metrics.devices.labels("online").set(online)
+        self.metrics.devices.labels("offline").set(len(rows) - online)
+        self.metrics.rollout_deployments.clear()
+        active = session.exec(
+            select(Deployment.rollout_id, Deployment.state)
+            .join(Rollout, col(Rollout.id) == Deployment.rollout_id)
+            .where(col(Rollout.state).in_([RolloutState.running, RolloutState.paused]))
+        ).all()
+        for rollout_id, state in active:
+            self.metrics.rollout_deployments.labels(rollout_id, state.value).inc()
 
     def _job_loop(self) -> None:
         while not self._stop.wait(1.0):

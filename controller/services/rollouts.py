@@ -321,10 +321,19 @@ def gate(d: Deployment, result: Result, strategy: Strategy) -> tuple[bool, str]:
     return True, f"gate passed: accuracy {acc}, fps {fps}{note}"
 
 
-def _observe(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment, now: datetime) -> None:
+def _observe(
+    *,
+    session: Session,
+    hub: SessionHub,
+    rollout: Rollout,
+    d: Deployment,
+    now: datetime,
+    commands: dict[str, Command],
+    results: dict[str, Result],
+) -> None:
     """Move one in-flight deployment forward from its command's state and its report."""
     strategy = Strategy.model_validate(rollout.strategy)
-    command = session.get(Command, d.command_id) if d.command_id else None
+    command = commands.get(d.command_id) if d.command_id else None
     if d.state == DeploymentState.rolling_back:
         if command is not None and command.state.terminal:
             if command.state == CommandState.succeeded:
@@ -339,7 +348,7 @@ def _observe(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployme
         _set(d, DeploymentState.failed, f"deploy failed: {command.message}")
         session.add(d)
         return
-    result = session.exec(select(Result).where(Result.command_id == command.id)).first()
+    result = results.get(command.id)
     if command.state == CommandState.succeeded and result is not None:
         passed, reason = gate(d, result, strategy)
         if passed:
@@ -369,9 +378,23 @@ def _observe(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployme
 
 def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: datetime) -> None:
     deployments = crud.list_deployments(session=session, rollout_id=rollout.id)
-    for d in deployments:
-        if d.state in (DeploymentState.deploying, DeploymentState.gating, DeploymentState.rolling_back):
-            _observe(session=session, hub=hub, rollout=rollout, d=d, now=now)
+    inflight = [
+        d
+        for d in deployments
+        if d.state in (DeploymentState.deploying, DeploymentState.gating, DeploymentState.rolling_back)
+    ]
+    ids = [d.command_id for d in inflight if d.command_id]
+    commands: dict[str, Command] = {}
+    results: dict[str, Result] = {}
+    for start in range(0, len(ids), 500):  # two queries per 500 devices, not two per device
+        batch = ids[start : start + 500]
+        commands.update(
+            (c.id, c) for c in session.exec(select(Command).where(col(Command.id).in_(batch))).all()
+        )
+        for r in session.exec(select(Result).where(col(Result.command_id).in_(batch))).all():
+            results.setdefault(r.command_id, r)
+    for d in inflight:
+        _observe(session=session, hub=hub, rollout=rollout, d=d, now=now, commands=commands, results=results)
     if rollout.state != RolloutState.running:
         return
     strategy = Strategy.model_validate(rollout.strategy)
