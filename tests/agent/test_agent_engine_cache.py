@@ -94,3 +94,16 @@ def test_key_fields(model_path, profile, cache) -> None:
     assert key["sha256"] == resolve_model(model_path).manifest.sha256
     assert key["backend"] == "onnxruntime" and key["precision"] == "fp16"
     assert key["fingerprint"] == profile.fingerprint and key["runtime_version"]
+
+
+def test_thread_limit_reaches_the_session(model_path, cache) -> None:
+    """EDGELOOP_AGENT_THREADS (emulated device classes) ends up as ORT's intra-op threads."""
+    from agent.probe import probe_hardware
+
+    one = probe_hardware(threads=1, hardware_class=None)
+    built = build_engine(resolve_model(model_path), profile=one, cache=cache, precision="fp32")
+    assert built.engine.session.get_session_options().intra_op_num_threads == 1
+    two = probe_hardware(threads=2, hardware_class=None)
+    other = build_engine(resolve_model(model_path), profile=two, cache=cache, precision="fp32")
+    assert other.engine.session.get_session_options().intra_op_num_threads == 2
+    assert other.key.fingerprint != built.key.fingerprint and not other.cache_hit
