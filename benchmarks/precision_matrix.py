@@ -146,9 +146,11 @@ def main() -> int:
         acc_key = "top1" if "top1" in r else "agreement_with_fp32"
         label = "top-1" if acc_key == "top1" else "agree w/ fp32"
         speed = r["offline_fps"] / fp32[r["model"]] if fp32.get(r["model"]) else float("nan")
-        print(f"| {r['model']} | {r['depthwise_convs']}/{r['convs']} | {r['precision']} | {r['offline_fps']:.1f} "
+        print(f"| {r['model']} | {r['depthwise_convs']}/{r['convs']} | {r['precision']} | {r['offline_fps']:.1f}{'' if r['valid'] else ' (!)'} "
               f"| {speed:.2f}x | {r['singlestream_p50_ms']:.2f} | {label} {r[acc_key]:.3f} | {r['logits_rel_error']:.4f} "
               f"| {r['build_s'] + r['calibration_s']:.1f} |")  # fmt: skip
+    if not all(r["valid"] for r in rows):
+        print("(!) a LoadGen run missed its minimum duration or query count (estimate off under load)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
