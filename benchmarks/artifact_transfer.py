@@ -75,7 +75,7 @@ def raw_tcp_copy(path: Path, dest: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=256)
-    ap.add_argument("--chunk-kb", type=int, default=0, help="gRPC chunk size (0 = controller default, 1 MiB)")
+    ap.add_argument("--chunk-kb", type=int, default=0, help="gRPC chunk size (0 = controller default, 4 MiB)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgeloop-xfer-") as tmp:
         tmp = Path(tmp)
