@@ -111,10 +111,10 @@ def test_commands_are_the_same_entry_points_everywhere() -> None:
     compose = compose_config()
     for name, service in compose["services"].items():
         if name.startswith("agent-"):
-            assert service_argv(service) == AGENT_ARGV, name
+            assert service_argv(service)[:3] == AGENT_ARGV, name
     assert service_argv(compose["services"]["controller"]) == CONTROLLER_ARGV
     exec_start = parse_unit().exec_start
-    assert Path(exec_start[0]).name == "edgeloop" and exec_start[1:] == AGENT_ARGV[1:]
+    assert Path(exec_start[0]).name == "edgeloop" and exec_start[1:3] == AGENT_ARGV[1:]
     for hw in HARDWARE_CLASSES:
         assert parse_dockerfile(EDGE_IMAGES / hw / "Dockerfile").argv == AGENT_ARGV, hw
     assert parse_dockerfile(DEPLOY / "controller" / "Dockerfile").argv == CONTROLLER_ARGV
@@ -153,6 +153,24 @@ def _all_argvs() -> dict[str, list[str]]:
             df = parse_dockerfile(dockerfile)
             argvs[f"k8s:{path.name}"] = c.get("command", df.entrypoint) + c.get("args", df.cmd)
     return argvs
+
+
+def test_agents_serve_inference_on_the_same_port_everywhere() -> None:
+    """--serve-port is explicit in every file, so the port a file exposes is the one served."""
+    ports = {}
+    for where, argv in _all_argvs().items():
+        if argv[1] == "agent":
+            assert "--serve-port" in argv, f"{where}: the inference port is left to a default"
+            ports[where] = argv[argv.index("--serve-port") + 1]
+    assert set(ports.values()) == {"8001"}, ports
+    compose = compose_config()
+    for name, service in compose["services"].items():
+        if name.startswith("agent-"):
+            assert any(p.endswith(":8001") for p in service.get("ports", [])), name
+    for path, doc in k8s_documents():
+        if doc["kind"] == "DaemonSet":
+            (c,) = doc["spec"]["template"]["spec"]["containers"]
+            assert {"name": "inference", "containerPort": 8001} in c["ports"], path.name
 
 
 def test_every_flag_the_files_pass_exists_in_the_real_parsers() -> None:
