@@ -45,6 +45,7 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(args)
     if args.controller_command == "migrate":
         from controller.db import make_engine, migrate

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -166,6 +167,7 @@ MATRIX_COLS = [
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # tables on stdout, not request logs
     cmd = args.fleet_command
     with _client(args) as http:
         try:
