@@ -31,7 +31,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from agent.backends.base import Engine
-from agent.calibration import batch_size_for
+from agent.calibration import DEFAULT_CALIBRATION_SAMPLES, batch_size_for
 from agent.config import AgentSettings
 from agent.engine_cache import EngineCache
 from agent.engines import BuiltEngine, build_engine
@@ -408,6 +408,8 @@ def benchmark(
     precision: str = "fp32",
     device: str | None = None,
     calib_dir: str | Path | None = None,
+    calib_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    calibration_method: str = "minmax",
     eval_dir: str | Path | None = None,
     config: BenchConfig = BenchConfig(),
     settings: AgentSettings | None = None,
@@ -434,7 +436,8 @@ def benchmark(
             model = resolve_model(onnx_path, manifest)
             report.model_version = model.manifest.version
             built = build_engine(model, profile=profile, cache=cache, backend=backend, precision=precision,
-                                 device=device, calib_dir=calib_dir, threads=settings.threads)  # fmt: skip
+                                 device=device, calib_dir=calib_dir, calib_samples=calib_samples,
+                                 calibration_method=calibration_method, threads=settings.threads)  # fmt: skip
         except (AgentError, ValueError, OSError) as exc:
             report.errors.append(f"build: {exc}")
             return report

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--calib", type=Path, metavar="DIR", help="calibration images for INT8 (ImageFolder or flat)"
         )
+        p.add_argument("--calib-samples", type=int, default=256, help="calibration images used (at most)")
+        p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
         p.add_argument("--threads", type=int, help="CPU threads (default: EDGELOOP_AGENT_THREADS or all)")
         p.add_argument("--cache-dir", type=Path, help="engine cache (default: $EDGELOOP_AGENT_DIR/engines)")
 
@@ -152,8 +154,9 @@ def cmd_bench(args) -> int:
     )
     with _ProgressView() as view:
         report = benchmark(args.model, manifest=args.manifest, backend=args.backend, precision=args.precision,
-                           device=args.device, calib_dir=args.calib, eval_dir=args.eval, config=config, settings=settings,
-                           cache=_cache(args, settings), progress=view)  # fmt: skip
+                           device=args.device, calib_dir=args.calib, calib_samples=args.calib_samples,
+                           calibration_method=args.calib_method, eval_dir=args.eval, config=config,
+                           settings=settings, cache=_cache(args, settings), progress=view)  # fmt: skip
     print(render_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-training", action="store_true", help="reuse the models already under --work")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.quick:
         args.num_images, args.image_size = 120, 32
         args.teacher_epochs = args.student_epochs = args.distill_epochs = 1
