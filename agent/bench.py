@@ -465,12 +465,16 @@ def report_to_dict(report: fleet_pb2.Report) -> dict:
 
 
 def render_table(report: fleet_pb2.Report) -> str:
-    """A plain-text table of the report (the CLI prints it with rich when attached to a tty)."""
+    """A plain-text table of the report, as the CLI prints it."""
     lines = [
         f"model {report.model_version}  backend {report.backend}  precision {report.precision}",
         f"engine {report.engine_key}",
-        f"build {report.build_time_s:.2f}s  calibration {report.calibration_time_s:.2f}s  "
-        f"peak memory {report.peak_memory_bytes / 2**20:.1f} MiB",
+        (
+            f"build {report.build_time_s:.2f}s  calibration {report.calibration_time_s:.2f}s  "
+            if report.build_time_s
+            else "engine from the cache  "
+        )
+        + f"peak memory {report.peak_memory_bytes / 2**20:.1f} MiB",
     ]
     if report.accuracy:
         lines.append("accuracy " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(report.accuracy.items())))

@@ -13,8 +13,10 @@ Precisions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -148,23 +150,25 @@ def quantize_qdq(
             shutil.copyfile(src, prepared)
         reader = _CalibrationReader(iter(options.calibration()))
         try:
-            quantize_static(
-                str(prepared),
-                str(dst),
-                reader,
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                calibrate_method=methods[options.calibration_method],
-                op_types_to_quantize=TRT_QDQ_OPS if symmetric_activations else None,
-                extra_options=TRT_QDQ_OPTIONS
-                if symmetric_activations
-                else {
-                    "ActivationSymmetric": False,
-                    "WeightSymmetric": True,
-                },  # fmt: skip
-            )
+            # the quantizer prints progress to stdout; the agent's stdout is for results (JSON, tables)
+            with contextlib.redirect_stdout(sys.stderr):
+                quantize_static(
+                    str(prepared),
+                    str(dst),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    calibrate_method=methods[options.calibration_method],
+                    op_types_to_quantize=TRT_QDQ_OPS if symmetric_activations else None,
+                    extra_options=TRT_QDQ_OPTIONS
+                    if symmetric_activations
+                    else {
+                        "ActivationSymmetric": False,
+                        "WeightSymmetric": True,
+                    },  # fmt: skip
+                )
         except CalibrationError:
             raise
         except Exception as exc:
