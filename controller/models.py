@@ -496,8 +496,11 @@ class DeviceEvent(SQLModel, table=True):
 
 # ---------------------------------------------------------------- trainer jobs
 class JobBase(SQLModel):
+    task: str = Field(default="classification", min_length=1, max_length=50)
     action: str = Field(min_length=1, max_length=50)
-    spec: dict = Field(default_factory=dict, sa_type=JSON)
+    spec: dict | str = Field(default_factory=dict, sa_type=JSON)  # the spec itself, or a path to a YAML spec
+    overrides: list[str] = Field(default_factory=list, sa_type=JSON)  # "train.epochs=3", ...
+    import_artifact: bool = True  # register the exported ONNX + manifest as a model version
 
 
 class JobCreate(JobBase):

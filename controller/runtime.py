@@ -192,11 +192,19 @@ class Controller:
     def _job_loop(self) -> None:
         while not self._stop.wait(1.0):
             try:
-                while not self._stop.is_set() and jobs.run_next_job(self.engine):
+                while not self._stop.is_set() and jobs.run_next_job(self.engine, self._import_job_artifact):
                     pass
             except Exception:
                 if not self._stop.is_set():
                     log.exception("job runner failed")
+
+    def _import_job_artifact(self, onnx_path: str, manifest_path: str) -> str:
+        from controller.errors import Conflict
+
+        try:
+            return self.import_model(onnx_path, Path(manifest_path), source="trainer").version
+        except Conflict as exc:
+            return f"not imported: {exc.message}"
 
     @contextmanager
     def session(self) -> Iterator[Session]:

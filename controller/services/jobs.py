@@ -1,6 +1,7 @@
 """Trainer jobs: queued through the API, run one at a time by the controller.
 
-The only trainer code the controller touches is ``trainer.jobs.run_action`` (DESIGN.md:
+The only trainer code the controller touches is ``trainer.jobs.run_action(task, action, spec,
+overrides)`` (DESIGN.md:
 controller -> trainer through job entry points only), imported when a job runs, so a controller
 installed without the trainer extra still serves everything else and fails jobs with the reason.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import traceback
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -24,21 +26,26 @@ def next_queued(*, session: Session) -> Job | None:
     return session.exec(select(Job).where(Job.state == JobState.queued).order_by(Job.created_at)).first()
 
 
-def run_next_job(engine: Engine) -> bool:
-    """Run the oldest queued job to its end. Returns False when none was queued."""
+def run_next_job(engine: Engine, on_artifact: Callable[[str, str], str] | None = None) -> bool:
+    """Run the oldest queued job to its end. Returns False when none was queued.
+
+    ``on_artifact(onnx_path, manifest_path) -> model version`` registers what an export produced."""
     with session_scope(engine) as session:
         job = next_queued(session=session)
         if job is None:
             return False
         job.state, job.started_at = JobState.running, utcnow()
         session.add(job)
-        job_id, action, spec = job.id, job.action, dict(job.spec)
+        job_id, task, action = job.id, job.task, job.action
+        spec, overrides, import_artifact = job.spec, list(job.overrides), job.import_artifact
     state, result, error = JobState.failed, {}, ""
     try:
         jobs = importlib.import_module("trainer.jobs")
-        out = jobs.run_action(action, spec)
-        result = out if isinstance(out, dict) else {"result": repr(out)}
+        out = jobs.run_action(task, action, spec, overrides)
+        result = out.to_dict() if hasattr(out, "to_dict") else {"result": repr(out)}
         state = JobState.succeeded
+        if import_artifact and result.get("onnx_path") and result.get("manifest_path") and on_artifact:
+            result["model_version"] = on_artifact(result["onnx_path"], result["manifest_path"])
     except ImportError as exc:
         error = f"the trainer is not installed with this controller (import trainer.jobs failed: {exc})"
     except Exception as exc:  # the job's own failure, kept with its traceback tail

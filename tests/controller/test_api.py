@@ -207,7 +207,7 @@ def test_rollout_validation_and_no_half_written_rollout(api, tmp_path: Path) -> 
 def test_jobs_and_metrics(api) -> None:
     ctl, client = api
     assert client.post("/jobs/", json={"action": ""}).status_code == 422
-    job = client.post("/jobs/", json={"action": "no-such-action", "spec": {"x": 1}})
+    job = client.post("/jobs/", json={"task": "classification", "action": "no-such-action", "spec": {"x": 1}})
     assert job.status_code == 201
     import time
 
@@ -236,7 +236,33 @@ def test_migrations_reach_head(tmp_path: Path, db_url: str) -> None:
     migrate(engine)
     migrate(engine)  # idempotent
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == "0002"
+    engine.dispose()
+
+
+def test_upgrade_keeps_existing_rows(db_url: str) -> None:
+    """0001 -> head on a populated table: the added job columns get their defaults."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from controller.db import alembic_config, make_engine
+
+    engine = make_engine(db_url)
+    cfg = alembic_config(db_url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(
+            sa.text(
+                "INSERT INTO job (id, action, spec, state, result, error, created_at) "
+                "VALUES ('j1', 'train', '{}', 'queued', '{}', '', CURRENT_TIMESTAMP)"
+            )
+        )
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        row = conn.execute(sa.text("SELECT task, overrides, import_artifact FROM job WHERE id = 'j1'")).one()
+    assert row[0] == "classification" and row[1] in ("[]", []) and bool(row[2]) is True
     engine.dispose()
 
 
