@@ -43,34 +43,54 @@ class DownloadResult:
 
 
 class _HashingWriter:
-    """Hashes and appends chunks on a helper thread (hashlib and os.write release the GIL)."""
+    """Hashes and appends chunks on two helper threads, in parallel with each other and with the
+    receiver (hashlib and os.write release the GIL for large buffers)."""
 
     def __init__(self, fd: int, digest: hashlib._Hash, depth: int = 8) -> None:
         self.fd, self.digest = fd, digest
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="artifact-writer", daemon=True)
-        self.thread.start()
+        self.queues: list[queue.Queue[bytes | None]] = [
+            queue.Queue(maxsize=depth),
+            queue.Queue(maxsize=depth),
+        ]
+        self.threads = [
+            threading.Thread(
+                target=self._loop, args=(self.queues[0], self._hash), name="artifact-hash", daemon=True
+            ),
+            threading.Thread(
+                target=self._loop, args=(self.queues[1], self._write), name="artifact-write", daemon=True
+            ),
+        ]
+        for t in self.threads:
+            t.start()
 
-    def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
+    def _hash(self, data: bytes) -> None:
+        self.digest.update(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def _loop(self, q: queue.Queue, work: Callable[[bytes], None]) -> None:
+        while (data := q.get()) is not None:
             if self.error is None:
                 try:
-                    self.digest.update(data)
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(self.fd, view) :]
-                except BaseException as exc:  # reported by close()
+                    work(data)
+                except BaseException as exc:  # reported by put() / close()
                     self.error = exc
 
     def put(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(data)
+        for q in self.queues:
+            q.put(data)
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        for q in self.queues:
+            q.put(None)
+        for t in self.threads:
+            t.join()
         if self.error is not None:
             raise self.error
 
