@@ -119,3 +119,23 @@ def test_cli_reports_spec_errors(tiny_data, tmp_path, capsys, make_spec):
     rc = main(["model", "classification", "train", "-e", str(path), "train.batch=4"])
     assert rc == 2
     assert "unknown key 'train.batch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (ROOT / "trainer/specs").glob("classification*.yaml"))
+)
+def test_shipped_specs_validate(name, tiny_data):
+    spec = resolve_spec("classification", ROOT / "trainer/specs" / name, [f"dataset.root={tiny_data}"])
+    assert spec.dataset.root == str(tiny_data)
+
+
+def test_student_spec_bindings_resolve_on_real_models():
+    from trainer.models.backbones import build_model, get_submodule
+
+    spec = resolve_spec(
+        "classification", ROOT / "trainer/specs/classification_student.yaml", ["dataset.root=."]
+    )
+    teacher, student = build_model(spec.distill.teacher.backbone, 6), build_model(spec.model.backbone, 6)
+    for b in spec.distill.bindings:
+        get_submodule(teacher, b.teacher_module_name)
+        get_submodule(student, b.student_module_name)
