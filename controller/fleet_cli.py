@@ -8,8 +8,12 @@
     edgeloop fleet results [--matrix] [--version V]
     edgeloop fleet revoke DEVICE_ID
 
-The URL and token come from ``--url``/``--token``, else EDGELOOP_CONTROLLER_URL and
-EDGELOOP_API_TOKEN, else ``<data-dir>/api_token`` of a local controller.
+    edgeloop fleet benchmark DEVICE_ID VERSION [--precision fp32 --precision int8]
+    edgeloop fleet jobs
+
+The URL comes from ``--url`` (default ``http://127.0.0.1:$EDGELOOP_HTTP_PORT``, port 8000); the
+token from ``--token``, else EDGELOOP_API_TOKEN, else ``<data-dir>/api_token`` of a local
+controller (``--data-dir`` or EDGELOOP_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -86,10 +90,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--version")
     p.add_argument("--class", dest="hardware_class")
     sub.add_parser("revoke", help="revoke a device").add_argument("device_id")
+    p = sub.add_parser("benchmark", help="ask a device to measure a model version")
+    p.add_argument("device_id")
+    p.add_argument("model_version")
+    p.add_argument("--backend", action="append", default=[])
+    p.add_argument("--precision", action="append", default=[])
+    p.add_argument("--round", default="")
+    sub.add_parser("jobs", help="trainer jobs")
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    url = args.url or os.environ.get("EDGELOOP_CONTROLLER_URL") or "http://127.0.0.1:8000"
+    url = args.url or f"http://127.0.0.1:{os.environ.get('EDGELOOP_HTTP_PORT') or 8000}"
     token = args.token or os.environ.get("EDGELOOP_API_TOKEN")
     if not token:
         data_dir = Path(
@@ -165,6 +176,11 @@ MATRIX_COLS = [
     ("reports", "reports"),
 ]
 
+COMMAND_COLS = [("id", "command"), ("device_id", "device"), ("kind", "kind"), ("model_version", "model"),
+                ("state", "state"), ("message", "message")]  # fmt: skip
+JOB_COLS = [("id", "job"), ("task", "task"), ("action", "action"), ("state", "state"),
+            ("created_at", "created"), ("error", "error")]  # fmt: skip
+
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # tables on stdout, not request logs
@@ -225,6 +241,15 @@ def run(args: argparse.Namespace) -> int:
                     data, cols = _get(http, "/results/matrix", params)["cells"], MATRIX_COLS
                 else:
                     data, cols = _get(http, "/results/", params)["data"], RESULT_COLS
+            elif cmd == "benchmark":
+                body = {"model_version": args.model_version, "backends": args.backend,
+                        "precisions": args.precision or ["fp32"], "round_id": args.round}  # fmt: skip
+                data, cols = (
+                    [_check(http.post(f"/devices/{args.device_id}/benchmark", json=body))],
+                    COMMAND_COLS,
+                )
+            elif cmd == "jobs":
+                data, cols = _get(http, "/jobs/")["data"], JOB_COLS
             elif cmd == "revoke":
                 data, cols = [_check(http.post(f"/devices/{args.device_id}/revoke"))], DEVICE_COLS
             else:  # argparse refuses unknown actions first

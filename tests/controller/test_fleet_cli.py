@@ -44,6 +44,9 @@ def test_fleet_cli_tables(tmp_path: Path, sqlite_url: str, capsys) -> None:
         assert main([*base, "results", "--matrix"]) == 0
         out = capsys.readouterr().out
         assert "cpu-2t" in out and "81.25" in out and "240.00" in out
+        assert main([*base, "benchmark", agent.device_id, "tiny:1", "--precision", "int8"]) == 0
+        assert "benchmark" in capsys.readouterr().out
+        assert main([*base, "jobs"]) == 0 and "(none)" in capsys.readouterr().out
         assert main([*base, "pause", rollout_id]) == 1
         assert "409 rollout is succeeded" in capsys.readouterr().err
         assert main([*base[:-1], "wrong", "devices"]) == 1
