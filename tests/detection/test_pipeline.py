@@ -1,0 +1,225 @@
+"""Every detection action end to end on real files, through the trainer's job entry point
+(``trainer.jobs.run_action``), with a tiny RT-DETR (64 px, 10 queries, one decoder layer), then
+the exported ONNX evaluated the way a device does it (agent evaluator on ONNX Runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from trainer.jobs import run_action
+from trainer.spec import SpecError
+from trainer.tasks.detection.synth import synthesize
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SPEC = Path(__file__).resolve().parents[2] / "trainer" / "specs" / "detection.yaml"
+TINY = [
+    "dataset.image_size=64",
+    "model.num_queries=10",
+    "model.d_model=32",
+    "model.encoder_ffn_dim=64",
+    "model.decoder_ffn_dim=64",
+    "model.decoder_layers=1",
+    "model.attention_heads=2",
+    "model.num_denoising=10",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.max_steps_per_epoch=2",
+    "train.num_workers=0",
+    "train.device=cpu",
+    "evaluate.batch_size=8",
+    "quantize.num_calibration_samples=4",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pcb")
+    synthesize(root, 24, 64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data: Path, tmp_path_factory):
+    results = tmp_path_factory.mktemp("runs")
+    base = [f"dataset.root={data}", f"results_dir={results}", *TINY]
+
+    def go(action: str, *extra: str):
+        return run_action("detection", action, SPEC, [*base, *extra])
+
+    go.results = results  # type: ignore[attr-defined]
+    go.base = base  # type: ignore[attr-defined]
+    return go
+
+
+@pytest.fixture(scope="module")
+def trained(run):
+    return run("train")
+
+
+def _status(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "status.json").read_text().splitlines()]
+
+
+def test_train_writes_results_dir(trained) -> None:
+    out = trained.output_dir
+    assert (
+        (out / "model.pth").is_file() and (out / "spec.yaml").is_file() and (out / "metrics.json").is_file()
+    )
+    assert [s["status"] for s in _status(out)][0] == "started" and _status(out)[-1]["status"] == "succeeded"
+    assert "val_map" in trained.metrics and trained.metrics["epochs"] == 1
+
+
+def test_distill_evaluate_inference(run, trained) -> None:
+    # student: another backbone and width (projections on the feature bindings), fewer queries
+    d = run(
+        "distill",
+        f"distill.teacher.checkpoint={trained.model_path}",
+        "distill.teacher.backbone=resnet18",
+        "model.backbone=convnext_atto",
+        "model.d_model=48",
+        "model.num_queries=8",
+    )
+    assert d.metrics["teacher_backbone"] == "resnet18" and Path(d.model_path).is_file()
+    ev = run("evaluate", f"evaluate.checkpoint={d.model_path}")
+    assert set(ev.metrics["ap_per_class"]) == {
+        "missing_hole",
+        "mouse_bite",
+        "open_circuit",
+        "short",
+        "spur",
+        "spurious_copper",
+    }
+    assert 0.0 <= ev.metrics["map"] <= 1.0 and (ev.output_dir / "detections.json").is_file()
+    inf = run("inference", "inference.conf_threshold=0.0", "inference.annotate=2")
+    dets = json.loads((inf.output_dir / "detections.json").read_text())
+    assert dets and {"image_id", "category_id", "bbox", "score"} <= set(dets[0])
+    assert len(list((inf.output_dir / "annotated").glob("*.png"))) == 2
+
+
+def test_distill_refuses_mismatched_teacher(run, trained) -> None:
+    with pytest.raises(ValueError, match="teacher.backbone='resnet50'"):
+        run(
+            "distill", f"distill.teacher.checkpoint={trained.model_path}", "distill.teacher.backbone=resnet50"
+        )
+    with pytest.raises(SpecError, match="distill.teacher.checkpoint"):
+        run("distill")
+
+
+def test_export_quantize_and_on_device_map(run, trained, data: Path) -> None:
+    from agent.backends.base import BuildOptions
+    from agent.backends.onnxruntime import OnnxRuntimeEngine
+    from agent.evaluate import evaluate
+    from protos.manifest import load_manifest
+
+    exp = run("export", f"export.checkpoint={trained.model_path}")
+    # parity at batch 1 and 3 with order-independent matching
+    assert exp.metrics["parity_max_diff_b1"] < 2e-3 and exp.metrics["parity_max_diff_b3"] < 2e-3
+    graph = onnx.load(str(exp.onnx_path))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    m = load_manifest(exp.manifest_path)
+    assert m.task == "detection" and list(m.inputs[0].shape)[0] == -1
+    assert (m.detection.boxes_output, m.detection.logits_output) == ("boxes", "logits")
+    assert (m.detection.box_format, m.detection.normalized, m.detection.score_activation) == (
+        "cxcywh",
+        True,
+        "sigmoid",
+    )
+    assert list(m.labels)[0] == "missing_hole" and m.lineage.details["category_ids"] == "1,2,3,4,5,6"
+
+    ev = run("evaluate", f"evaluate.checkpoint={exp.onnx_path}")
+    q = run("quantize", f"quantize.checkpoint={exp.onnx_path}")
+    qm = load_manifest(q.manifest_path)
+    assert qm.precision == "int8-qdq" and qm.lineage.quantization == "int8-qdq-ptq"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(q.onnx_path)).graph.node)
+    assert "map_drop_points" in q.metrics
+    qc = run(
+        "quantize",
+        f"quantize.checkpoint={exp.onnx_path}",
+        "quantize.scope=conv_only",
+        "quantize.evaluate=false",
+    )
+    ops = {n.op_type for n in onnx.load(str(qc.onnx_path)).graph.node if n.op_type != "QuantizeLinear"}
+    assert "QLinearMatMul" not in ops
+
+    # on-device style: the agent's own evaluator (numpy) on the ONNX through ONNX Runtime
+    engine = OnnxRuntimeEngine(Path(exp.onnx_path), BuildOptions(), m)
+    dev = evaluate(engine, m, data / "test", batch_size=3)
+    assert dev["samples"] == len(json.loads((data / "test" / "annotations.json").read_text())["images"])
+    # same model, same split: device mAP matches the trainer's ONNX evaluation (the two resize
+    # implementations differ by a pixel at most, so allow a little)
+    assert dev["map"] == pytest.approx(ev.metrics["map"], abs=0.02)
+    engine8 = OnnxRuntimeEngine(Path(q.onnx_path), BuildOptions(), qm)
+    dev8 = evaluate(engine8, qm, data / "test", batch_size=2)
+    assert 0.0 <= dev8["map"] <= 1.0
+
+
+def test_pretrained_backbone_from_classification_checkpoint(tmp_path: Path) -> None:
+    from trainer.models.backbones import build_model
+    from trainer.models.checkpoint import Checkpoint, save_checkpoint
+    from trainer.tasks.detection.model import (
+        DetectorConfig,
+        backbone_module,
+        build_detector,
+        load_pretrained_backbone,
+    )
+
+    cls = build_model("resnet18", 4)
+    path = save_checkpoint(
+        Checkpoint(cls, "resnet18", list("abcd"), 64, [0.5] * 3, [0.5] * 3), tmp_path / "cls.pth"
+    )
+    det = build_detector(
+        DetectorConfig(
+            backbone="resnet18",
+            d_model=32,
+            num_queries=5,
+            decoder_layers=1,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            attention_heads=2,
+        )
+    )
+    counts = load_pretrained_backbone(det, path)
+    assert counts["loaded"] > 100
+    body = backbone_module(det).body
+    assert torch.equal(body.layer4[1].conv2.weight, cls.layer4[1].conv2.weight)
+    other = build_detector(
+        DetectorConfig(
+            backbone="resnet50",
+            d_model=32,
+            num_queries=5,
+            decoder_layers=1,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            attention_heads=2,
+        )
+    )
+    with pytest.raises(ValueError, match="does not fit detection backbone 'resnet50'"):
+        load_pretrained_backbone(other, path)
+
+
+def test_spec_refuses_bad_keys(data: Path) -> None:
+    from trainer.jobs import resolve_spec
+
+    with pytest.raises(SpecError, match="unknown key 'model.num_querys'.*num_queries"):
+        resolve_spec("detection", SPEC, [f"dataset.root={data}", "model.num_querys=5"])
+    with pytest.raises(SpecError, match="model.backbone"):
+        resolve_spec("detection", SPEC, [f"dataset.root={data}", "model.backbone=vgg11"])
+    with pytest.raises(SpecError, match="multiple of 32"):
+        resolve_spec("detection", SPEC, [f"dataset.root={data}", "dataset.image_size=70"])
+
+
+def test_matched_difference_is_order_independent() -> None:
+    from trainer.tasks.detection.export import matched_difference
+
+    rng = np.random.default_rng(0)
+    logits, boxes = rng.normal(size=(2, 6, 3)), rng.uniform(size=(2, 6, 4))
+    perm = rng.permutation(6)
+    assert matched_difference(logits, boxes, logits[:, perm], boxes[:, perm]) == pytest.approx(0.0, abs=1e-12)
+    assert matched_difference(logits, boxes, logits + 0.5, boxes) > 0.05
