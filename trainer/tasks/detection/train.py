@@ -28,6 +28,7 @@ from trainer.tasks.detection.model import (
 from trainer.tasks.detection.spec import DetectionSpec
 
 log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
 def seed_all(seed: int) -> None:
@@ -359,8 +360,6 @@ def draw_detections(image, det: dict[str, np.ndarray], labels: list[str]):
 def inference_action(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
     """Detect on a folder of images: COCO-results JSON (+ image list) and annotated images."""
     from PIL import Image
-
-    from agent.preprocess import IMAGE_SUFFIXES  # plain constant; agent imports no torch
 
     ckpt = Path(spec.inference.checkpoint or ctx.default_checkpoint("train"))
     folder = Path(spec.inference.input_dir) if spec.inference.input_dir else Path(spec.dataset.root) / "test"
