@@ -16,8 +16,13 @@ import os
 import platform
 import socket
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+import grpc
 
 from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
 from agent.fleet.download import ArtifactRejected, DownloadInterrupted, download_artifact
@@ -26,15 +31,17 @@ from protos import fleet_pb2
 
 log = logging.getLogger(__name__)
 JOURNAL_KEEP = 500
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+T = TypeVar("T")
 
 
 class FleetAgent:
     """Maps commands to executor calls; one command at a time, in arrival order."""
 
-    def __init__(self, client: FleetClient, executor: Executor, *, download_retries: int = 5) -> None:
+    def __init__(self, client: FleetClient, executor: Executor, *, retry_budget_s: float = 600.0) -> None:
         self.client = client
         self.executor = executor
-        self.download_retries = download_retries
+        self.retry_budget_s = retry_budget_s
         self.artifacts_dir = client.agent_dir / "artifacts"
         self.journal_path = client.agent_dir / "fleet" / "commands.json"
         self._journal: OrderedDict[str, dict] = OrderedDict()
@@ -96,31 +103,44 @@ class FleetAgent:
         tmp.write_text(json.dumps(self._journal), encoding="utf-8")
         os.replace(tmp, self.journal_path)
 
+    # -- retries across controller restarts and network blips
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` until it succeeds, retrying transient failures with backoff for up to
+        ``retry_budget_s`` (the controller may be restarting)."""
+        delay, deadline = 0.5, time.monotonic() + self.retry_budget_s
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                if exc.code() not in TRANSIENT or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: %s; retrying in %.1fs", what, exc.code().name, delay)
+            except DownloadInterrupted as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("%s: %s; resuming in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     # -- artifacts
     def fetch(self, ref: fleet_pb2.ArtifactRef, command_id: str = "") -> Path:
         creds = self.client.credentials
-        last: Exception | None = None
-        for _ in range(self.download_retries):
-            try:
 
-                def progress(done: int, total: int) -> None:
-                    if command_id and total:
-                        self.client.send_status(
-                            command_id, "running", "downloading", progress=0.5 * done / total
-                        )
+        def once() -> Path:
+            def progress(done: int, total: int) -> None:
+                if command_id and total:
+                    self.client.send_status(command_id, "running", "downloading", progress=0.5 * done / total)
 
-                return download_artifact(
-                    self.client.stub,
-                    ref,
-                    self.artifacts_dir,
-                    creds.public_key if creds else b"",
-                    metadata=self.client.metadata,
-                    on_progress=progress if command_id else None,
-                ).path
-            except DownloadInterrupted as exc:  # resumable: try again from what is on disk
-                last = exc
-                log.warning("%s; resuming", exc)
-        raise DownloadInterrupted(f"gave up after {self.download_retries} tries: {last}")
+            return download_artifact(
+                self.client.stub,
+                ref,
+                self.artifacts_dir,
+                creds.public_key if creds else b"",
+                metadata=self.client.metadata,
+                on_progress=progress if command_id else None,
+            ).path
+
+        return self._retrying(f"download of {ref.artifact_id}", once)
 
     def _shards(self, calibration: fleet_pb2.ArtifactRef, evaluation: fleet_pb2.ArtifactRef) -> Shards:
         return Shards(
@@ -131,7 +151,7 @@ class FleetAgent:
     # -- commands
     def _send_report(self, report: fleet_pb2.Report, command_id: str) -> None:
         report.command_id = command_id
-        self.client.report(report)
+        self._retrying("report", lambda: self.client.report(report))
 
     def _do_deploy(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
         d = command.deploy

@@ -183,6 +183,17 @@ def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report)
     if not report.model_version:
         raise InvalidInput("report needs model_version")
     device = crud.get_device(session=session, device_id=device_id)
+    if report.command_id:  # a report resent after a lost acknowledgement is the same report
+        same = session.exec(
+            select(Result)
+            .where(Result.command_id == report.command_id)
+            .where(Result.device_id == device_id)
+            .where(Result.model_version == report.model_version)
+            .where(Result.backend == report.backend)
+            .where(Result.precision == report.precision)
+        ).first()
+        if same is not None:
+            return same
     scenarios = [
         json_format.MessageToDict(
             s, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

@@ -1,0 +1,91 @@
+"""The controller as a real process, SIGKILLed mid-rollout and started again on the same data dir
+(SQLite file, signing key, tokens) and ports: agents reconnect by themselves and the rollout
+finishes, each device deploying once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from ctl_helpers import ScriptedExecutor, manifest_json, start_agent, wait_until, write_onnx
+
+from controller.broker import free_port
+
+
+def _serve(data: Path, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, EDGELOOP_API_TOKEN="kill-api", EDGELOOP_ENROLLMENT_TOKEN="kill-enrol",
+               EDGELOOP_HEARTBEAT_INTERVAL_S="1", EDGELOOP_ROLLOUT_TICK_S="0.1")  # fmt: skip
+    cmd = [sys.executable, "-m", "edgeloop.cli", "controller", "serve", "--data-dir", str(data), "--host", "127.0.0.1",
+           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--no-broker"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    wait_until(lambda: _healthy(http_port) or proc.poll() is not None, 60, "controller healthy")
+    assert proc.poll() is None, log.read_text()[-3000:]
+    return proc
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_sigkill_mid_rollout_then_restart(tmp_path: Path) -> None:
+    data, log = tmp_path / "data", tmp_path / "controller.log"
+    grpc_port, http_port = free_port(), free_port()
+    proc = _serve(data, grpc_port, http_port, log)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/api/v1", headers={"Authorization": "Bearer kill-api"},
+                       timeout=30)  # fmt: skip
+    scores = {"tiny:1": (80.0, 100.0), "tiny:2": (80.0, 110.0)}
+    agents = [
+        start_agent(
+            f"127.0.0.1:{grpc_port}",
+            tmp_path / f"a{i}",
+            "kill-enrol",
+            name=f"k{i}",
+            tags=["k"],
+            executor=ScriptedExecutor(scores=dict(scores), deploy_delay_s=0.8),
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    try:
+        for v in ("1", "2"):
+            with open(write_onnx(tmp_path / f"m{v}.onnx", v), "rb") as fh:
+                r = api.post(
+                    "/models/import", files={"onnx": fh, "manifest": ("m.json", manifest_json(f"tiny:{v}"))}
+                )
+            assert r.status_code == 201, r.text
+        first = api.post("/rollouts/", json={"model_version": "tiny:1", "selector": {"tags": ["k"]},
+                                             "strategy": {"canary_share": 0, "waves": 1}}).json()  # fmt: skip
+        wait_until(lambda: api.get(f"/rollouts/{first['id']}").json()["state"] == "succeeded", 60, "baseline")
+        r = api.post("/rollouts/", json={"model_version": "tiny:2", "selector": {"tags": ["k"]},
+                                         "strategy": {"canary_share": 0.3, "waves": 2}}).json()  # fmt: skip
+        wait_until(
+            lambda: api.get(f"/rollouts/{r['id']}").json()["counts"].get("succeeded", 0) >= 1, 60, "canary"
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        mid = [a.executor.active for a in agents]
+        assert mid.count("tiny:2") < 3, "killed before the rollout finished"
+        time.sleep(0.5)
+        proc = _serve(data, grpc_port, http_port, log)
+        wait_until(
+            lambda: api.get(f"/rollouts/{r['id']}").json()["state"] != "running", 90, "rollout finished"
+        )
+        done = api.get(f"/rollouts/{r['id']}").json()
+        assert done["state"] == "succeeded", done
+        assert all(a.executor.active == "tiny:2" for a in agents)
+        assert all(a.executor.calls.count(("deploy", "tiny:2")) == 1 for a in agents)
+        devices = api.get("/devices/", params={"online": "true"}).json()
+        assert devices["count"] == 3 and {d["active_version"] for d in devices["data"]} == {"tiny:2"}
+    finally:
+        for a in agents:
+            a.stop()
+        api.close()
+        proc.terminate()
+        proc.wait(timeout=20)
