@@ -168,7 +168,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         device_id = md.get("x-edgeloop-device", "")
         auth = md.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if device_id and token and self.ctl.tokens.get(device_id) == fleet._hash_token(token):
+        if device_id and token and self.ctl.tokens.get(device_id) == fleet.hash_token(token):
             return device_id
         try:
             await self._db(fleet.authenticate, cache=self.ctl.tokens, device_id=device_id, token=token)

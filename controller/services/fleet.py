@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ACCURACY_KEYS = ("top1", "accuracy", "map", "map50", "top5")
 
 
-def _hash_token(token: str) -> str:
+def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -77,7 +77,7 @@ def register_device(
     elif request.tags:
         device.tags = sorted(set(device.tags) | set(request.tags))
     device.name = request.name or device.name or hw.hostname
-    device.token_hash = _hash_token(token)
+    device.token_hash = hash_token(token)
     device.hardware_class = hardware_class
     device.hardware_fingerprint = hw.fingerprint
     device.hardware = json_format.MessageToDict(hw, preserving_proto_field_name=True)
@@ -98,7 +98,7 @@ def authenticate(*, session: Session, cache: TokenCache, device_id: str, token: 
     """Raise Unauthenticated / PermissionDenied unless the credentials are an enrolled device's."""
     if not device_id or not token:
         raise Unauthenticated("missing device credentials (x-edgeloop-device, authorization)")
-    token_hash = _hash_token(token)
+    token_hash = hash_token(token)
     known = cache.get(device_id)
     if known is not None and hmac.compare_digest(known, token_hash):
         return
