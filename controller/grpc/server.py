@@ -8,6 +8,7 @@ streams share one event loop; heartbeats are kept in memory and flushed in batch
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import threading
@@ -168,8 +169,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         device_id = md.get("x-edgeloop-device", "")
         auth = md.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if device_id and token and self.ctl.tokens.get(device_id) == fleet.hash_token(token):
-            return device_id
+        known = self.ctl.tokens.get(device_id) if device_id and token else None
+        if known is not None and hmac.compare_digest(known, fleet.hash_token(token)):
+            return device_id  # cached: no DB round trip for the common case
         try:
             await self._db(fleet.authenticate, cache=self.ctl.tokens, device_id=device_id, token=token)
         except ControllerError as exc:
