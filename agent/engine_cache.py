@@ -104,6 +104,32 @@ class EngineCache:
     def evict(self, key: EngineKey) -> None:
         shutil.rmtree(self.path_for(key), ignore_errors=True)
 
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file())
+
+    def prune(self, max_bytes: int, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete least recently used entries until the cache fits in ``max_bytes`` (edge disks are
+        small). ``keep`` holds key digests that must stay (the engines of loaded models).
+        Returns the digests removed."""
+        entries = []
+        for record in self.root.glob(f"*/{ENTRY_FILE}"):
+            folder = record.parent
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            entries.append((record.stat().st_mtime, folder.name, size))
+        total = sum(size for _, _, size in entries)
+        removed = []
+        for _, digest, size in sorted(entries):  # oldest use first
+            if total <= max_bytes:
+                break
+            if digest in keep:
+                continue
+            shutil.rmtree(self.root / digest, ignore_errors=True)
+            total -= size
+            removed.append(digest)
+        if removed:
+            log.info("engine cache pruned %d entries to %.1f MiB", len(removed), total / 2**20)
+        return removed
+
     def entries(self) -> list[dict]:
         out = []
         for record in sorted(self.root.glob(f"*/{ENTRY_FILE}")):
@@ -132,6 +158,7 @@ class EngineCache:
                     log.warning("cached engine %s failed to load (%s): rebuilding", key, exc)
                 else:
                     record = json.loads((path / ENTRY_FILE).read_text(encoding="utf-8"))
+                    (path / ENTRY_FILE).touch()  # last use, for prune()
                     log.info("engine cache hit %s", key)
                     return CacheResult(
                         engine,

@@ -107,3 +107,21 @@ def test_thread_limit_reaches_the_session(model_path, cache) -> None:
     other = build_engine(resolve_model(model_path), profile=two, cache=cache, precision="fp32")
     assert other.engine.session.get_session_options().intra_op_num_threads == 2
     assert other.key.fingerprint != built.key.fingerprint and not other.cache_hit
+
+
+def test_prune_removes_least_recently_used_but_keeps_loaded(model_path, profile, cache, images) -> None:
+    import os
+    import time
+
+    model = resolve_model(model_path)
+    old = build_engine(model, profile=profile, cache=cache, precision="fp32")
+    mid = build_engine(model, profile=profile, cache=cache, precision="fp16")
+    new = build_engine(model, profile=profile, cache=cache, precision="int8", calib_dir=images)
+    for i, built in enumerate((old, mid, new)):  # distinct last-use times
+        t = time.time() - 100 + i
+        os.utime(cache.path_for(built.key) / ENTRY_FILE, (t, t))
+    build_engine(model, profile=profile, cache=cache, precision="fp32")  # a hit refreshes last use
+    one_entry = max(sum(f.stat().st_size for f in cache.path_for(b.key).rglob("*")) for b in (old, mid, new))
+    removed = cache.prune(max_bytes=one_entry + 1, keep={new.key.digest()})
+    assert mid.key.digest() in removed and new.key.digest() not in removed
+    assert cache.validate(new.key)[0] and not cache.validate(mid.key)[0]
