@@ -393,6 +393,22 @@ class BenchmarkCreate(SQLModel):
     round_id: str = Field(default="", max_length=100)
 
 
+class CalibrateCreate(SQLModel):
+    model_version: str = Field(max_length=200)
+    backend: str = Field(default="", max_length=50)
+    precision: str = Field(default="int8", max_length=20)
+    calibration_artifact_id: str | None = None
+
+
+class SwitchCreate(SQLModel):
+    model_version: str = Field(min_length=1, max_length=200)
+
+
+class RollbackCreate(SQLModel):
+    to_version: str = Field(default="", max_length=200)  # "" = the version active before the last switch
+    reason: str = Field(default="operator", max_length=500)
+
+
 # ---------------------------------------------------------------- results
 class ResultBase(SQLModel):
     device_id: str = Field(index=True, max_length=64)

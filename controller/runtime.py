@@ -25,14 +25,18 @@ from controller.metrics import Metrics
 from controller.models import (
     ArtifactPublic,
     BenchmarkCreate,
+    CalibrateCreate,
+    CommandPublic,
     DeploymentState,
     DevicePublic,
     ModelVersionPublic,
     ResultPublic,
     ResultsMatrix,
+    RollbackCreate,
     RolloutCreate,
     RolloutPublic,
     RolloutState,
+    SwitchCreate,
 )
 from controller.services import artifacts, commands, fleet, jobs, results, rollouts
 from controller.services.hub import SessionHub
@@ -299,6 +303,37 @@ class Controller:
             return commands.send_benchmark(
                 session=session, hub=self.hub, device_id=device_id, benchmark_in=benchmark_in
             ).id
+
+    def send_switch(self, device_id: str, model_version: str) -> str:
+        with self.session() as session:
+            return commands.send_switch(
+                session=session,
+                hub=self.hub,
+                device_id=device_id,
+                switch_in=SwitchCreate(model_version=model_version),
+            ).id
+
+    def send_rollback(self, device_id: str, to_version: str = "", reason: str = "operator") -> str:
+        with self.session() as session:
+            body = RollbackCreate(to_version=to_version, reason=reason)
+            return commands.send_rollback(
+                session=session, hub=self.hub, device_id=device_id, rollback_in=body
+            ).id
+
+    def send_calibrate(self, device_id: str, calibrate_in: CalibrateCreate | dict) -> str:
+        if isinstance(calibrate_in, dict):
+            calibrate_in = CalibrateCreate.model_validate(calibrate_in)
+        with self.session() as session:
+            return commands.send_calibrate(
+                session=session, hub=self.hub, device_id=device_id, calibrate_in=calibrate_in
+            ).id
+
+    def wait_for_commands(
+        self, command_ids: Sequence[str], *, timeout_s: float = 600.0
+    ) -> list[CommandPublic]:
+        """Until every command is succeeded or failed; ``message`` says why one failed."""
+        rows = commands.wait_for_commands(self.engine, command_ids, timeout_s=timeout_s)
+        return [CommandPublic.model_validate(c) for c in rows]
 
     def wait_for_reports(self, command_ids: Sequence[str], *, timeout_s: float = 600.0) -> list[ResultPublic]:
         rows = commands.wait_for_reports(self.engine, command_ids, timeout_s=timeout_s)

@@ -14,7 +14,18 @@ from sqlmodel import Session, col, select
 
 from controller import crud
 from controller.errors import InvalidInput
-from controller.models import BenchmarkCreate, Command, CommandKind, CommandState, Result, new_id, utcnow
+from controller.models import (
+    BenchmarkCreate,
+    CalibrateCreate,
+    Command,
+    CommandKind,
+    CommandState,
+    Result,
+    RollbackCreate,
+    SwitchCreate,
+    new_id,
+    utcnow,
+)
 from controller.services.artifacts import artifact_ref
 from controller.services.hub import SessionHub
 from protos import fleet_pb2
@@ -76,9 +87,7 @@ def send_benchmark(
     *, session: Session, hub: SessionHub, device_id: str, benchmark_in: BenchmarkCreate
 ) -> Command:
     """Ask one device to build and measure a model version (every backend/precision asked)."""
-    device = crud.get_device(session=session, device_id=device_id)
-    if device.revoked:
-        raise InvalidInput(f"device {device_id} is revoked")
+    _device(session, device_id)
     mv = crud.get_model_version(session=session, version=benchmark_in.model_version)
     body = fleet_pb2.Benchmark(
         artifact=artifact_ref(crud.get_artifact(session=session, artifact_id=mv.artifact_id), mv.version),
@@ -103,6 +112,66 @@ def send_benchmark(
         kind=CommandKind.benchmark,
         body=body,
         model_version=mv.version,
+    )
+
+
+def _device(session: Session, device_id: str):  # noqa: ANN202
+    device = crud.get_device(session=session, device_id=device_id)
+    if device.revoked:
+        raise InvalidInput(f"device {device_id} is revoked")
+    return device
+
+
+def send_calibrate(
+    *, session: Session, hub: SessionHub, device_id: str, calibrate_in: CalibrateCreate
+) -> Command:
+    """Build (and for INT8 calibrate) an engine on the device without activating it."""
+    _device(session, device_id)
+    mv = crud.get_model_version(session=session, version=calibrate_in.model_version)
+    body = fleet_pb2.Calibrate(
+        artifact=artifact_ref(crud.get_artifact(session=session, artifact_id=mv.artifact_id), mv.version),
+        backend=calibrate_in.backend,
+        precision=calibrate_in.precision,
+    )
+    if calibrate_in.calibration_artifact_id:
+        body.calibration.CopyFrom(
+            artifact_ref(crud.get_artifact(session=session, artifact_id=calibrate_in.calibration_artifact_id))
+        )
+    return create_command(
+        session=session,
+        hub=hub,
+        device_id=device_id,
+        kind=CommandKind.calibrate,
+        body=body,
+        model_version=mv.version,
+    )
+
+
+def send_switch(*, session: Session, hub: SessionHub, device_id: str, switch_in: SwitchCreate) -> Command:
+    """Make a version the device already holds the active one."""
+    _device(session, device_id)
+    crud.get_model_version(session=session, version=switch_in.model_version)
+    return create_command(
+        session=session,
+        hub=hub,
+        device_id=device_id,
+        kind=CommandKind.switch,
+        body=fleet_pb2.Switch(model_version=switch_in.model_version),
+        model_version=switch_in.model_version,
+    )
+
+
+def send_rollback(
+    *, session: Session, hub: SessionHub, device_id: str, rollback_in: RollbackCreate
+) -> Command:
+    _device(session, device_id)
+    return create_command(
+        session=session,
+        hub=hub,
+        device_id=device_id,
+        kind=CommandKind.rollback,
+        body=fleet_pb2.Rollback(reason=rollback_in.reason, to_version=rollback_in.to_version),
+        model_version=rollback_in.to_version,
     )
 
 

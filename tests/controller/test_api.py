@@ -193,6 +193,19 @@ def test_rollout_validation_and_no_half_written_rollout(api, tmp_path: Path) -> 
         cell = next(c for c in matrix["cells"] if c["precision"] == "int8")
         assert cell["accuracy"] == pytest.approx(90.0) and cell["fps"] == pytest.approx(100.0)
         assert cell["latency_p50_ms"] == pytest.approx(40.0)
+        # the other device commands: calibrate, switch, rollback
+        for path, body in (("calibrate", {"model_version": "x:1", "precision": "int8"}),
+                           ("switch", {"model_version": "x:1"}), ("rollback", {"reason": "test"})):  # fmt: skip
+            c = client.post(f"/devices/{agent.device_id}/{path}", json=body)
+            assert c.status_code == 202, c.text
+            ctl.wait_for_reports([c.json()["id"]], timeout_s=30)
+            got = client.get(f"/devices/{agent.device_id}/commands/{c.json()['id']}").json()
+            assert got["state"] == "succeeded" and got["kind"] == path, got
+        assert (
+            client.post(f"/devices/{agent.device_id}/switch", json={"model_version": "nope"}).status_code
+            == 404
+        )
+        assert client.post("/devices/ghost/rollback", json={}).status_code == 404
         devices = client.get("/devices/", params={"hardware_class": "cpu-x", "online": "true"}).json()
         assert devices["count"] == 1 and devices["data"][0]["online"] is True
         assert client.get("/devices/", params={"tag": "nope"}).json()["count"] == 0

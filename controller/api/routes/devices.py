@@ -6,13 +6,17 @@ from fastapi import APIRouter, Query
 
 from controller import crud
 from controller.api.deps import ControllerDep, SessionDep
+from controller.errors import NotFound
 from controller.models import (
     BenchmarkCreate,
+    CalibrateCreate,
     CommandPublic,
     CommandsPublic,
     DevicePublic,
     DevicesPublic,
     DeviceUpdate,
+    RollbackCreate,
+    SwitchCreate,
     TelemetryAggregatePublic,
 )
 from controller.services import commands, fleet
@@ -61,6 +65,42 @@ def benchmark_device(
     command = commands.send_benchmark(
         session=session, hub=ctl.hub, device_id=device_id, benchmark_in=benchmark_in
     )
+    return CommandPublic.model_validate(command)
+
+
+@router.post("/{device_id}/calibrate", response_model=CommandPublic, status_code=202)
+def calibrate_device(
+    session: SessionDep, ctl: ControllerDep, device_id: str, calibrate_in: CalibrateCreate
+) -> CommandPublic:
+    command = commands.send_calibrate(
+        session=session, hub=ctl.hub, device_id=device_id, calibrate_in=calibrate_in
+    )
+    return CommandPublic.model_validate(command)
+
+
+@router.post("/{device_id}/switch", response_model=CommandPublic, status_code=202)
+def switch_device(
+    session: SessionDep, ctl: ControllerDep, device_id: str, switch_in: SwitchCreate
+) -> CommandPublic:
+    command = commands.send_switch(session=session, hub=ctl.hub, device_id=device_id, switch_in=switch_in)
+    return CommandPublic.model_validate(command)
+
+
+@router.post("/{device_id}/rollback", response_model=CommandPublic, status_code=202)
+def rollback_device(
+    session: SessionDep, ctl: ControllerDep, device_id: str, rollback_in: RollbackCreate
+) -> CommandPublic:
+    command = commands.send_rollback(
+        session=session, hub=ctl.hub, device_id=device_id, rollback_in=rollback_in
+    )
+    return CommandPublic.model_validate(command)
+
+
+@router.get("/{device_id}/commands/{command_id}", response_model=CommandPublic)
+def device_command(session: SessionDep, device_id: str, command_id: str) -> CommandPublic:
+    command = crud.get_command(session=session, command_id=command_id)
+    if command.device_id != device_id:
+        raise NotFound(f"command {command_id!r} not found on device {device_id!r}")
     return CommandPublic.model_validate(command)
 
 
