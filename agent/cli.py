@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--device-id", default=socket.gethostname(), help="name in telemetry topics")
     s.add_argument("--mqtt-url", help="telemetry broker (default: EDGELOOP_MQTT_URL; unset = no telemetry)")
     s.add_argument("--metrics-interval", type=float, default=10.0)
+    s.add_argument("--batch-delay-ms", type=float, default=0.0,
+                   help="dynamic batching: wait up to this long to merge concurrent requests (0 = off)")  # fmt: skip
+    s.add_argument("--max-batch", type=int, default=8, help="largest merged batch (dynamic batching)")
 
     r = sub.add_parser("run", help="the fleet daemon: register with the controller and follow its commands")
     try:
@@ -167,6 +170,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from agent.batching import DynamicBatcher
     from agent.dataplane import DataPlane
     from agent.probe import probe_hardware
     from agent.server import InferenceServer
@@ -192,7 +196,8 @@ def cmd_serve(args) -> int:
             telemetry.stop()
         return 1
     stats = RequestStats()
-    server = InferenceServer(DataPlane(slots, stats), host=args.host, port=args.port).start()
+    batcher = DynamicBatcher(args.max_batch, args.batch_delay_ms / 1000) if args.batch_delay_ms > 0 else None
+    server = InferenceServer(DataPlane(slots, stats, batcher), host=args.host, port=args.port).start()
     if telemetry:
         telemetry.start_metrics(metrics_collector(slots, stats), args.metrics_interval)
     active = slots.active

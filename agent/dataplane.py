@@ -14,6 +14,7 @@ import numpy as np
 
 import agent
 from agent.backends.base import TensorInfo
+from agent.batching import DynamicBatcher
 from agent.errors import InvalidInput
 from agent.slots import ModelSlots
 from agent.stats import RequestStats
@@ -95,9 +96,12 @@ def _check_input(spec: TensorInfo, tensor: Tensor, batch_limit: int | None) -> N
 
 
 class DataPlane:
-    def __init__(self, slots: ModelSlots, stats: RequestStats | None = None) -> None:
+    def __init__(
+        self, slots: ModelSlots, stats: RequestStats | None = None, batcher: DynamicBatcher | None = None
+    ) -> None:
         self.slots = slots
         self.stats = stats or RequestStats()
+        self.batcher = batcher  # dynamic batching across requests; None = each request runs alone
 
     def live(self) -> bool:
         return True
@@ -166,7 +170,8 @@ class DataPlane:
                 if bad:
                     raise InvalidInput(f"requested outputs {bad} do not exist (the model has {out_names})")
                 out_names = list(request.outputs)
-            results = engine.run({name: t.data for name, t in given.items()})
+            feeds = {name: t.data for name, t in given.items()}
+            results = self.batcher.run(engine, feeds) if self.batcher else engine.run(feeds)
             outputs = [
                 Tensor(
                     n, DATATYPE_OF.get(results[n].dtype, str(results[n].dtype)), results[n].shape, results[n]
