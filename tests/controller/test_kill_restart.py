@@ -1,5 +1,5 @@
 """The controller as a real process, SIGKILLed mid-rollout and started again on the same data dir
-(SQLite file, signing key, tokens) and ports: agents reconnect by themselves and the rollout
+(SQLite file or PostgreSQL database, signing key, tokens) and ports: agents reconnect by themselves and the rollout
 finishes, each device deploying once."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from ctl_helpers import ScriptedExecutor, manifest_json, start_agent, wait_until
 from controller.broker import free_port
 
 
-def _serve(data: Path, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:
+def _serve(data: Path, db_url: str, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, EDGELOOP_API_TOKEN="kill-api", EDGELOOP_ENROLLMENT_TOKEN="kill-enrol",
                EDGELOOP_HEARTBEAT_INTERVAL_S="1", EDGELOOP_ROLLOUT_TICK_S="0.1")  # fmt: skip
     cmd = [sys.executable, "-m", "edgeloop.cli", "controller", "serve", "--data-dir", str(data), "--host", "127.0.0.1",
-           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--no-broker"]  # fmt: skip
+           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--no-broker", "--db", db_url]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     wait_until(lambda: _healthy(http_port) or proc.poll() is not None, 60, "controller healthy")
     assert proc.poll() is None, log.read_text()[-3000:]
@@ -35,10 +35,10 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def test_sigkill_mid_rollout_then_restart(tmp_path: Path) -> None:
+def test_sigkill_mid_rollout_then_restart(tmp_path: Path, db_url: str) -> None:
     data, log = tmp_path / "data", tmp_path / "controller.log"
     grpc_port, http_port = free_port(), free_port()
-    proc = _serve(data, grpc_port, http_port, log)
+    proc = _serve(data, db_url, grpc_port, http_port, log)
     api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}/api/v1", headers={"Authorization": "Bearer kill-api"},
                        timeout=30)  # fmt: skip
     scores = {"tiny:1": (80.0, 100.0), "tiny:2": (80.0, 110.0)}
@@ -73,7 +73,7 @@ def test_sigkill_mid_rollout_then_restart(tmp_path: Path) -> None:
         mid = [a.executor.active for a in agents]
         assert mid.count("tiny:2") < 3, "killed before the rollout finished"
         time.sleep(0.5)
-        proc = _serve(data, grpc_port, http_port, log)
+        proc = _serve(data, db_url, grpc_port, http_port, log)
         wait_until(
             lambda: api.get(f"/rollouts/{r['id']}").json()["state"] != "running", 90, "rollout finished"
         )
