@@ -223,3 +223,23 @@ def test_matched_difference_is_order_independent() -> None:
     perm = rng.permutation(6)
     assert matched_difference(logits, boxes, logits[:, perm], boxes[:, perm]) == pytest.approx(0.0, abs=1e-12)
     assert matched_difference(logits, boxes, logits + 0.5, boxes) > 0.05
+
+
+def test_benchmark_checkpoint_parts_roundtrip(trained, tmp_path: Path) -> None:
+    """The benchmark ships checkpoints as zlib'd fp16 parts (transfer limit); joined, they load."""
+    import importlib.util
+
+    from trainer.tasks.detection.model import load_detector
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "detection_compression.py"
+    spec = importlib.util.spec_from_file_location("detection_compression", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    parts = mod.split_checkpoint(Path(trained.model_path), tmp_path, "m")
+    assert parts and all(p.stat().st_size <= mod.PART_BYTES for p in parts)
+    joined = load_detector(mod.join_checkpoint(tmp_path, "m", tmp_path / "joined.pth"))
+    original = load_detector(trained.model_path)
+    for (k, a), b in zip(
+        original.model.state_dict().items(), joined.model.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-3), k
