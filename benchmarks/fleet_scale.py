@@ -177,15 +177,30 @@ def _agents_proc(ids: list[int], target: str, token: str, conn) -> None:  # noqa
 
 # ---------------------------------------------------------------- the run
 def _probe(
-    base: str, headers: dict, stop: threading.Event, latencies: list[float], rollout_id: list[str]
+    base: str,
+    headers: dict,
+    stop: threading.Event,
+    latencies: list[float],
+    rollout_id: list[str],
+    by_path: dict[str, list[float]],
 ) -> None:
     with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
         while not stop.is_set():
-            for path in ("/devices/?limit=50", f"/rollouts/{rollout_id[0]}" if rollout_id else "/rollouts/"):
+            for name, path in (
+                ("devices page", "/devices/?limit=50"),
+                ("rollout detail", f"/rollouts/{rollout_id[0]}"),
+            ):
                 t0 = time.perf_counter()
                 http.get(path).raise_for_status()
-                latencies.append((time.perf_counter() - t0) * 1000)
+                ms = (time.perf_counter() - t0) * 1000
+                latencies.append(ms)
+                by_path.setdefault(name, []).append(ms)
             stop.wait(0.1)
+
+
+def _p99(values: list[float]) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(0.99 * len(v)))] if v else float("nan")
 
 
 def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path) -> dict:
@@ -222,6 +237,7 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path) ->
         enrol_s = time.perf_counter() - t_enrol
         time.sleep(1.0)  # a heartbeat round with everyone connected
         latencies: list[float] = []
+        by_path: dict[str, list[float]] = {}
         stop = threading.Event()
         rid: list[str] = []
         cpu0 = cproc.cpu_times()
@@ -245,7 +261,7 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path) ->
             r.raise_for_status()
             rid.append(r.json()["id"])
             prober = threading.Thread(
-                target=_probe, args=(str(http.base_url), dict(http.headers), stop, latencies, rid)
+                target=_probe, args=(str(http.base_url), dict(http.headers), stop, latencies, rid, by_path)
             )
             prober.start()
             while True:
@@ -278,7 +294,8 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path) ->
             "controller_cpu_s": cpu_s,
             "controller_cpu_pct": 100 * cpu_s / rollout_s,
             "api_p50_ms": statistics.median(lat) if lat else float("nan"),
-            "api_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
+            "api_p99_ms": _p99(lat),
+            "api_by_path": {k: (statistics.median(v), _p99(v)) for k, v in by_path.items()},
             "api_requests": len(lat),
             "download_p50_s": statistics.median(downloads) if downloads else float("nan"),
         }
@@ -302,7 +319,9 @@ def main() -> int:
                 f"N={row['agents']:5d}  rollout {row['state']} {row['counts']}  enrol+connect {row['enrol_s']:.1f} s  "
                 f"time to 100% {row['rollout_s']:.1f} s  data {row['bytes'] / 1e9:.1f} GB  "
                 f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core)  "
-                f"API p50 {row['api_p50_ms']:.1f} ms p99 {row['api_p99_ms']:.1f} ms ({row['api_requests']} requests)",
+                f"API p50 {row['api_p50_ms']:.1f} ms p99 {row['api_p99_ms']:.1f} ms ({row['api_requests']} requests: "
+                + ", ".join(f"{k} p50 {a:.0f} / p99 {b:.0f} ms" for k, (a, b) in row["api_by_path"].items())
+                + ")",
                 flush=True,
             )
     print(
