@@ -180,6 +180,8 @@ def test_rollout_validation_and_no_half_written_rollout(api, tmp_path: Path) -> 
         done = ctl.wait_for_rollout(ok.json()["id"], timeout_s=30)
         assert done.state.value == "succeeded"
         assert client.post(f"/rollouts/{done.id}/pause").status_code == 409
+        light = client.get(f"/rollouts/{done.id}", params={"deployments": "false"}).json()
+        assert light["deployments"] == [] and light["counts"] == {"succeeded": 1}
         # results and the matrix
         cmd = client.post(
             f"/devices/{agent.device_id}/benchmark",
