@@ -33,10 +33,10 @@ def list_rollouts(
 
 
 @router.get("/{rollout_id}", response_model=RolloutPublic)
-def get_rollout(session: SessionDep, rollout_id: str) -> RolloutPublic:
-    return crud.rollout_public(
-        session=session, rollout=crud.get_rollout(session=session, rollout_id=rollout_id)
-    )
+def get_rollout(session: SessionDep, rollout_id: str, deployments: bool = True) -> RolloutPublic:
+    """One rollout; ``deployments=false`` returns only its counts (cheap for large fleets)."""
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    return crud.rollout_public(session=session, rollout=rollout, with_deployments=deployments)
 
 
 def _done(session: SessionDep, ctl: ControllerDep, rollout) -> RolloutPublic:  # noqa: ANN001
