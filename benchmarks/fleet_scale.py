@@ -265,7 +265,7 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path) ->
             )
             prober.start()
             while True:
-                state = http.get(f"/rollouts/{rid[0]}").json()
+                state = http.get(f"/rollouts/{rid[0]}", params={"deployments": "false"}).json()
                 if state["state"] != "running":
                     break
                 if time.perf_counter() - t0 > 900:
