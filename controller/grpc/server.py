@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from sqlmodel import Session
@@ -67,6 +68,21 @@ class _ArtifactFile:
     path: str
     size: int
     sha256: str
+
+
+def agent_mqtt_url(url: str) -> str:
+    """The broker URL agents are told at Register, without the controller's own user:password
+    (each agent authenticates to the broker with its own account)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _varint(n: int) -> bytes:
@@ -195,7 +211,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             device_id=device.id,
             device_token=token,
             artifact_signing_public_key=self.ctl.signer.public_key_bytes,
-            mqtt_url=self.ctl.settings.mqtt_url or self.ctl.public_mqtt_url or "",
+            mqtt_url=agent_mqtt_url(self.ctl.settings.mqtt_url or self.ctl.public_mqtt_url or ""),
             telemetry_prefix=self.ctl.settings.telemetry_prefix,
             heartbeat_interval_s=self.ctl.settings.heartbeat_interval_s,
         )

@@ -42,6 +42,14 @@ def test_enrol_saves_credentials_and_shows_up(controller, tmp_path: Path) -> Non
         client.close()
 
 
+def test_agents_never_get_the_controllers_broker_password() -> None:
+    from controller.grpc.server import agent_mqtt_url
+
+    assert agent_mqtt_url("mqtt://controller:s3cret@broker:1883") == "mqtt://broker:1883"
+    assert agent_mqtt_url("mqtts://u@[::1]:8883/x") == "mqtts://[::1]:8883/x"
+    assert agent_mqtt_url("mqtt://broker:1883") == "mqtt://broker:1883" and agent_mqtt_url("") == ""
+
+
 def test_wrong_enrollment_token_is_refused(controller, tmp_path: Path) -> None:
     client = _client(controller, tmp_path / "agent", token="not-the-token")
     with pytest.raises(DeviceRefused, match="invalid enrollment token"):
