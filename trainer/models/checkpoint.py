@@ -114,10 +114,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             ) from None
         structured = False
     resume = {
-        k: payload[k] for k in ("epoch", "optimizer", "scheduler", "scaler", "best_metric") if k in payload
+        k: payload[k]
+        for k in ("epoch", "optimizer", "scheduler", "scaler", "best_metric", "history")
+        if k in payload
     }
     return Checkpoint(
-        model=model,
+        model=model.eval(),
         backbone=payload["backbone"],
         labels=list(payload["labels"]),
         image_size=int(payload["image_size"]),

@@ -119,7 +119,7 @@ def export(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
             opset=e.opset,
             backbone=ck.backbone,
             metrics={
-                "accuracy": metrics["val_accuracy"],
+                "accuracy": metrics["accuracy"],
                 **{k: v for k, v in ck.metrics.items() if isinstance(v, float)},
             },
             lineage=_lineage(ck, path, "export"),
