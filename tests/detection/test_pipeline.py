@@ -243,3 +243,22 @@ def test_benchmark_checkpoint_parts_roundtrip(trained, tmp_path: Path) -> None:
         original.model.state_dict().items(), joined.model.state_dict().values(), strict=True
     ):
         assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-3), k
+
+
+def test_slot_health_check_uses_a_map_floor(run, trained, data: Path, tmp_path: Path) -> None:
+    """The agent's slot health check runs a detection candidate on a COCO split and holds it to
+    an mAP floor (the evaluator's first metric is ``map``)."""
+    from agent.engine_cache import EngineCache
+    from agent.engines import build_engine
+    from agent.model_spec import resolve_model
+    from agent.probe import probe_hardware
+    from agent.slots import HealthCheckFailed, health_check
+
+    exp = run("export", f"export.checkpoint={trained.model_path}", f"results_dir={tmp_path / 'runs'}")
+    built = build_engine(
+        resolve_model(exp.onnx_path), profile=probe_hardware(), cache=EngineCache(tmp_path / "cache")
+    )
+    ok = health_check(built, data / "test", accuracy_floor=0.0)
+    assert ok["answered"]
+    with pytest.raises(HealthCheckFailed, match=r"map=0\.\d+ is below the floor 0\.9"):
+        health_check(built, data / "test", accuracy_floor=0.9)

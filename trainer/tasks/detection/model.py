@@ -87,6 +87,7 @@ class BackboneFeatures(nn.Module):
             import timm
 
             body = timm.create_model(name, pretrained=False, num_classes=0)
+            body.head = nn.Identity()  # unused by forward_intermediates: no dead parameters
         self.body = body
 
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
