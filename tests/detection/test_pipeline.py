@@ -262,3 +262,12 @@ def test_slot_health_check_uses_a_map_floor(run, trained, data: Path, tmp_path: 
     assert ok["answered"]
     with pytest.raises(HealthCheckFailed, match=r"map=0\.\d+ is below the floor 0\.9"):
         health_check(built, data / "test", accuracy_floor=0.9)
+
+
+def test_rtdetr_v2_trains_and_exports(run, tmp_path: Path) -> None:
+    v2 = [f"results_dir={tmp_path}", "model.architecture=rtdetr_v2", "model.decoder_layers=2"]
+    t = run("train", *v2)
+    exp = run("export", *v2, f"export.checkpoint={t.model_path}")
+    assert exp.metrics["parity_max_diff_b3"] < 2e-3
+    with pytest.raises(SpecError, match="decoder_layers >= 2"):
+        run("train", f"results_dir={tmp_path}", "model.architecture=rtdetr_v2")

@@ -113,6 +113,7 @@ class DetectorConfig:
     """Everything needed to rebuild a detector (saved in the checkpoint as ``detector``)."""
 
     backbone: str = "resnet18"
+    architecture: str = "rtdetr"  # rtdetr (v1) | rtdetr_v2
     num_labels: int = 6
     num_queries: int = 100
     d_model: int = 128
@@ -150,7 +151,16 @@ def _reinit(module: nn.Module) -> None:
 def build_detector(cfg: DetectorConfig) -> nn.Module:
     """A fresh RT-DETR with ``cfg.backbone``; never touches the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+    from transformers import RTDetrResNetConfig
+
+    if cfg.architecture == "rtdetr":
+        from transformers import RTDetrConfig as Config
+        from transformers import RTDetrForObjectDetection as Detector
+    elif cfg.architecture == "rtdetr_v2":
+        from transformers import RTDetrV2Config as Config
+        from transformers import RTDetrV2ForObjectDetection as Detector
+    else:
+        raise ValueError(f"unknown detector architecture {cfg.architecture!r}; choose rtdetr or rtdetr_v2")
 
     chans = list(backbone_def(cfg.backbone).channels)
     # a throwaway one-block backbone with the right channel counts; replaced below
@@ -162,10 +172,12 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
         out_features=["stage2", "stage3", "stage4"],
     )
     id2label = cfg.id2label or {i: f"class_{i}" for i in range(cfg.num_labels)}
-    config = RTDetrConfig(
+    no_hub = (
+        {"use_pretrained_backbone": False, "use_timm_backbone": False} if cfg.architecture == "rtdetr" else {}
+    )
+    config = Config(
         backbone_config=stub,
-        use_pretrained_backbone=False,
-        use_timm_backbone=False,
+        **no_hub,
         freeze_backbone_batch_norms=False,
         num_labels=cfg.num_labels,
         id2label=id2label,
@@ -183,7 +195,7 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
         num_denoising=cfg.num_denoising,
         anchor_image_size=None,
     )
-    model = RTDetrForObjectDetection(config)
+    model = Detector(config)
     _reinit(model.model.encoder)
     _reinit(model.model.encoder_input_proj)
     _reinit(model.model.decoder_input_proj)

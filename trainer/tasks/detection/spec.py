@@ -7,7 +7,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainer.spec import ExportSpec, Optimizer, QuantizeSpec, Section, SpecError, TrainSpec
 
@@ -15,7 +15,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class Architecture(str, Enum):
+    rtdetr = "rtdetr"
+    rtdetr_v2 = "rtdetr_v2"
+
+
 class ModelSpec(Section):
+    architecture: Architecture = Field(Architecture.rtdetr, description="transformers RT-DETR v1 or v2")
     backbone: str = Field("resnet18", description="see trainer.tasks.detection.model.list_backbones()")
     pretrained_path: str | None = Field(None, description="a detection model.pth to start from (all weights)")
     pretrained_backbone_path: str | None = Field(
@@ -37,6 +43,14 @@ class ModelSpec(Section):
         if v not in list_backbones():
             raise ValueError(f"unknown detection backbone {v!r}; allowed: {', '.join(list_backbones())}")
         return v
+
+    @model_validator(mode="after")
+    def _v2_layers(self) -> ModelSpec:
+        if self.architecture is Architecture.rtdetr_v2 and self.decoder_layers < 2:
+            raise ValueError(
+                "architecture rtdetr_v2 needs decoder_layers >= 2 (transformers ties layer 0's heads to the others)"
+            )
+        return self
 
 
 class CorruptPolicy(str, Enum):

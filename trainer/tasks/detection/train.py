@@ -66,6 +66,7 @@ def detector_config(spec: DetectionSpec, labels: list[str], backbone: str | None
     m = spec.model
     return DetectorConfig(
         backbone=backbone or m.backbone,
+        architecture=m.architecture.value,
         num_labels=len(labels),
         num_queries=m.num_queries,
         d_model=m.d_model,
