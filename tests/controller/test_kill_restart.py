@@ -81,8 +81,12 @@ def test_sigkill_mid_rollout_then_restart(tmp_path: Path, db_url: str) -> None:
         assert done["state"] == "succeeded", done
         assert all(a.executor.active == "tiny:2" for a in agents)
         assert all(a.executor.calls.count(("deploy", "tiny:2")) == 1 for a in agents)
+        # an agent that was idle when the controller died may still be in its reconnect backoff
+        wait_until(
+            lambda: api.get("/devices/", params={"online": "true"}).json()["count"] == 3, 60, "all back"
+        )
         devices = api.get("/devices/", params={"online": "true"}).json()
-        assert devices["count"] == 3 and {d["active_version"] for d in devices["data"]} == {"tiny:2"}
+        assert {d["active_version"] for d in devices["data"]} == {"tiny:2"}
     finally:
         for a in agents:
             a.stop()
