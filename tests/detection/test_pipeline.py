@@ -271,3 +271,11 @@ def test_rtdetr_v2_trains_and_exports(run, tmp_path: Path) -> None:
     assert exp.metrics["parity_max_diff_b3"] < 2e-3
     with pytest.raises(SpecError, match="decoder_layers >= 2"):
         run("train", f"results_dir={tmp_path}", "model.architecture=rtdetr_v2")
+
+
+def test_two_process_gloo_training(run, tmp_path: Path) -> None:
+    """train.num_gpus=2: DistributedDataParallel through torchrun (2 CPU processes on gloo)."""
+    res = run("train", f"results_dir={tmp_path}", "train.num_gpus=2")
+    assert res.metrics["world_size"] == 2 and Path(res.model_path).is_file()
+    status = _status(res.output_dir)
+    assert sum(s["status"] == "started" for s in status) == 1 and status[-1]["status"] == "succeeded"

@@ -14,7 +14,7 @@ from trainer.tasks.registry import register_task
 TASK = register_task("detection", schema=DetectionSpec, check=check_paths, synthesize=synthesize)
 
 
-@TASK.action("train")
+@TASK.action("train", distributed=True)
 def train(spec, ctx):
     """Train an RT-DETR detector (best val mAP kept)."""
     from trainer.tasks.detection.train import train_action

@@ -45,9 +45,14 @@ def open_split(spec: DetectionSpec, split: str) -> CocoSplit:
     )
 
 
-def loader(spec: DetectionSpec, split: CocoSplit, *, train: bool, batch_size: int, sampler=None):
+def loader(spec: DetectionSpec, split: CocoSplit, *, train: bool, batch_size: int, distributed: bool = False):
     tf = train_transforms(spec.dataset.image_size, spec.dataset.augmentation) if train else None
     ds = CocoDetection(split, spec.dataset.image_size, spec.dataset.mean, spec.dataset.std, tf, train=train)
+    sampler = None
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            ds, shuffle=True, seed=spec.seed, drop_last=True
+        )
     workers = spec.train.num_workers
     return torch.utils.data.DataLoader(
         ds,
@@ -195,9 +200,10 @@ def _fit(
     if val_split.labels != labels:
         raise ValueError(f"train and val categories differ: {labels} vs {val_split.labels}")
     device = select_device(spec.train.device, ctx.local_rank)
-    if ctx.world_size > 1:
-        raise ValueError("detection trains on one process (train.num_gpus=1); DDP is not wired for it yet")
-    dl = loader(spec, train_split, train=True, batch_size=spec.train.batch_size)
+    distributed = ctx.world_size > 1
+    if distributed and spec.train.time_limit_s:
+        raise ValueError("train.time_limit_s works on one process only (ranks would stop at different steps)")
+    dl = loader(spec, train_split, train=True, batch_size=spec.train.batch_size, distributed=distributed)
     best_path = ctx.out_dir / "model.pth"
     last_path = ctx.out_dir / "last.pth"
     common = {
@@ -232,6 +238,7 @@ def _fit(
             cfg=spec.train,
             device=device,
             train_loader=dl,
+            train_sampler=dl.sampler if distributed else None,
             loss_fn=loss_fn,
             validate=_validator(spec, val_split, device),
             ctx=ctx,
@@ -256,6 +263,7 @@ def _fit(
         "train_images": len(train_split.images),
     }
     metrics["stopped_by_time_limit"] = stopped
+    metrics["world_size"] = ctx.world_size
     return ActionOutput(metrics=metrics, model_path=best_path)
 
 
@@ -272,6 +280,8 @@ def distill_action(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
     """Single-stage distillation: teacher -> student (features + matched-query logits/boxes)."""
     from trainer.tasks.detection.distill import DetectionDistiller
 
+    if ctx.world_size > 1:
+        raise ValueError("distill runs on one process (train.num_gpus=1): its projections are outside DDP")
     seed_all(spec.seed)
     labels = open_split(spec, "train").labels
     teacher = load_detector(spec.distill.teacher.checkpoint)  # type: ignore[arg-type]
