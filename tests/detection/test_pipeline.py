@@ -279,3 +279,21 @@ def test_two_process_gloo_training(run, tmp_path: Path) -> None:
     assert res.metrics["world_size"] == 2 and Path(res.model_path).is_file()
     status = _status(res.output_dir)
     assert sum(s["status"] == "started" for s in status) == 1 and status[-1]["status"] == "succeeded"
+
+
+def test_agent_bench_cli_reports_map(run, trained, data: Path, tmp_path: Path) -> None:
+    """``edgeloop agent bench --eval DIR`` on a COCO split: the device engine's mAP in the report,
+    here for the on-device INT8 build calibrated on the COCO train split."""
+    import subprocess
+    import sys
+
+    exp = run("export", f"export.checkpoint={trained.model_path}", f"results_dir={tmp_path / 'runs'}")
+    out = tmp_path / "report.json"
+    env = dict(os.environ, EDGELOOP_AGENT_DIR=str(tmp_path / "agent"), EDGELOOP_AGENT_THREADS="1")
+    cmd = [sys.executable, "-m", "edgeloop.cli", "agent", "bench", str(exp.onnx_path), "--precision", "int8",
+           "--calib", str(data / "train"), "--eval", str(data / "test"), "--scenario", "offline",
+           "--duration-ms", "200", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=SPEC.parents[2], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert {"map", "map50", "map75"} <= set(report["accuracy"]) and 0 <= report["accuracy"]["map"] <= 1
