@@ -374,11 +374,6 @@ def test_exact_commands_deploy_broker_agent_telemetry_online(
         stack.stop()
 
 
-@pytest.mark.xfail(
-    reason="the controller sends its own EDGELOOP_MQTT_URL, with the controller's broker password, to every "
-    "agent in RegisterResponse.mqtt_url (controller/grpc/server.py), and agents store it in credentials.json",
-    strict=False,
-)
 def test_exact_commands_agents_never_receive_the_controllers_broker_password(
     tmp_path: Path, deploy_broker: DeployBroker
 ) -> None:
