@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import agent
 
@@ -31,12 +31,20 @@ EVENTS = ("built", "calibrated", "switched", "rolled_back", "deploy_failed", "be
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host:port`` (``mqtts://`` for TLS) -> (host, port, tls)."""
+    """``mqtt://[user:password@]host:port`` (``mqtts://`` for TLS) -> (host, port, tls)."""
     parsed = urlparse(url if "://" in url else f"mqtt://{url}")
     if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise ValueError(f"unsupported MQTT URL scheme {parsed.scheme!r} in {url!r}")
     tls = parsed.scheme in ("mqtts", "ssl")
     return parsed.hostname or "localhost", parsed.port or (8883 if tls else 1883), tls
+
+
+def mqtt_credentials(url: str) -> tuple[str, str] | None:
+    """The ``user:password`` of an MQTT URL (percent-decoded), or None when it has none."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if not parsed.username:
+        return None
+    return unquote(parsed.username), unquote(parsed.password or "")
 
 
 def topic(prefix: str, device_id: str, kind: str) -> str:
@@ -169,6 +177,9 @@ class Telemetry:
         )
         if tls:
             self.client.tls_set()
+        credentials = mqtt_credentials(url)
+        if credentials is not None:  # a broker with password auth (deploy/'s Mosquitto)
+            self.client.username_pw_set(*credentials)
         self.client.max_queued_messages_set(queue_limit)
         self.client.reconnect_delay_set(
             min_delay=max(1, int(reconnect_min_s)), max_delay=int(reconnect_max_s)

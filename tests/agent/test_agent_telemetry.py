@@ -168,3 +168,11 @@ def test_clean_stop_publishes_offline(mqtt_broker) -> None:
         assert retained and state["state"] == "offline"
     finally:
         sub.close()
+
+
+def test_mqtt_url_credentials_are_kept_and_decoded() -> None:
+    from agent.telemetry import mqtt_credentials
+
+    assert mqtt_credentials("mqtt://agent:s%40cret@broker:1883") == ("agent", "s@cret")
+    assert mqtt_credentials("mqtts://broker:8883") is None
+    assert parse_mqtt_url("mqtt://agent:pw@broker:1884") == ("broker", 1884, False)

@@ -352,11 +352,6 @@ def test_exact_commands_deploy_broker_controller_authenticates(
         stack.stop()
 
 
-@pytest.mark.xfail(
-    reason="agent telemetry does not reach the controller through deploy/'s authenticated broker: "
-    "agent/telemetry.py drops the user:password of EDGELOOP_MQTT_URL (the broker says 'not authorised')",
-    strict=False,
-)
 def test_exact_commands_deploy_broker_agent_telemetry_online(
     tmp_path: Path, deploy_broker: DeployBroker
 ) -> None:
