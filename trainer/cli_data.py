@@ -16,6 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--image-size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1, help="processes (the files do not depend on it)")
+    s.add_argument(
+        "--difficulty",
+        default="standard",
+        choices=["standard", "easy"],
+        help="classification: easy = larger defects, kinder camera (what the demo trains on)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = synthesize_dataset(
-            args.task, args.out, args.num_images, args.image_size, args.seed, args.workers
+            args.task, args.out, args.num_images, args.image_size, args.seed, args.workers, args.difficulty
         )
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

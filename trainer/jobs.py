@@ -116,9 +116,18 @@ def _launch_torchrun(task: str, action: str, obj: Any, n: int) -> ActionResult:
 
 
 def synthesize_dataset(
-    task: str, out: str | Path, num_images: int, image_size: int, seed: int = 0, workers: int = 1
+    task: str,
+    out: str | Path,
+    num_images: int,
+    image_size: int,
+    seed: int = 0,
+    workers: int = 1,
+    difficulty: str = "standard",
 ) -> dict:
-    """Write a synthetic data set for ``task`` under ``out``; returns a summary dict."""
+    """Write a synthetic data set for ``task`` under ``out``; returns a summary dict.
+
+    ``difficulty`` (classification only): ``standard`` or ``easy`` (see trainer/datasets/synth_pcb.py).
+    """
     if task == "detection":
         try:
             from trainer.tasks.detection.synth import synthesize
@@ -130,6 +139,8 @@ def synthesize_dataset(
     t = get_task(task)
     if t.synthesize is None:
         raise RuntimeError(f"task {task!r} has no synthetic data generator")
+    if difficulty != "standard":
+        return t.synthesize(out, num_images, image_size, seed, workers=workers, difficulty=difficulty)
     if workers > 1:
         return t.synthesize(out, num_images, image_size, seed, workers=workers)
     return t.synthesize(out, num_images, image_size, seed)

@@ -49,3 +49,18 @@ def test_refuses_too_few_images(tmp_path, capsys):
     rc = main(["data", "synth", "--task", "classification", "--out", str(tmp_path), "--num-images", "5"])
     assert rc == 2
     assert "at least" in capsys.readouterr().err
+
+
+def test_easy_difficulty_is_deterministic_differs_and_is_checked(tmp_path):
+    import pytest
+
+    from trainer.datasets.synth_pcb import synthesize
+
+    a = synthesize(tmp_path / "a", 18, 24, seed=3, difficulty="easy")
+    synthesize(tmp_path / "b", 18, 24, seed=3, difficulty="easy")
+    synthesize(tmp_path / "s", 18, 24, seed=3)
+    assert a["difficulty"] == "easy"
+    easy, again, standard = (_digest(tmp_path / x) for x in "abs")
+    assert easy == again and easy.keys() == standard.keys() and easy != standard
+    with pytest.raises(ValueError, match="allowed standard, easy"):
+        synthesize(tmp_path / "x", 18, 24, difficulty="hard")
