@@ -6,6 +6,7 @@ Goals come from the REST API or a YAML file such as::
     classes:
       cpu-1t: {min_fps: 400}
       cpu-2t: {max_p90_latency_ms: 4.0, max_memory_mb: 512}
+      cpu-1t-slow: {min_speedup: 4.0}   # offline FPS >= 4x the baseline's, on the same class
 
 An unknown key is refused with the allowed keys named; nothing here reads an estimate.
 """
@@ -28,6 +29,9 @@ class ClassGoal(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_fps: float | None = Field(default=None, gt=0)
+    min_speedup: float | None = Field(
+        default=None, gt=0, description="offline FPS at least this many times the baseline's, same class"
+    )
     max_p90_latency_ms: float | None = Field(default=None, gt=0)
     max_accuracy_drop: float = Field(
         default=1.0, ge=0, description="points below the baseline, same device class"
@@ -36,8 +40,8 @@ class ClassGoal(BaseModel):
 
     @model_validator(mode="after")
     def _needs_a_speed_goal(self) -> ClassGoal:
-        if self.min_fps is None and self.max_p90_latency_ms is None:
-            raise ValueError("a class goal needs min_fps or max_p90_latency_ms")
+        if self.min_fps is None and self.max_p90_latency_ms is None and self.min_speedup is None:
+            raise ValueError("a class goal needs min_fps, min_speedup or max_p90_latency_ms")
         return self
 
 

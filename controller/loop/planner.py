@@ -44,16 +44,24 @@ def plan_next_round(
     tried: set[CandidateRequest],
     ladders: Ladders,
     students_made: dict[str, str] | None = None,
+    explore: bool = False,
 ) -> list[CandidateRequest]:
     """Candidates for the next round; empty when every class meets its goal or ladders are spent.
 
     ``students_made`` maps student backbone -> model version of students already trained.
+    ``explore`` keeps walking the speed ladders although every class meets its goal (the loop's
+    ``min_rounds``): more measured points on the Pareto front, never a worse choice, since the
+    choice is re-made from all measurements.
     """
     missing = [c for c in choices.values() if not c.meets_goal]
-    if not missing:
+    if not missing and not explore:
         return []
     # How much faster the worst class must get decides how far down the ladders to step.
-    needs_speed = any("fps" in c.reason or "p90" in c.reason or c.chosen is None for c in missing)
+    needs_speed = (
+        explore
+        and not missing
+        or any("fps" in c.reason or "p90" in c.reason or c.chosen is None for c in missing)
+    )
     needs_accuracy = any("accuracy" in c.reason for c in missing)
     proposals: list[CandidateRequest] = []
     if needs_speed or not needs_accuracy:

@@ -71,10 +71,12 @@ def pareto_front(points: list[Measurement]) -> list[Measurement]:
     return sorted(front, key=lambda m: m.fps)
 
 
-def judge(m: Measurement, goal: ClassGoal, baseline_accuracy: float) -> Verdict:
+def judge(m: Measurement, goal: ClassGoal, baseline_accuracy: float, baseline_fps: float = 0.0) -> Verdict:
     misses: list[str] = []
     if goal.min_fps is not None and m.fps < goal.min_fps:
         misses.append(f"fps {m.fps:.1f} < {goal.min_fps:.1f}")
+    if goal.min_speedup is not None and baseline_fps > 0 and m.fps < goal.min_speedup * baseline_fps:
+        misses.append(f"fps speedup {m.fps / baseline_fps:.2f}x < {goal.min_speedup:.2f}x")
     if goal.max_p90_latency_ms is not None and m.p90_latency_ms > goal.max_p90_latency_ms:
         misses.append(f"p90 {m.p90_latency_ms:.2f} ms > {goal.max_p90_latency_ms:.2f} ms")
     drop = baseline_accuracy - m.accuracy
@@ -85,11 +87,14 @@ def judge(m: Measurement, goal: ClassGoal, baseline_accuracy: float) -> Verdict:
     return Verdict(m, not misses, misses)
 
 
-def _shortfall(m: Measurement, goal: ClassGoal, baseline_accuracy: float) -> float:
+def _shortfall(m: Measurement, goal: ClassGoal, baseline_accuracy: float, baseline_fps: float = 0.0) -> float:
     """How far from the goal, as a sum of relative misses (0 when met)."""
     s = 0.0
     if goal.min_fps is not None:
         s += max(0.0, (goal.min_fps - m.fps) / goal.min_fps)
+    if goal.min_speedup is not None and baseline_fps > 0:
+        floor = goal.min_speedup * baseline_fps
+        s += max(0.0, (floor - m.fps) / floor)
     if goal.max_p90_latency_ms is not None:
         s += max(0.0, (m.p90_latency_ms - goal.max_p90_latency_ms) / goal.max_p90_latency_ms)
     s += max(0.0, (baseline_accuracy - m.accuracy) - goal.max_accuracy_drop) / 100.0 * 10
@@ -109,16 +114,17 @@ def choose(
     # The baseline is the reference model as it ships today: its most accurate FP32 engine.
     baseline = max(base_runs, key=lambda m: (m.precision == "fp32", m.accuracy, m.fps)) if base_runs else None
     ref_acc = baseline.accuracy if baseline else max(m.accuracy for m in mine)
+    ref_fps = baseline.fps if baseline else 0.0
     front = pareto_front(mine)
-    verdicts = [judge(m, goal, ref_acc) for m in mine]
+    verdicts = [judge(m, goal, ref_acc, ref_fps) for m in mine]
     passing = [v.measurement for v in verdicts if v.meets_goal]
     if passing:
         best = max(passing, key=lambda m: (m.accuracy, m.fps))
         return Choice(
             device_class, best, True, "most accurate candidate that meets the goal", baseline, front
         )
-    closest = min(mine, key=lambda m: (_shortfall(m, goal, ref_acc), -m.accuracy))
-    why = "; ".join(judge(closest, goal, ref_acc).misses)
+    closest = min(mine, key=lambda m: (_shortfall(m, goal, ref_acc, ref_fps), -m.accuracy))
+    why = "; ".join(judge(closest, goal, ref_acc, ref_fps).misses)
     return Choice(
         device_class, closest, False, f"no candidate meets the goal; closest misses: {why}", baseline, front
     )

@@ -19,7 +19,7 @@ def test_goals_refuse_unknown_key_naming_allowed() -> None:
 
 
 def test_goals_need_a_speed_target_and_apply_defaults() -> None:
-    with pytest.raises(GoalError, match="min_fps or max_p90_latency_ms"):
+    with pytest.raises(GoalError, match="min_fps, min_speedup or max_p90_latency_ms"):
         parse_goals({"classes": {"cpu": {"max_accuracy_drop": 1}}})
     goals = parse_goals({"defaults": {"max_accuracy_drop": 0.5}, "classes": {"a": {"min_fps": 10}}})
     assert goals["a"].max_accuracy_drop == 0.5 and goals["a"].min_fps == 10
@@ -69,3 +69,26 @@ def test_planner_walks_ladders_and_stops_when_goals_met() -> None:
     assert CandidateRequest("prune", "s1", prune_ratio=0.3) in second
     met = {"cpu-1t": choose("cpu-1t", [m("base", 90, 2000)], goals["cpu-1t"], "base")}
     assert plan_next_round(met, "base", set(), ladders) == []
+
+
+def test_min_speedup_is_judged_against_the_class_baseline() -> None:
+    goals = parse_goals({"classes": {"slow": {"min_speedup": 4.0, "max_accuracy_drop": 1.0}}})
+    pts = [
+        m("base", 60.0, 100, "slow"),
+        m("p50", 59.5, 390, "slow"),  # 3.9x: too slow
+        m("p50", 59.2, 420, "slow", precision="int8"),  # 4.2x, 0.8 pt drop: meets
+        m("tiny", 50.0, 900, "slow"),  # fast but 10 pt drop
+    ]
+    c = choose("slow", pts, goals["slow"], "base")
+    assert c.meets_goal and (c.chosen.model_version, c.chosen.precision) == ("p50", "int8")
+    slower = choose("slow", pts[:2], goals["slow"], "base")
+    assert not slower.meets_goal and "fps speedup 3.90x < 4.00x" in slower.reason
+
+
+def test_planner_explores_when_asked_although_goals_are_met() -> None:
+    goals = parse_goals({"classes": {"cpu-1t": {"min_fps": 10}}})
+    met = {"cpu-1t": choose("cpu-1t", [m("base", 90, 2000)], goals["cpu-1t"], "base")}
+    ladders = Ladders(prune_ratios=[0.5], students=["resnet18"], per_round=2)
+    assert plan_next_round(met, "base", set(), ladders) == []
+    explored = plan_next_round(met, "base", set(), ladders, explore=True)
+    assert {r.kind for r in explored} == {"distill", "prune"}
