@@ -57,7 +57,8 @@ class FleetPort(Protocol):
         ...
 
     def roll_out(self, device_class: str, measurement: Measurement) -> list[TimelineEvent]:
-        """Roll the chosen (version, backend, precision) out to the class with the gates."""
+        """Roll the chosen (version, backend, precision) out to the class with the gates; event
+        times are seconds from the rollout's start."""
         ...
 
 
@@ -65,6 +66,7 @@ class FleetPort(Protocol):
 class LoopBudget:
     max_rounds: int = 3
     max_trainer_seconds: float = 3600.0
+    min_rounds: int = 0  # candidate rounds to run even when every goal is met after fewer
 
 
 @dataclass
@@ -95,17 +97,21 @@ def run_loop(
             f"goals name device classes with no device: {unknown}; classes present: {sorted(classes)}"
         )
 
+    name_of = getattr(fleet, "display_name", lambda device_id: device_id)
+
     def measure_everywhere(candidate: Candidate, round_no: int) -> None:
         for device_class in sorted(goals):
             canary = classes[device_class][0]
-            progress(f"round {round_no}: {device_class} ({canary}) measures {candidate.version}")
+            progress(
+                f"round {round_no}: {device_class} canary {name_of(canary)} measures {candidate.version}"
+            )
             for m in fleet.measure(canary, candidate.version):
                 record.measurements.append(m)
                 record.timeline.append(
                     TimelineEvent(
                         time.monotonic() - t0,
                         device_class,
-                        canary,
+                        name_of(canary),
                         "benchmarked",
                         m.model_version,
                         f"{m.backend}/{m.precision}: {m.fps:.1f} img/s, {m.accuracy:.2f}",
@@ -135,7 +141,9 @@ def run_loop(
         if state.trainer_seconds >= budget.max_trainer_seconds:
             progress(f"trainer budget spent ({state.trainer_seconds:.0f}s); stopping")
             break
-        requests = plan_next_round(choices, base.version, state.tried, ladders, state.students)
+        requests = plan_next_round(
+            choices, base.version, state.tried, ladders, state.students, explore=round_no <= budget.min_rounds
+        )
         if not requests:
             progress(
                 "every class meets its goal"
@@ -170,8 +178,9 @@ def run_loop(
         if choice.chosen is None:
             continue
         progress(f"rolling out {choice.chosen.model_version} ({choice.chosen.precision}) to {device_class}")
+        started_at = time.monotonic() - t0
         for event in fleet.roll_out(device_class, choice.chosen):
-            event.t = time.monotonic() - t0 if event.t < 0 else event.t
+            event.t += started_at  # roll_out times its events from the rollout's start
             record.timeline.append(event)
     record.classes = [summarize_choice(choices[c], goals[c].model_dump()) for c in sorted(choices)]
     return choices
