@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class LoopRecord:
     timeline: list[TimelineEvent] = field(default_factory=list)
     lineage: list[LineageNode] = field(default_factory=list)
     round_log: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # candidates a device could not build or measure
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -82,6 +84,7 @@ class LoopRecord:
             timeline=[TimelineEvent(**x) for x in d["timeline"]],
             lineage=[LineageNode(**x) for x in d["lineage"]],
             round_log=d.get("round_log", []),
+            failures=d.get("failures", []),
         )
 
 
@@ -136,6 +139,9 @@ def _plot_class(record: LoopRecord, summary: ClassSummary, out: Path) -> Path:
     goal = summary.goal
     if goal.get("min_fps"):
         ax.axvline(goal["min_fps"], color="grey", lw=1, ls=":", label="FPS goal")
+    if goal.get("min_speedup") and summary.baseline_fps:
+        floor = goal["min_speedup"] * summary.baseline_fps
+        ax.axvline(floor, color="grey", lw=1, ls=":", label=f"FPS goal ({goal['min_speedup']}x baseline)")
     if summary.baseline_accuracy:
         ax.axhline(
             summary.baseline_accuracy - goal.get("max_accuracy_drop", 1.0),
@@ -146,7 +152,7 @@ def _plot_class(record: LoopRecord, summary: ClassSummary, out: Path) -> Path:
         )
     ax.set_xscale("log")
     ax.set_xlabel("measured throughput on the device (images/s, log)")
-    ax.set_ylabel(record.metric_name)
+    ax.set_ylabel("\n".join(textwrap.wrap(record.metric_name, 36)), fontsize=8)
     ax.set_title(f"{summary.device_class}: every candidate measured")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
@@ -165,15 +171,23 @@ def _plot_timeline(record: LoopRecord, out: Path) -> Path:
 
     devices = sorted({e.device_id or e.device_class for e in record.timeline})
     fig, ax = plt.subplots(figsize=(8, 0.5 * max(3, len(devices)) + 1.2), dpi=110)
-    colors = {"switched": "green", "rolled_back": "red", "benchmarked": "steelblue", "deploy": "grey"}
+    colors = {
+        "switched": "green",
+        "succeeded": "green",
+        "rolled_back": "red",
+        "failed": "red",
+        "skipped": "orange",
+        "benchmarked": "steelblue",
+        "deploy": "grey",
+    }
     for e in record.timeline:
         y = devices.index(e.device_id or e.device_class)
         ax.scatter([e.t], [y], color=colors.get(e.event, "black"), s=25)
-        if e.event in ("switched", "rolled_back"):
+        if e.event in ("switched", "succeeded", "rolled_back", "failed"):
             ax.annotate(e.model_version, (e.t, y), textcoords="offset points", xytext=(3, 5), fontsize=7)
     ax.set_yticks(range(len(devices)), devices)
     ax.set_xlabel("seconds since the loop started")
-    ax.set_title("rollout timeline (blue: benchmark, green: switched, red: rolled back)")
+    ax.set_title("timeline (blue: benchmark, green: deployed, red: failed / rolled back)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out / "rollout_timeline.png"
@@ -245,6 +259,10 @@ def render_report(record: LoopRecord, out: Path) -> Path:
             for n in chain
         )
         parts.append(f"<p class='lineage'>{esc(s.device_class)}: {steps or 'none'}</p>")
+    if record.failures:
+        parts.append("<h2 id='failures'>What devices could not build or measure</h2><ul>")
+        parts.extend(f"<li>{esc(f)}</li>" for f in record.failures)
+        parts.append("</ul>")
     if record.round_log:
         parts.append("<h2 id='rounds'>Rounds</h2><ol>")
         for r in record.round_log:
