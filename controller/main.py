@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api import errors
 from controller.api.deps import TokenDep
-from controller.api.routes import dashboard, devices, jobs, models, results, rollouts
+from controller.api.routes import dashboard, devices, jobs, loops, models, results, rollouts
 from controller.core.config import VERSION
 from controller.db import check_db
 from controller.runtime import Controller
@@ -32,7 +32,7 @@ def create_app(ctl: Controller) -> FastAPI:
     errors.install(app)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[TokenDep])
-    for module in (devices, models, rollouts, results, jobs, dashboard):
+    for module in (devices, models, rollouts, results, jobs, loops, dashboard):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(dashboard.page_router)

@@ -63,6 +63,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self.engine = None
         self.signer = None
+        self._loops = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self, *, http: bool = False, telemetry: bool = True) -> Controller:
@@ -217,6 +218,15 @@ class Controller:
             yield session
 
     # ------------------------------------------------------------ Python API
+    @property
+    def loops(self):  # noqa: ANN201
+        """Closed loops started through the API (controller/loop/service.py), made on first use."""
+        if self._loops is None:
+            from controller.loop.service import LoopRunner
+
+            self._loops = LoopRunner(self)
+        return self._loops
+
     def import_model(
         self, onnx_path: str | Path, manifest: str | Path, *, source: str = "import"
     ) -> ModelVersionPublic:
