@@ -16,6 +16,19 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "could not install chromium; the dashboard test is skipped"
 fi
+# PostgreSQL for the controller's database tests: the one on 127.0.0.1:5432 when it answers, else
+# Debian's, installed and started here when we may; without either, those tests skip with the reason
+# (tests/conftest.py also tries a testcontainer when a Docker engine is reachable).
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && [ -z "${EDGELOOP_TEST_POSTGRES_URL:-}" ] \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      && service postgresql start >/dev/null \
+      && su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'edgeloop-test'\"" >/dev/null; then
+    export EDGELOOP_TEST_POSTGRES_URL="postgresql+psycopg://postgres:edgeloop-test@127.0.0.1:5432/postgres"
+  else
+    echo "could not install or start PostgreSQL; its tests are skipped"
+  fi
+fi
 # Linters for deploy/ and edge_images/ that are not wheels (systemd-analyze, docker compose).
 bash scripts/install_deploy_tools.sh
 echo "== ruff"
