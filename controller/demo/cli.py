@@ -20,7 +20,7 @@ from pathlib import Path
 
 from controller.demo.local_agents import EmulatedClass, LocalFleet, default_classes
 from controller.demo.presets import PRESETS, DemoPreset
-from controller.demo.report import LoopRecord, render_report
+from controller.demo.report import LoopRecord
 from controller.loop.goals import parse_goals
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,11 @@ def run_demo(
     serve: bool = False,
 ) -> DemoResult:
     from controller.core.config import get_settings
-    from controller.loop.engine import LoopBudget, run_loop
-    from controller.loop.fleet_adapter import ControllerFleet, FleetSettings
+    from controller.loop.engine import LoopBudget
+    from controller.loop.fleet_adapter import FleetSettings
+    from controller.loop.on_controller import run_on_controller
     from controller.loop.planner import Ladders
-    from controller.loop.trainer_adapter import SpecTrainer, TrainerSettings
+    from controller.loop.trainer_adapter import TrainerSettings
 
     t0 = time.monotonic()
     goals = parse_goals(goals_data or preset.goals)  # refused before any work
@@ -177,32 +178,24 @@ def run_demo(
             say(f"   {c.name}: {c.describe()}", t0)
         wait_for_devices(ctl, fleet, n_agents)
 
-        trainer = SpecTrainer(
-            TrainerSettings(
-                task=preset.task,
-                spec=Path(__file__).resolve().parents[2] / "trainer" / "specs" / preset.spec_file,
-                work_dir=out / "models",
-                name="pcb" if preset.task == "classification" else "pcbdet",
-                baseline_backbone=preset.baseline_backbone,
-                train_epochs=preset.train_epochs,
-                retrain_epochs=preset.retrain_epochs,
-                distill_epochs=preset.distill_epochs,
-                overrides=[
-                    f"dataset.root={data_dir}",
-                    f"dataset.image_size={preset.image_size}",
-                    f"train.batch_size={preset.batch_size}",
-                    *preset.trainer_overrides,
-                ],
-                student_overrides=preset.student_overrides,
-            )
+        trainer = TrainerSettings(
+            task=preset.task,
+            spec=Path(__file__).resolve().parents[2] / "trainer" / "specs" / preset.spec_file,
+            work_dir=out / "models",
+            name="pcb" if preset.task == "classification" else "pcbdet",
+            baseline_backbone=preset.baseline_backbone,
+            train_epochs=preset.train_epochs,
+            retrain_epochs=preset.retrain_epochs,
+            distill_epochs=preset.distill_epochs,
+            overrides=[
+                f"dataset.root={data_dir}",
+                f"dataset.image_size={preset.image_size}",
+                f"train.batch_size={preset.batch_size}",
+                *preset.trainer_overrides,
+            ],
+            student_overrides=preset.student_overrides,
         )
         shutil.rmtree(out / "models", ignore_errors=True)
-        port = ControllerFleet(
-            ctl,
-            FleetSettings(evaluation_artifact_id=eval_id, calibration_artifact_id=calib_id,
-                          duration_ms=preset.bench_duration_ms),
-            round_id=f"demo-{int(time.time())}",
-        )  # fmt: skip
         record = LoopRecord(
             task=preset.task,
             metric_name=preset.metric_name,
@@ -212,18 +205,20 @@ def run_demo(
             rounds=0,
         )
         say("4/5 the loop: baseline, then candidates until each class meets its goal", t0)
-        run_loop(
+        _, index = run_on_controller(
+            ctl,
             trainer,
-            port,
+            FleetSettings(evaluation_artifact_id=eval_id, calibration_artifact_id=calib_id,
+                          duration_ms=preset.bench_duration_ms),
             goals,
             Ladders(prune_ratios=preset.prune_ratios, students=preset.students, per_round=preset.per_round),
             LoopBudget(max_rounds=preset.max_rounds, min_rounds=preset.min_rounds),
             record,
+            out / "report",
+            round_id=f"demo-{int(time.time())}",
             progress=lambda msg: say("   " + msg, t0),
-        )
-        record.failures = list(port.failures)
+        )  # fmt: skip
         say("5/5 report", t0)
-        index = render_report(record, out / "report")
         print_summary(record)
         say(f"report: {index}", t0)
         if serve:

@@ -171,11 +171,12 @@ class LoopRunner:
         return status
 
     def _run(self, status: LoopPublic, body: LoopCreate, goals: dict) -> None:
-        from controller.demo.report import LoopRecord, render_report
-        from controller.loop.engine import LoopBudget, run_loop
-        from controller.loop.fleet_adapter import ControllerFleet, FleetSettings
+        from controller.demo.report import LoopRecord
+        from controller.loop.engine import LoopBudget
+        from controller.loop.fleet_adapter import FleetSettings
+        from controller.loop.on_controller import run_on_controller
         from controller.loop.planner import Ladders
-        from controller.loop.trainer_adapter import SpecTrainer, TrainerSettings
+        from controller.loop.trainer_adapter import TrainerSettings
 
         work = self.root / status.id
         t0 = time.monotonic()
@@ -186,7 +187,15 @@ class LoopRunner:
                 self._write(status)
 
         try:
-            trainer = SpecTrainer(
+            record = LoopRecord(
+                task=body.task,
+                metric_name="top-1 accuracy (%) on the evaluation shard, measured on the device",
+                emulation_note="Devices of this controller's fleet, as enrolled (hardware classes as they report them).",
+                rounds=0,
+            )
+            ladders = body.ladders
+            run_on_controller(
+                self.ctl,
                 TrainerSettings(
                     task=body.task,
                     spec=Path(body.spec),
@@ -197,27 +206,12 @@ class LoopRunner:
                     retrain_epochs=body.retrain_epochs,
                     distill_epochs=body.distill_epochs,
                     overrides=body.overrides,
-                )
-            )
-            fleet = ControllerFleet(
-                self.ctl,
+                ),
                 FleetSettings(
                     evaluation_artifact_id=body.evaluation_artifact_id,
                     calibration_artifact_id=body.calibration_artifact_id,
                     duration_ms=body.bench_duration_ms,
                 ),
-                round_id=f"loop-{status.id}",
-            )
-            record = LoopRecord(
-                task=body.task,
-                metric_name="top-1 accuracy (%) on the evaluation shard, measured on the device",
-                emulation_note="Devices of this controller's fleet, as enrolled (hardware classes as they report them).",
-                rounds=0,
-            )
-            ladders = body.ladders
-            run_loop(
-                trainer,
-                fleet,
                 goals,
                 Ladders(
                     prune_ratios=ladders.prune_ratios, students=ladders.students, per_round=ladders.per_round
@@ -228,10 +222,10 @@ class LoopRunner:
                     max_trainer_seconds=body.max_trainer_seconds,
                 ),
                 record,
+                work / "report",
+                round_id=f"loop-{status.id}",
                 progress=progress,
             )
-            record.failures = list(fleet.failures)
-            render_report(record, work / "report")
             with self._lock:
                 status.classes = [json.loads(json.dumps(c.__dict__)) for c in record.classes]
                 status.report = f"/api/v1/loops/{status.id}/report"
