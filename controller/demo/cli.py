@@ -166,7 +166,8 @@ def run_demo(
     ctl = Controller(settings).start(http=True, telemetry=True)
     fleet = None
     try:
-        say(f"   dashboard http://127.0.0.1:{ctl.http_port}/  broker {ctl.public_mqtt_url or 'none'}", t0)
+        dashboard = f"http://127.0.0.1:{ctl.http_port}/dashboard#token={settings.api_token}"
+        say(f"   dashboard {dashboard}  broker {ctl.public_mqtt_url or 'none'}", t0)
         eval_id = ctl.import_shard(eval_tar, name="pcb-test").id
         calib_id = ctl.import_shard(calib_tar, name="pcb-calib").id
 
@@ -222,7 +223,7 @@ def run_demo(
         print_summary(record)
         say(f"report: {index}", t0)
         if serve:
-            say(f"serving the dashboard at http://127.0.0.1:{ctl.http_port}/ (Ctrl-C ends)", t0)
+            say(f"serving the dashboard at {dashboard} (Ctrl-C ends)", t0)
             try:
                 while True:
                     time.sleep(3600)
