@@ -92,7 +92,7 @@ class Settings(BaseSettings):
             if path.exists():
                 setattr(self, name, path.read_text(encoding="utf-8").strip())
             else:
-                value = secrets.token_urlsafe(24)
+                value = secrets.token_hex(24)  # never starts with '-' (it is passed on command lines)
                 path.write_text(value + "\n", encoding="utf-8")
                 path.chmod(0o600)
                 setattr(self, name, value)

@@ -113,11 +113,11 @@ class LocalFleet:
             "EDGELOOP_HARDWARE_CLASS": cls.name,
             "EDGELOOP_AGENT_THREADS": str(cls.threads),
             "OMP_NUM_THREADS": str(cls.threads),
+            "EDGELOOP_ENROLLMENT_TOKEN": self.enrollment_token,  # not on the command line (ps shows it)
         }
         cmd = [
             sys.executable, "-m", "edgeloop.cli", "agent", "run",
             "--controller", self.controller_target,
-            "--enrollment-token", self.enrollment_token,
             "--agent-dir", str(agent_dir),
             "--name", name,
             "--tags", f"demo,{cls.name}",

@@ -16,13 +16,14 @@ from controller.runtime import Controller
 
 SPEC = Path(__file__).resolve().parents[2] / "trainer" / "specs" / "classification.yaml"
 TOKEN = "loop-api-token"
+ENROL = "-loop-enrol"  # a leading dash once broke the agents' command line (argparse took it for an option)
 
 
 @pytest.fixture()
 def ctl(tmp_path: Path):
     settings = get_settings(
         data_dir=tmp_path / "ctl", grpc_host="127.0.0.1", grpc_port=0, http_host="127.0.0.1", http_port=0,
-        start_broker=False, api_token=TOKEN, enrollment_token="loop-enrol", rollout_tick_s=0.1,
+        start_broker=False, api_token=TOKEN, enrollment_token=ENROL, rollout_tick_s=0.1,
         heartbeat_interval_s=1,
     )  # fmt: skip
     controller = Controller(settings).start(http=True, telemetry=False)
@@ -98,7 +99,7 @@ def test_a_loop_runs_through_the_api_and_serves_its_report(ctl: Controller, tmp_
     data, shard = _shard(tmp_path)
     eval_id = ctl.import_shard(shard, name="eval").id
     fleet = LocalFleet(
-        ctl.grpc_target, "loop-enrol", tmp_path / "agents", [EmulatedClass("cpu-1t", threads=1)]
+        ctl.grpc_target, ENROL, tmp_path / "agents", [EmulatedClass("cpu-1t", threads=1)]
     ).start()
     try:
         deadline = time.monotonic() + 60
