@@ -15,6 +15,16 @@ accuracy drop. Prints a markdown table; ``--json`` writes the numbers.
 
     python benchmarks/compression.py --quick            # minutes: a smoke run, numbers meaningless
     python benchmarks/compression.py                    # the reported run (64 px, 1800 images)
+
+Training a resnet50 that learns the task takes a GPU; the CPU numbers belong to this machine. So
+the work can be split in two, like ``detection_compression.py``:
+
+    python benchmarks/compression.py --work W --parts-out OUT ...     # GPU machine: train, write parts
+    python benchmarks/compression.py --work W --from-parts OUT ...    # here: join, export, quantize, measure
+
+``--parts-out`` writes the teacher's and the distilled student's checkpoints as fp16 parts of at
+most 15 MiB (``benchmarks/_checkpoint_parts.py``) plus ``train_summary.json``; ``--from-parts``
+joins them into ``W`` and runs every step after training (export, quantize) on this machine.
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _checkpoint_parts import join_checkpoint, split_checkpoint  # noqa: E402
 
 from trainer.datasets.folder import preprocess_numpy, scan_split  # noqa: E402
 from trainer.datasets.synth_pcb import synthesize  # noqa: E402
@@ -117,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (32 px, 120 images, 1 epoch each)")
     ap.add_argument("--skip-training", action="store_true", help="reuse the models already under --work")
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--difficulty", default="standard", choices=["standard", "easy"], help="synthetic set")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers while training")
+    ap.add_argument("--parts-out", help="after training, write the checkpoints here as transferable parts")
+    ap.add_argument("--from-parts", help="join checkpoints from here instead of training, then go on")
     args = ap.parse_args(argv)
     import logging
 
@@ -128,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     data = Path(args.data) if args.data else work / "data"
     if not args.data and not (data / "test").is_dir():
-        synthesize(data, args.num_images, args.image_size, seed=0)
+        synthesize(
+            data, args.num_images, args.image_size, seed=0, workers=args.workers, difficulty=args.difficulty
+        )
     common = {
         "seed": 0,
         "dataset": {
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer": "adamw",
             "lr": 0.002,
             "warmup_epochs": 0,
-            "num_workers": 1,
+            "num_workers": args.workers,
             "device": args.device,
         },
         "quantize": {"num_calibration_samples": 128, "calibrate_method": "minmax"},
@@ -177,24 +196,43 @@ def main(argv: list[str] | None = None) -> int:
         export={"checkpoint": str(work / "student/distill/model.pth"), "name": "pcb-student"},
     )
     timings: dict[str, float] = {}
+    step_metrics: dict[str, dict] = {}
 
     def step(name: str, task_spec: dict, action: str, overrides=()):
         t0 = time.perf_counter()
         res = run_action("classification", action, task_spec, list(overrides))
         timings[name] = round(time.perf_counter() - t0, 1)
+        step_metrics[name] = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float, str))}
         print(
             f"  {name}: {timings[name]} s {json.dumps({k: v for k, v in res.metrics.items() if isinstance(v, (int, float))})[:300]}",
             flush=True,
         )
         return res
 
-    if not args.skip_training:
+    teacher_ckpt, student_ckpt = work / "teacher/train/model.pth", work / "student/distill/model.pth"
+    if args.from_parts:
+        join_checkpoint(Path(args.from_parts), "teacher", teacher_ckpt)
+        join_checkpoint(Path(args.from_parts), "student", student_ckpt)
+    elif not args.skip_training:
         step("teacher train", t_spec, "train")
-        step("teacher export", t_spec, "export", ["export.name=pcb-teacher"])
         step("student train", s_spec, "train")
         step("student prune", s_spec, "prune")
         s_distill = dict(s_spec, train={**s_spec["train"], "epochs": args.distill_epochs, "lr": 0.001})
         step("student distill", s_distill, "distill")
+    if args.parts_out:
+        out = Path(args.parts_out)
+        files = split_checkpoint(teacher_ckpt, out, "teacher") + split_checkpoint(
+            student_ckpt, out, "student"
+        )
+        summary = {
+            "timings_s": timings,
+            "metrics": step_metrics,
+            "parts": [f.name for f in files],
+            "args": vars(args),
+        }
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if not args.skip_training:
+        step("teacher export", t_spec, "export", ["export.name=pcb-teacher"])
         step("student export", s_spec, "export")
         step("student quantize", s_spec, "quantize", ["quantize.evaluate=false"])
     image_size = args.image_size

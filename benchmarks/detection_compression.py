@@ -16,13 +16,11 @@ Two steps, because the models are trained on a GPU machine and measured on this 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,53 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _checkpoint_parts import PART_BYTES, join_checkpoint, split_checkpoint  # noqa: E402,F401
 
 log = logging.getLogger("detection_compression")
-PART_BYTES = 15 * 1024 * 1024
-
-
-def split_checkpoint(path: Path, out_dir: Path, stem: str) -> list[Path]:
-    """fp16 state dict of a detection checkpoint, in parts of at most 15 MiB."""
-    import torch
-
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in payload.pop("state_dict").items()}
-    for k in ("optimizer", "scheduler", "scaler"):
-        payload.pop(k, None)
-    parts, current, size = [], {}, 0
-    for k, v in state.items():
-        n = v.numel() * v.element_size()
-        if current and size + n > PART_BYTES - (1 << 20):
-            parts.append(current)
-            current, size = {}, 0
-        current[k] = v
-        size += n
-    parts.append(current)
-    files = []
-    for i, part in enumerate(parts):
-        f = out_dir / f"{stem}.pth.part{i}"
-        buf = io.BytesIO()
-        torch.save({"meta": payload if i == 0 else None, "state_dict": part, "parts": len(parts)}, buf)
-        f.write_bytes(zlib.compress(buf.getvalue(), 6))
-        files.append(f)
-    return files
-
-
-def join_checkpoint(ckpt_dir: Path, stem: str, out: Path) -> Path:
-    import torch
-
-    def part(i: int) -> dict:
-        raw = zlib.decompress((ckpt_dir / f"{stem}.pth.part{i}").read_bytes())
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-
-    first = part(0)
-    payload, state = dict(first["meta"]), dict(first["state_dict"])
-    for i in range(1, int(first["parts"])):
-        state.update(part(i)["state_dict"])
-    payload["state_dict"] = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, out)
-    return out
 
 
 TEACHER_MODEL = [

@@ -52,3 +52,30 @@ def test_model_list_shows_classification(capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("classification:"))
     for action in ("train", "evaluate", "inference", "prune", "retrain", "distill", "quantize", "export"):
         assert action in line
+
+
+def test_checkpoint_parts_round_trip_plain_and_pruned(trained, make_spec, tiny_data, tmp_path):
+    """What the GPU machine sends back (``benchmarks/_checkpoint_parts.py``: fp16 parts under the
+    transfer limit) loads here as the same model: a plain checkpoint and a pruned one whose whole
+    module is pickled."""
+    import torch
+
+    from trainer.jobs import run_action
+    from trainer.models.checkpoint import load_checkpoint
+
+    parts = _load("_checkpoint_parts")
+    _, res = trained
+    pruned_spec = make_spec(
+        tiny_data, tmp_path / "runs", prune={"checkpoint": str(res.model_path), "ratio": 0.5}
+    )
+    pruned = run_action("classification", "prune", pruned_spec)
+    x = torch.rand(2, 3, 32, 32)
+    for stem, path in (("plain", res.model_path), ("pruned", pruned.model_path)):
+        files = parts.split_checkpoint(Path(path), tmp_path / "parts", stem)
+        assert files and all(f.stat().st_size <= parts.PART_BYTES for f in files)
+        joined = load_checkpoint(parts.join_checkpoint(tmp_path / "parts", stem, tmp_path / f"{stem}.pth"))
+        original = load_checkpoint(path)
+        assert joined.structured == original.structured == (stem == "pruned")
+        assert joined.labels == original.labels
+        with torch.no_grad():
+            assert torch.allclose(joined.model(x), original.model(x), atol=5e-2, rtol=1e-2)
