@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from protos import fleet_pb2, fleet_pb2_grpc
+from protos.chunks import decode_chunk
 
 log = logging.getLogger(__name__)
 CHANNEL_OPTIONS = [
@@ -33,6 +34,21 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+class FleetStub(fleet_pb2_grpc.FleetServiceStub):
+    """The generated stub, except that DownloadArtifact yields ``protos.chunks.ChunkView``s whose
+    ``data`` is a view into the received message (no copy of the payload), mirroring the
+    controller's pre-serialized chunks."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        super().__init__(channel)
+        self.DownloadArtifact = channel.unary_stream(
+            "/edgeloop.fleet.v1.FleetService/DownloadArtifact",
+            request_serializer=fleet_pb2.DownloadRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+            _registered_method=True,
+        )
 
 
 class DeviceRefused(Exception):
@@ -94,7 +110,7 @@ class FleetClient:
         self.identity = identity
         self.enrollment_token = enrollment_token
         self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        self.stub = FleetStub(self.channel)
         self.credentials = Credentials.load(self.credentials_path)
         self._outbox: queue.Queue[fleet_pb2.AgentMessage | None] = queue.Queue()
         self._stop = threading.Event()

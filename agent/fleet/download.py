@@ -46,10 +46,11 @@ class _HashingWriter:
     """Hashes and appends chunks on two helper threads, in parallel with each other and with the
     receiver (hashlib and os.write release the GIL for large buffers)."""
 
-    def __init__(self, fd: int, digest: hashlib._Hash, depth: int = 8) -> None:
+    def __init__(self, fd: int, digest: hashlib._Hash, depth: int = 8, sync_every: int = 32 << 20) -> None:
         self.fd, self.digest = fd, digest
+        self.unsynced, self.sync_every = 0, sync_every
         self.error: BaseException | None = None
-        self.queues: list[queue.Queue[bytes | None]] = [
+        self.queues: list[queue.Queue[bytes | memoryview | None]] = [
             queue.Queue(maxsize=depth),
             queue.Queue(maxsize=depth),
         ]
@@ -64,15 +65,19 @@ class _HashingWriter:
         for t in self.threads:
             t.start()
 
-    def _hash(self, data: bytes) -> None:
+    def _hash(self, data: bytes | memoryview) -> None:
         self.digest.update(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
+        self.unsynced += len(data)
+        if self.unsynced >= self.sync_every:
+            os.fdatasync(self.fd)  # write back while the next chunks arrive; the last fsync is short
+            self.unsynced = 0
 
-    def _loop(self, q: queue.Queue, work: Callable[[bytes], None]) -> None:
+    def _loop(self, q: queue.Queue, work: Callable[[bytes | memoryview], None]) -> None:
         while (data := q.get()) is not None:
             if self.error is None:
                 try:
@@ -80,7 +85,7 @@ class _HashingWriter:
                 except BaseException as exc:  # reported by put() / close()
                     self.error = exc
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: bytes | memoryview) -> None:
         if self.error is not None:
             raise self.error
         for q in self.queues:
@@ -133,7 +138,10 @@ def download_artifact(
     on_progress: Callable[[int, int], None] | None = None,
     timeout: float | None = None,
 ) -> DownloadResult:
-    """Fetch ``ref`` into ``dest_dir/<sha256>.<ext>`` (resuming a ``.part``) and verify it."""
+    """Fetch ``ref`` into ``dest_dir/<sha256>.<ext>`` (resuming a ``.part``) and verify it.
+
+    ``stub`` is ``agent.fleet.client.FleetStub`` (chunks as zero-copy views) or the generated
+    stub (ArtifactChunk messages); both give chunks with the same fields."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = artifact_path(dest_dir, ref)
     part = final.with_name(final.name + ".part")
@@ -169,10 +177,11 @@ def download_artifact(
                     raise ArtifactRejected("the controller serves different bytes than the signed reference")
                 if chunk.offset != offset:
                     raise DownloadInterrupted(f"chunk at {chunk.offset}, expected {offset}")
-                if chunk.data:
-                    sink.put(chunk.data)
-                    offset += len(chunk.data)
-                    received += len(chunk.data)
+                data = chunk.data  # read once: a generated message copies the payload on every access
+                if data:
+                    sink.put(data)
+                    offset += len(data)
+                    received += len(data)
                 if on_progress is not None:
                     on_progress(offset, chunk.total_size)
         except grpc.RpcError as exc:

@@ -36,6 +36,7 @@ from controller.services import fleet
 from controller.services.commands import command_to_proto
 from controller.services.hub import StreamSession
 from protos import fleet_pb2, fleet_pb2_grpc
+from protos.chunks import encode_chunk
 
 if TYPE_CHECKING:
     from controller.runtime import Controller
@@ -83,24 +84,6 @@ def agent_mqtt_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def encode_chunk(offset: int, data: bytes, total_size: int, sha256: str) -> bytes:
-    """A serialized ArtifactChunk built without copying ``data`` through a message object."""
-    head = fleet_pb2.ArtifactChunk(offset=offset, total_size=total_size, sha256=sha256).SerializeToString()
-    return b"".join((head, b"\x12", _varint(len(data)), data))  # field 2 (data), wire type 2
 
 
 class ChunkCache:
