@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from protos import fleet_pb2
 
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
-_OFFSET, _DATA, _TOTAL_SIZE, _SHA256 = 1, 2, 3, 4  # fleet.proto ArtifactChunk
+_FIELDS = fleet_pb2.ArtifactChunk.DESCRIPTOR.fields_by_name
+_OFFSET, _DATA, _TOTAL_SIZE, _SHA256 = (_FIELDS[n].number for n in ("offset", "data", "total_size", "sha256"))
 
 
 class ChunkDecodeError(ValueError):

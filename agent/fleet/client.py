@@ -44,7 +44,7 @@ class FleetStub(fleet_pb2_grpc.FleetServiceStub):
     def __init__(self, channel: grpc.Channel) -> None:
         super().__init__(channel)
         self.DownloadArtifact = channel.unary_stream(
-            "/edgeloop.fleet.v1.FleetService/DownloadArtifact",
+            f"/{fleet_pb2.DESCRIPTOR.services_by_name['FleetService'].full_name}/DownloadArtifact",
             request_serializer=fleet_pb2.DownloadRequest.SerializeToString,
             response_deserializer=decode_chunk,
             _registered_method=True,
