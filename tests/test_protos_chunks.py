@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import pytest
-from google.protobuf.internal.encoder import _VarintBytes
 
 from protos import fleet_pb2
 from protos.chunks import ChunkDecodeError, decode_chunk, encode_chunk
 
 SHA = "ab" * 32
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint, written here so the test needs no private protobuf API."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def test_encode_is_a_valid_message_and_decode_reads_it_back() -> None:
@@ -28,10 +37,10 @@ def test_decodes_what_any_encoder_may_write() -> None:
     view = decode_chunk(standard)
     assert (view.offset, bytes(view.data), view.total_size, view.sha256) == (7, b"xyz", 9, SHA)
     unknown = (
-        _VarintBytes(9 << 3 | 0) + _VarintBytes(300)  # varint
-        + _VarintBytes(10 << 3 | 1) + b"\0" * 8  # fixed64
-        + _VarintBytes(11 << 3 | 2) + _VarintBytes(2) + b"hi"  # length-delimited
-        + _VarintBytes(12 << 3 | 5) + b"\0" * 4  # fixed32
+        _varint(9 << 3 | 0) + _varint(300)  # varint
+        + _varint(10 << 3 | 1) + b"\0" * 8  # fixed64
+        + _varint(11 << 3 | 2) + _varint(2) + b"hi"  # length-delimited
+        + _varint(12 << 3 | 5) + b"\0" * 4  # fixed32
     )  # fmt: skip
     again = fleet_pb2.ArtifactChunk(offset=8).SerializeToString()
     view = decode_chunk(unknown + standard + again)
