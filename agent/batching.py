@@ -45,8 +45,7 @@ class DynamicBatcher:
     def run(self, engine: Engine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``feeds`` (one request) as part of a batch; blocks until its outputs are ready."""
         rows = next(iter(feeds.values())).shape[0] if feeds else 1
-        limit = engine.max_batch
-        if rows >= self.max_batch or (limit is not None and engine.inputs[0].shape[:1] != (-1,)):
+        if rows >= self.max_batch or engine.fixed_batch:
             return engine.run(feeds)  # big enough already, or a static-batch engine
         job = _Job(engine, feeds, rows)
         self._queue.put(job)

@@ -185,7 +185,7 @@ def run_loadgen(
     """One LoadGen run; returns (result, raw summary values, SUT errors)."""
     import mlperf_loadgen as lg
 
-    fixed = engine.max_batch if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
+    fixed = engine.fixed_batch
     max_batch = 1 if scenario == "singlestream" else config.batch_size
     settings = lg.TestSettings()
     settings.mode = lg.TestMode.PerformanceOnly
@@ -255,8 +255,7 @@ def run_loadgen(
 def _quick_latency_ms(
     engine: Engine, samples: Sequence[dict[str, np.ndarray]], batch: int, repeats: int = 5
 ) -> float:
-    fixed = engine.max_batch if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
-    n = fixed or batch
+    n = engine.fixed_batch or batch
     picked = [samples[i % len(samples)] for i in range(n)]
     feeds = {name: np.concatenate([s[name] for s in picked]) for name in picked[0]}
     engine.run(feeds)  # warm-up
