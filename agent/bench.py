@@ -36,7 +36,7 @@ from agent.batching import DynamicBatcher
 from agent.calibration import DEFAULT_CALIBRATION_SAMPLES, batch_size_for
 from agent.config import AgentSettings
 from agent.engine_cache import EngineCache
-from agent.engines import BuiltEngine, build_engine
+from agent.engines import BuiltEngine, build_engine, record_engine
 from agent.errors import AgentError
 from agent.evaluate import evaluate
 from agent.model_spec import ResolvedModel, resolve_model
@@ -412,10 +412,7 @@ def benchmark(
         except (AgentError, ValueError, OSError) as exc:
             report.errors.append(f"build: {exc}")
             return report
-        report.backend = built.backend
-        report.engine_key = str(built.key)
-        report.build_time_s = built.build_time_s
-        report.calibration_time_s = built.calibration_time_s
+        record_engine(report, built)
         report.errors.extend(f"warning: {w}" for w in model.warnings)
         if progress:
             progress("build", 1.0)

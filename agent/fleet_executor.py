@@ -18,7 +18,7 @@ from agent.bench import BenchConfig, PeakMemory, benchmark_engine
 from agent.config import AgentSettings
 from agent.dataplane import DataPlane
 from agent.engine_cache import EngineCache
-from agent.engines import build_engine
+from agent.engines import build_engine, record_engine
 from agent.errors import AgentError, ArtifactError, HealthCheckFailed
 from agent.model_spec import resolve_model
 from agent.probe import probe_hardware
@@ -144,15 +144,7 @@ class FleetExecutor:
             if not result.ok:
                 raise HealthCheckFailed(result.reason)
             loaded = self.slots.active if result.activated else self.slots.candidate
-            report = fleet_pb2.Report(
-                model_version=result.model_version,
-                backend=loaded.backend,
-                precision=loaded.precision,
-                build_time_s=result.build_time_s,
-                calibration_time_s=result.calibration_time_s,
-                engine_key=result.engine_key,
-                hardware_fingerprint=self.profile.fingerprint,
-            )
+            report = record_engine(fleet_pb2.Report(), loaded.built)
             report.accuracy.update(result.accuracy)
             if evaluation is not None and not result.accuracy:
                 from agent.evaluate import evaluate
@@ -187,10 +179,7 @@ class FleetExecutor:
                     except AgentError as exc:
                         report.errors.append(f"build: {exc}")
                     else:
-                        report.backend = built.backend
-                        report.engine_key = str(built.key)
-                        report.build_time_s = built.build_time_s
-                        report.calibration_time_s = built.calibration_time_s
+                        record_engine(report, built)
                         benchmark_engine(built, eval_dir=evaluation, config=config, report=report)
                         built.engine.close()
                 report.peak_memory_bytes = memory.peak
@@ -211,15 +200,7 @@ class FleetExecutor:
                                  threads=self.settings.threads)  # fmt: skip
         built.engine.close()
         self._event("calibrated", model.manifest.version, {"engine_key": str(built.key)})
-        return fleet_pb2.Report(
-            model_version=model.manifest.version,
-            backend=built.backend,
-            precision=built.precision,
-            build_time_s=built.build_time_s,
-            calibration_time_s=built.calibration_time_s,
-            engine_key=str(built.key),
-            hardware_fingerprint=self.profile.fingerprint,
-        )
+        return record_engine(fleet_pb2.Report(), built)
 
     def switch(self, model_version: str) -> str:
         return self.slots.switch(model_version).version
