@@ -1,8 +1,10 @@
 """On-device INT8 calibration data: a folder of sample images, preprocessed with the manifest.
 
 The controller ships an FP32 ONNX plus a calibration shard, and each device quantizes with the
-recipe of its own backend (DESIGN.md). The shard's identity (image bytes, preprocessing, sample
-count) goes into the engine key, so another shard builds another engine.
+recipe of its own backend: one INT8 file does not suit every backend (ONNX Runtime on x86 is
+fast with uint8 activations, TensorRT wants symmetric int8 Q/DQ; docs/agent.md). The shard's
+identity (image bytes, preprocessing, sample count) goes into the engine key, so another shard
+builds another engine.
 """
 
 from __future__ import annotations
