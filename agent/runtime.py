@@ -48,7 +48,7 @@ from agent.shards import Shards, extract_shard
 from agent.slots import ModelSlots
 from agent.stats import RequestStats
 from agent.telemetry import Telemetry, metrics_collector
-from protos import fleet_pb2
+from protos import artifact_pb2, fleet_pb2
 from protos.manifest import ManifestError, manifest_from_json
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class SlotState:
     cached: list[str] = field(default_factory=list)
 
 
-def _manifest(manifest_json: str):
+def _manifest(manifest_json: str) -> artifact_pb2.Manifest | None:
     try:
         return manifest_from_json(manifest_json) if manifest_json else None
     except ManifestError as exc:
