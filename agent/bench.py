@@ -16,14 +16,15 @@ never raises for a failure of the model: failures are listed in ``report.errors`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import queue
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ import numpy as np
 from google.protobuf import json_format
 
 from agent.backends.base import Engine
+from agent.batching import DynamicBatcher
 from agent.calibration import DEFAULT_CALIBRATION_SAMPLES, batch_size_for
 from agent.config import AgentSettings
 from agent.engine_cache import EngineCache
-from agent.engines import BuiltEngine, build_engine
+from agent.engines import BuiltEngine, build_engine, record_engine
 from agent.errors import AgentError
 from agent.evaluate import evaluate
 from agent.model_spec import ResolvedModel, resolve_model
@@ -99,61 +101,32 @@ def _dim_default(manifest: artifact_pb2.Manifest, name: str, axis: int) -> int:
     return int(dims.get(axis) or 224)
 
 
-class _Batcher:
-    """Runs queries on the engine in a worker thread, batching what is waiting (up to
-    ``max_batch``); static-batch engines get padded batches of their fixed size."""
+class _LoadGenSUT:
+    """LoadGen's system under test: every query goes to the agent's dynamic batcher with no
+    waiting window (what is queued runs together, up to ``max_batch``; a static-batch engine gets
+    padded batches of its fixed size), and LoadGen hears back from the batcher's thread."""
 
-    def __init__(
-        self, engine: Engine, samples: Sequence[dict[str, np.ndarray]], max_batch: int, fixed: int | None
-    ):
+    def __init__(self, engine: Engine, samples: Sequence[dict[str, np.ndarray]], max_batch: int) -> None:
         self.engine = engine
         self.samples = samples
-        self.max_batch = fixed or max_batch
-        self.fixed = fixed
-        self.queue: queue.Queue = queue.Queue()
         self.errors: list[str] = []
-        self._thread = threading.Thread(target=self._work, name="bench-sut", daemon=True)
-        self._thread.start()
+        self.batcher = DynamicBatcher(max_batch=max_batch, max_delay_s=0.0)
 
     def issue(self, query_samples) -> None:
         for q in query_samples:
-            self.queue.put(q)
+            future = self.batcher.submit(self.engine, self.samples[q.index % len(self.samples)])
+            future.add_done_callback(functools.partial(self._complete, q.id))
 
-    def _work(self) -> None:
+    def _complete(self, query_id: int, future: Future) -> None:
         import mlperf_loadgen as lg
 
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)
-                    break
-                batch.append(item)
-            try:
-                self._run([q.index for q in batch])
-            except Exception as exc:  # recorded; LoadGen still gets its responses
-                if len(self.errors) < 5:
-                    self.errors.append(f"{type(exc).__name__}: {exc}")
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in batch])
-
-    def _run(self, indices: list[int]) -> None:
-        n = len(indices)
-        if self.fixed and n < self.fixed:
-            indices = indices + [indices[-1]] * (self.fixed - n)
-        picked = [self.samples[i % len(self.samples)] for i in indices]
-        feeds = {name: np.concatenate([s[name] for s in picked]) for name in picked[0]}
-        self.engine.run(feeds)
+        exc = future.exception()
+        if exc is not None and len(self.errors) < 5:  # recorded; LoadGen still gets its response
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(query_id, 0, 0)])
 
     def stop(self) -> None:
-        self.queue.put(None)
-        self._thread.join(timeout=30)
+        self.batcher.close()
 
 
 def _parse_summary(text: str) -> dict[str, str]:
@@ -185,7 +158,6 @@ def run_loadgen(
     """One LoadGen run; returns (result, raw summary values, SUT errors)."""
     import mlperf_loadgen as lg
 
-    fixed = engine.max_batch if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
     max_batch = 1 if scenario == "singlestream" else config.batch_size
     settings = lg.TestSettings()
     settings.mode = lg.TestMode.PerformanceOnly
@@ -210,13 +182,13 @@ def run_loadgen(
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
     with _LOADGEN_LOCK:
-        batcher = _Batcher(engine, samples, max_batch, fixed)
-        sut = lg.ConstructSUT(batcher.issue, lambda: None)
+        under_test = _LoadGenSUT(engine, samples, max_batch)
+        sut = lg.ConstructSUT(under_test.issue, lambda: None)
         qsl = lg.ConstructQSL(len(samples), len(samples), lambda s: None, lambda s: None)
         try:
             lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
         finally:
-            batcher.stop()
+            under_test.stop()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
     summary = (outdir / "mlperf_log_summary.txt").read_text(encoding="utf-8", errors="replace")
@@ -231,14 +203,14 @@ def run_loadgen(
     queries_ok = values.get("Min queries satisfied", "Yes").lower().startswith("yes")
     result = fleet_pb2.ScenarioResult(
         scenario=scenario,
-        batch_size=1 if scenario == "singlestream" else (fixed or config.batch_size),
+        batch_size=1 if scenario == "singlestream" else (engine.fixed_batch or config.batch_size),
         latency_mean_ms=_ns_to_ms(values, "Mean latency (ns)"),
         latency_p50_ms=_ns_to_ms(values, "50.00 percentile latency (ns)"),
         latency_p90_ms=_ns_to_ms(values, "90.00 percentile latency (ns)"),
         latency_p95_ms=_ns_to_ms(values, "95.00 percentile latency (ns)"),
         latency_p99_ms=_ns_to_ms(values, "99.00 percentile latency (ns)"),
         target_latency_ms=latency_bound_ms or 0.0,
-        valid=constraints and duration_ok and queries_ok and not batcher.errors,
+        valid=constraints and duration_ok and queries_ok and not under_test.errors,
     )
     if scenario == "offline":
         result.throughput_fps = float(values.get("Samples per second", 0) or 0)
@@ -249,14 +221,13 @@ def run_loadgen(
         result.throughput_fps = (
             float(qps) if qps else (1000.0 / result.latency_mean_ms if result.latency_mean_ms else 0.0)
         )
-    return result, values, batcher.errors
+    return result, values, under_test.errors
 
 
 def _quick_latency_ms(
     engine: Engine, samples: Sequence[dict[str, np.ndarray]], batch: int, repeats: int = 5
 ) -> float:
-    fixed = engine.max_batch if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
-    n = fixed or batch
+    n = engine.fixed_batch or batch
     picked = [samples[i % len(samples)] for i in range(n)]
     feeds = {name: np.concatenate([s[name] for s in picked]) for name in picked[0]}
     engine.run(feeds)  # warm-up
@@ -441,10 +412,7 @@ def benchmark(
         except (AgentError, ValueError, OSError) as exc:
             report.errors.append(f"build: {exc}")
             return report
-        report.backend = built.backend
-        report.engine_key = str(built.key)
-        report.build_time_s = built.build_time_s
-        report.calibration_time_s = built.calibration_time_s
+        record_engine(report, built)
         report.errors.extend(f"warning: {w}" for w in model.warnings)
         if progress:
             progress("build", 1.0)

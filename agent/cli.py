@@ -2,14 +2,17 @@
 
 probe: this host's hardware profile, fingerprint and capabilities as JSON.
 bench: build (or fetch) an engine and measure it - standalone, no controller.
-serve: live inference over the Open Inference Protocol (gRPC), telemetry when MQTT is set.
-run:   the fleet daemon (``agent.fleet.daemon``), a thin loop over these same pieces.
+serve: one model over the Open Inference Protocol (gRPC), telemetry when MQTT is set.
+run:   the fleet daemon (``agent.fleet.daemon``): register with the controller and follow it.
+
+``serve`` and ``run`` build the same ``AgentRuntime`` (engine cache, model slots, gRPC server,
+dynamic batching, telemetry) from ``AgentSettings``: the environment with the flags given over it.
+Flags whose ``dest`` is a settings field go to the settings; a flag left out is None.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import signal
@@ -20,7 +23,52 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from agent.bench import SCENARIOS, BenchConfig, benchmark, render_table, report_to_dict
+from agent.config import AgentSettings, parse_tags
+from agent.errors import AgentError
+from agent.fleet import daemon
+from agent.probe import capabilities, probe_hardware
+from agent.runtime import AgentRuntime
+
 log = logging.getLogger(__name__)
+
+
+def _threads(text: str) -> int | None:
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"threads must be >= 0, got {number}")
+    return number or None  # 0 = not set: the environment's, else every core
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads, help="CPU threads (default: EDGELOOP_AGENT_THREADS or all)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    p.add_argument("--manifest", type=Path, help="manifest.json (default: the one beside the model, if any)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--device", help="cpu | gpu:N | dla:N (default: the backend's)")
+    p.add_argument(
+        "--calib", type=Path, metavar="DIR", help="calibration images for INT8 (ImageFolder or flat)"
+    )
+    p.add_argument("--calib-samples", type=int, default=256, help="calibration images used (at most)")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    _common_args(p)
+    p.add_argument("--cache-dir", dest="engines_dir", type=Path,
+                   help="engine cache (default: $EDGELOOP_AGENT_DIR/engines)")  # fmt: skip
+
+
+def _serving_args(p: argparse.ArgumentParser) -> None:
+    """Live inference and telemetry: the same flags for ``serve`` and ``run``."""
+    p.add_argument("--batch-delay-ms", dest="batch_delay_ms", type=float,
+                   help="dynamic batching: wait up to this long to merge concurrent requests (default 0 = off)")  # fmt: skip
+    p.add_argument(
+        "--max-batch", dest="max_batch", type=int, help="largest merged batch (dynamic batching; default 8)"
+    )
+    p.add_argument("--metrics-interval", dest="metrics_interval_s", type=float,
+                   help="seconds between telemetry metrics (default 10)")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,24 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("probe", help="print this host's hardware profile and fingerprint as JSON")
     p.add_argument("--out", type=Path, help="also write the JSON here")
 
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", type=Path, metavar="MODEL.onnx")
-        p.add_argument(
-            "--manifest", type=Path, help="manifest.json (default: the one beside the model, if any)"
-        )
-        p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
-        p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-        p.add_argument("--device", help="cpu | gpu:N | dla:N (default: the backend's)")
-        p.add_argument(
-            "--calib", type=Path, metavar="DIR", help="calibration images for INT8 (ImageFolder or flat)"
-        )
-        p.add_argument("--calib-samples", type=int, default=256, help="calibration images used (at most)")
-        p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
-        p.add_argument("--threads", type=int, help="CPU threads (default: EDGELOOP_AGENT_THREADS or all)")
-        p.add_argument("--cache-dir", type=Path, help="engine cache (default: $EDGELOOP_AGENT_DIR/engines)")
-
     b = sub.add_parser("bench", help="benchmark a model on this device (MLPerf LoadGen), standalone")
-    model_args(b)
+    _model_args(b)
     b.add_argument("--eval", type=Path, metavar="DIR", help="labelled ImageFolder for accuracy")
     b.add_argument("--scenario", action="append", choices=["singlestream", "offline", "server"],
                    help="repeatable; default: all three")  # fmt: skip
@@ -57,49 +89,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--log-dir", type=Path, help="keep LoadGen's logs here")
 
     s = sub.add_parser("serve", help="serve live inference (Open Inference Protocol gRPC), standalone")
-    model_args(s)
-    s.add_argument("--host", default="0.0.0.0")
-    s.add_argument("--port", type=int, default=8001)
+    _model_args(s)
+    s.add_argument("--host", dest="serve_host", help="address to listen on (default 0.0.0.0)")
+    s.add_argument("--port", dest="serve_port", type=int, help="gRPC port (default 8001; 0 = a free one)")
     s.add_argument("--eval", type=Path, metavar="DIR", help="labelled images for the health check")
     s.add_argument("--accuracy-floor", type=float, default=0.0)
     s.add_argument("--device-id", default=socket.gethostname(), help="name in telemetry topics")
-    s.add_argument("--mqtt-url", help="telemetry broker (default: EDGELOOP_MQTT_URL; unset = no telemetry)")
-    s.add_argument("--metrics-interval", type=float, default=10.0)
-    s.add_argument("--batch-delay-ms", type=float, default=0.0,
-                   help="dynamic batching: wait up to this long to merge concurrent requests (0 = off)")  # fmt: skip
-    s.add_argument("--max-batch", type=int, default=8, help="largest merged batch (dynamic batching)")
+    s.add_argument("--mqtt-url", dest="mqtt_url",
+                   help="telemetry broker (default: EDGELOOP_MQTT_URL; unset = no telemetry)")  # fmt: skip
+    _serving_args(s)
 
     r = sub.add_parser("run", help="the fleet daemon: register with the controller and follow its commands")
-    try:
-        daemon = importlib.import_module("agent.fleet.daemon")
-    except Exception as exc:  # a missing or broken daemon must not break probe/bench/serve
-        log.debug("fleet daemon unavailable: %s", exc)
-        r.add_argument("rest", nargs=argparse.REMAINDER)
-    else:
-        daemon.add_arguments(r)
+    r.add_argument(
+        "--controller",
+        help="HOST:PORT of the controller's gRPC (default: EDGELOOP_CONTROLLER or 127.0.0.1:50051)",
+    )
+    r.add_argument("--agent-dir", dest="agent_dir", type=Path,
+                   help="credentials, engine cache, model slots (default: EDGELOOP_AGENT_DIR or ~/.edgeloop/agent)")  # fmt: skip
+    r.add_argument("--enrollment-token", dest="enrollment_token", help="default: EDGELOOP_ENROLLMENT_TOKEN")
+    r.add_argument("--name", help="device name (default: hostname)")
+    r.add_argument("--tags", type=parse_tags, help="comma-separated tags (default: EDGELOOP_AGENT_TAGS)")
+    r.add_argument("--hardware-class", dest="hardware_class", type=lambda text: text or None,
+                   help="override the probed hardware class (default: EDGELOOP_HARDWARE_CLASS)")  # fmt: skip
+    _common_args(r)
+    r.add_argument("--mqtt", dest="mqtt_url",
+                   help="telemetry broker (default: EDGELOOP_MQTT_URL, else the one the controller names)")  # fmt: skip
+    r.add_argument("--serve-port", dest="serve_port", type=int,
+                   help="live inference (Open Inference Protocol gRPC; default 8001); -1 = off")  # fmt: skip
+    _serving_args(r)
 
 
-def _settings(args):
-    from dataclasses import replace
-
-    from agent.config import AgentSettings
-
-    settings = AgentSettings.from_env()
-    if getattr(args, "threads", None):
-        settings = replace(settings, threads=args.threads)
-    return settings
-
-
-def _cache(args, settings):
-    from agent.engine_cache import EngineCache
-
-    return EngineCache(args.cache_dir or settings.cache_dir)
+def settings_from(args: argparse.Namespace) -> AgentSettings:
+    """The environment's settings with the flags given on the command line over them."""
+    return AgentSettings.from_env().override(**vars(args))
 
 
 def cmd_probe(args) -> int:
-    from agent.probe import capabilities, probe_hardware
-
-    settings = _settings(args)
+    settings = settings_from(args)
     profile = probe_hardware(threads=settings.threads, hardware_class=settings.hardware_class)
     data = {
         "fingerprint": profile.fingerprint,
@@ -145,9 +171,9 @@ class _ProgressView:
 
 
 def cmd_bench(args) -> int:
-    from agent.bench import SCENARIOS, BenchConfig, benchmark, render_table, report_to_dict
+    from agent.engine_cache import EngineCache
 
-    settings = _settings(args)
+    settings = settings_from(args)
     config = BenchConfig(
         scenarios=tuple(args.scenario or SCENARIOS),
         duration_ms=args.duration_ms,
@@ -159,7 +185,7 @@ def cmd_bench(args) -> int:
         report = benchmark(args.model, manifest=args.manifest, backend=args.backend, precision=args.precision,
                            device=args.device, calib_dir=args.calib, calib_samples=args.calib_samples,
                            calibration_method=args.calib_method, eval_dir=args.eval, config=config,
-                           settings=settings, cache=_cache(args, settings), progress=view)  # fmt: skip
+                           settings=settings, cache=EngineCache(settings.cache_dir), progress=view)  # fmt: skip
     print(render_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -169,65 +195,44 @@ def cmd_bench(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_serve(args) -> int:
-    from agent.batching import DynamicBatcher
-    from agent.dataplane import DataPlane
-    from agent.probe import probe_hardware
-    from agent.server import InferenceServer
-    from agent.slots import ModelSlots
-    from agent.stats import RequestStats
-    from agent.telemetry import Telemetry, metrics_collector
-
-    settings = _settings(args)
-    profile = probe_hardware(threads=settings.threads, hardware_class=settings.hardware_class)
-    mqtt_url = args.mqtt_url or settings.mqtt_url
-    telemetry = None
-    if mqtt_url:
-        telemetry = Telemetry(mqtt_url, args.device_id, prefix=settings.telemetry_prefix,
-                              hardware_class=profile.hardware_class).start()  # fmt: skip
-    slots = ModelSlots(profile=profile, cache=_cache(args, settings), threads=settings.threads,
-                       on_event=telemetry.event if telemetry else None)  # fmt: skip
-    result = slots.deploy(args.model, args.manifest, backend=args.backend, precision=args.precision,
-                          device=args.device, calib_dir=args.calib, eval_dir=args.eval,
-                          accuracy_floor=args.accuracy_floor)  # fmt: skip
-    if not result.ok:
-        print(f"error: the model did not pass its health check: {result.reason}", file=sys.stderr)
-        if telemetry:
-            telemetry.stop()
-        return 1
-    stats = RequestStats()
-    batcher = DynamicBatcher(args.max_batch, args.batch_delay_ms / 1000) if args.batch_delay_ms > 0 else None
-    server = InferenceServer(DataPlane(slots, stats, batcher), host=args.host, port=args.port).start()
-    if telemetry:
-        telemetry.start_metrics(metrics_collector(slots, stats), args.metrics_interval)
-    active = slots.active
-    print(f"serving {active.name} ({active.version}, {active.backend}/{active.precision}) "
-          f"on {args.host}:{server.port} - Open Inference Protocol gRPC", flush=True)  # fmt: skip
+def _wait_for_a_stop_signal() -> None:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
-    server.stop()
-    if telemetry:
-        telemetry.stop()
+
+
+def cmd_serve(args) -> int:
+    settings = settings_from(args)
+    if not settings.serves_grpc:
+        raise ValueError(f"serve needs a port to listen on (--port {settings.serve_port})")
+    runtime = AgentRuntime(settings, remember_slots=False)
+    try:
+        runtime.attach_telemetry(args.device_id)  # before the deploy, so its events go out
+        result = runtime.slots.deploy(args.model, args.manifest, backend=args.backend, precision=args.precision,
+                                      device=args.device, calib_dir=args.calib, eval_dir=args.eval,
+                                      accuracy_floor=args.accuracy_floor)  # fmt: skip
+        if not result.ok:
+            print(f"error: the model did not pass its health check: {result.reason}", file=sys.stderr)
+            return 1
+        runtime.start()
+        active = runtime.slots.active
+        print(f"serving {active.name} ({active.version}, {active.backend}/{active.precision}) "
+              f"on {settings.serve_host}:{runtime.grpc_server.port} - Open Inference Protocol gRPC",
+              flush=True)  # fmt: skip
+        _wait_for_a_stop_signal()
+    finally:
+        runtime.close()
     return 0
 
 
 def cmd_run(args) -> int:
-    try:
-        daemon = importlib.import_module("agent.fleet.daemon")
-    except Exception as exc:
-        print(
-            f"error: the fleet daemon is not available in this build (agent.fleet.daemon: {exc})",
-            file=sys.stderr,
-        )
-        return 2
-    return int(daemon.run(args) or 0)
+    settings = settings_from(args)
+    with AgentRuntime(settings) as runtime:
+        return daemon.run(settings, runtime)
 
 
 def run(args) -> int:
-    from agent.errors import AgentError
-
     commands = {"probe": cmd_probe, "bench": cmd_bench, "serve": cmd_serve, "run": cmd_run}
     try:
         return commands[args.agent_command](args)

@@ -1,17 +1,26 @@
 """The agent's settings: the one module that reads environment variables.
 
-Every other agent module takes values as arguments; ``AgentSettings.from_env()`` is called by the
-CLI (and by the fleet daemon) and passed down, so tests never need to patch the environment.
-Names are those of docs/CONVENTIONS.md.
+Every other agent module takes values as arguments. ``AgentSettings.from_env()`` reads the
+environment (names of docs/CONVENTIONS.md); the CLI lays the flags given on the command line
+over it with ``override(**vars(args))`` (its flags' ``dest`` are the field names below, and a
+flag left out is None), and passes the result down, so tests build ``AgentSettings(...)``
+directly and never patch the environment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PREFIX = "edgeloop"
+DEFAULT_CONTROLLER = "127.0.0.1:50051"
+DEFAULT_SERVE_PORT = 8001
+
+
+def default_agent_dir() -> Path:
+    return Path.home() / ".edgeloop" / "agent"
 
 
 def _int_or_none(value: str | None, name: str) -> int | None:
@@ -26,37 +35,76 @@ def _int_or_none(value: str | None, name: str) -> int | None:
     return number
 
 
+def parse_tags(text: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")``: tags as EDGELOOP_AGENT_TAGS and ``--tags`` write them."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 @dataclass(frozen=True)
 class AgentSettings:
-    agent_dir: Path = field(default_factory=lambda: Path.home() / ".edgeloop" / "agent")
-    threads: int | None = None  # EDGELOOP_AGENT_THREADS: CPU threads for engines
-    hardware_class: str | None = None  # EDGELOOP_HARDWARE_CLASS: operator override
-    mqtt_url: str | None = None  # EDGELOOP_MQTT_URL: unset = no telemetry
-    telemetry_prefix: str = DEFAULT_PREFIX
-    controller: str | None = None  # EDGELOOP_CONTROLLER host:port
-    enrollment_token: str | None = None
-    tags: tuple[str, ...] = ()
+    # where the agent keeps its state (EDGELOOP_AGENT_DIR): credentials, engines/, slots/, shards/
+    agent_dir: Path = field(default_factory=default_agent_dir)
+    engines_dir: Path | None = None  # engine cache (--cache-dir); None = agent_dir/engines
+    threads: int | None = None  # EDGELOOP_AGENT_THREADS: CPU threads for engines; None = all
+    hardware_class: str | None = None  # EDGELOOP_HARDWARE_CLASS: operator override of the probe's
+    # telemetry
+    mqtt_url: str | None = None  # EDGELOOP_MQTT_URL: unset = no telemetry (unless the controller names one)
+    telemetry_prefix: str = DEFAULT_PREFIX  # EDGELOOP_TELEMETRY_PREFIX
+    metrics_interval_s: float = 10.0
+    # the fleet (agent run)
+    controller: str = DEFAULT_CONTROLLER  # EDGELOOP_CONTROLLER host:port of the controller's gRPC
+    enrollment_token: str | None = None  # EDGELOOP_ENROLLMENT_TOKEN
+    name: str = ""  # device name at registration; "" = the hostname
+    tags: tuple[str, ...] = ()  # EDGELOOP_AGENT_TAGS
+    # live inference (agent serve, agent run)
+    serve_host: str = "0.0.0.0"
+    serve_port: int = DEFAULT_SERVE_PORT  # Open Inference Protocol gRPC; 0 = a free port, -1 = off
+    batch_delay_ms: float = 0.0  # dynamic batching window; 0 = off (each request runs alone)
+    max_batch: int = 8  # the largest batch dynamic batching merges
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.serve_port < -1 or self.serve_port > 65535:
+            raise ValueError(
+                f"serve port must be 0-65535 (0 = a free one) or -1 (off), got {self.serve_port}"
+            )
+        if self.batch_delay_ms < 0:
+            raise ValueError(f"batch delay must be >= 0 ms, got {self.batch_delay_ms}")
+        if self.max_batch < 1:
+            raise ValueError(f"max batch must be >= 1, got {self.max_batch}")
+        if self.metrics_interval_s <= 0:
+            raise ValueError(f"metrics interval must be > 0 s, got {self.metrics_interval_s}")
 
     @property
     def cache_dir(self) -> Path:
-        return self.agent_dir / "engines"
+        return self.engines_dir or self.agent_dir / "engines"
 
     @property
     def slots_dir(self) -> Path:
         return self.agent_dir / "slots"
 
+    @property
+    def serves_grpc(self) -> bool:
+        return self.serve_port >= 0
+
+    def override(self, **values: object) -> AgentSettings:
+        """These settings with each field given a value that is not None replaced (the command
+        line over the environment); names that are not fields (other CLI flags) are ignored."""
+        names = {f.name for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if k in names and v is not None})
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AgentSettings:
         env = os.environ if environ is None else environ
         agent_dir = env.get("EDGELOOP_AGENT_DIR")
-        tags = tuple(t.strip() for t in env.get("EDGELOOP_AGENT_TAGS", "").split(",") if t.strip())
         return cls(
-            agent_dir=Path(agent_dir).expanduser() if agent_dir else Path.home() / ".edgeloop" / "agent",
+            agent_dir=Path(agent_dir).expanduser() if agent_dir else default_agent_dir(),
             threads=_int_or_none(env.get("EDGELOOP_AGENT_THREADS"), "EDGELOOP_AGENT_THREADS"),
             hardware_class=env.get("EDGELOOP_HARDWARE_CLASS") or None,
             mqtt_url=env.get("EDGELOOP_MQTT_URL") or None,
             telemetry_prefix=env.get("EDGELOOP_TELEMETRY_PREFIX") or DEFAULT_PREFIX,
-            controller=env.get("EDGELOOP_CONTROLLER") or None,
+            controller=env.get("EDGELOOP_CONTROLLER") or DEFAULT_CONTROLLER,
             enrollment_token=env.get("EDGELOOP_ENROLLMENT_TOKEN") or None,
-            tags=tags,
+            tags=parse_tags(env.get("EDGELOOP_AGENT_TAGS", "")),
         )

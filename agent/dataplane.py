@@ -153,10 +153,7 @@ class DataPlane:
                 raise InvalidInput(
                     f"inputs do not match the model: unknown {unknown}, missing {missing} (the model takes {sorted(wanted)})"
                 )
-            fixed = (
-                engine.inputs[0].shape[0] if engine.inputs and engine.inputs[0].shape[:1] != (-1,) else None
-            )
-            batch_limit = None if fixed else engine.max_batch
+            batch_limit = None if engine.fixed_batch else engine.max_batch
             batches = set()
             for spec in engine.inputs:
                 _check_input(spec, given[spec.name], batch_limit)

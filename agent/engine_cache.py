@@ -1,6 +1,6 @@
 """Built engines on disk, keyed so that an engine is never used for another key.
 
-Key (DESIGN.md) = artifact sha256 + backend + precision + runtime version + hardware fingerprint,
+Key = artifact sha256 + backend + precision + runtime version + hardware fingerprint,
 plus the device (gpu:0 vs dla:0 engines differ) and, for INT8, the calibration data id. An entry
 is a directory ``<root>/<key digest>/`` holding the backend's files and ``entry.json`` (the key
 and each file's sha256). An entry whose record is unreadable, whose key differs, whose files are

@@ -43,6 +43,19 @@ class BuiltEngine:
         return self.key.precision
 
 
+def record_engine(report: fleet_pb2.Report, built: BuiltEngine) -> fleet_pb2.Report:
+    """Copy which engine this is and what building it cost into ``report``: the one place a
+    device's reports (deploy, benchmark, calibrate, ``agent bench``) get these fields."""
+    report.model_version = built.model.manifest.version
+    report.backend = built.backend
+    report.precision = built.precision
+    report.engine_key = str(built.key)
+    report.build_time_s = built.build_time_s
+    report.calibration_time_s = built.calibration_time_s
+    report.hardware_fingerprint = built.key.fingerprint
+    return report
+
+
 def build_engine(
     model: ResolvedModel,
     *,

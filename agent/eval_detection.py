@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from agent.backends.base import Engine
+from agent.backends.base import Engine, fixed_batch
 from agent.calibration import batch_size_for
 from agent.errors import AgentError
 from agent.evaluate import register_evaluator
@@ -272,7 +272,7 @@ def evaluate_detection(
                 raise AgentError(f"cannot read evaluation image {path}: {exc}") from None
         x = np.stack(arrays)
         n = len(chunk)
-        if n < batch and batch != batch_size:  # static batch: pad the last one
+        if n < batch and fixed_batch(manifest.inputs[0].shape):  # static batch: pad the last one
             x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
         out = engine.run(feeds_for(manifest, x))
         decoded = decode_detections(out[logits_name][:n], out[boxes_name][:n], det, max_detections)

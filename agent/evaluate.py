@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.backends.base import Engine
+from agent.backends.base import Engine, fixed_batch
 from agent.calibration import batch_size_for
 from agent.errors import AgentError
 from agent.preprocess import ImageFolder, Preprocessor, batched, feeds_for
@@ -93,7 +93,7 @@ def evaluate_classification(
     top1 = top5 = seen = 0
     for images, labels in batched(folder, preprocess, batch):
         n = images.shape[0]
-        if n < batch and batch != batch_size:  # static batch: pad the last one
+        if n < batch and fixed_batch(manifest.inputs[0].shape):  # static batch: pad the last one
             images = np.concatenate([images, np.repeat(images[-1:], batch - n, axis=0)])
         logits = engine.run(feeds_for(manifest, images))[output][:n]
         logits = logits.reshape(n, -1)

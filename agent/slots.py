@@ -92,9 +92,9 @@ def health_check(
         else:
             feeds = {}
             for spec in engine.inputs:
-                shape = [1 if d < 0 else d for d in spec.shape]
+                shape = [1 if i == 0 or d < 0 else d for i, d in enumerate(spec.shape)]  # one sample
                 feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
-        fixed = engine.max_batch
+        fixed = engine.fixed_batch
         if fixed and fixed > 1:
             feeds = {k: np.repeat(v, fixed, axis=0) for k, v in feeds.items()}
         outputs = engine.run(feeds)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _controller_proc import start_controller  # noqa: E402
 
 from agent.fleet.client import AgentIdentity, FleetClient  # noqa: E402
-from agent.fleet.daemon import minimal_hardware  # noqa: E402
 from agent.fleet.download import download_artifact  # noqa: E402
+from agent.probe import probe_hardware  # noqa: E402
 from controller.broker import free_port  # noqa: E402
 from protos import fleet_pb2  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> int:
         try:
             with ctl.http as http, open(shard, "rb") as fh:
                 art = http.post("/artifacts/shards", files={"file": ("shard.tar", fh)}).json()
-            identity = AgentIdentity("bench", minimal_hardware("bench"))
+            identity = AgentIdentity("bench", probe_hardware(hardware_class="bench"))
             client = FleetClient(ctl.grpc_target, tmp / "agent", identity, ctl.enrollment_token)
             creds = client.register()
             ref = fleet_pb2.ArtifactRef(

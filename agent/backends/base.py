@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -33,6 +33,13 @@ class Precision(str, enum.Enum):
             raise ValueError(f"unknown precision {value!r}; choose from {[p.value for p in cls]}") from exc
 
 
+def fixed_batch(shape: Sequence[int]) -> int | None:
+    """The batch a graph is fixed to (the first dimension of its first input when that is a
+    number), None for a dynamic batch. The one place that decides "static batch": the dataplane,
+    dynamic batching, the benchmark, the health check and calibration all ask here."""
+    return int(shape[0]) if len(shape) and shape[0] > 0 else None
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """An engine's input or output: -1 marks a dynamic dimension."""
@@ -41,10 +48,6 @@ class TensorInfo:
     dtype: np.dtype
     shape: tuple[int, ...]
     layout: str = ""
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return bool(self.shape) and self.shape[0] == -1
 
     def to_spec(self) -> artifact_pb2.TensorSpec:
         return artifact_pb2.TensorSpec(
@@ -111,10 +114,14 @@ class Engine(abc.ABC):
         """Memory the engine holds (device memory for GPU engines, an RSS estimate on CPU)."""
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The batch every run must have (a static-batch graph), None when the batch is dynamic."""
+        return fixed_batch(self.inputs[0].shape) if self.inputs else None
+
+    @property
     def max_batch(self) -> int | None:
         """The largest batch this engine accepts; None when unbounded (dynamic on CPU)."""
-        first = self.inputs[0].shape if self.inputs else ()
-        return None if not first or first[0] == -1 else int(first[0])
+        return self.fixed_batch
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""

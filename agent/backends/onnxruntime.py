@@ -8,7 +8,7 @@ Precisions:
 - int8: an ONNX that already holds Q/DQ nodes runs as is; a plain model is quantized *on the
   device* with ONNX Runtime's static Q/DQ quantizer, calibrated on images preprocessed with the
   manifest: uint8 activations, int8 per-channel weights (the recipe that is fast on x86 CPUs,
-  see DESIGN.md), the calibration data supplied through ``BuildOptions.calibration``.
+  measured in docs/agent.md), the calibration data supplied through ``BuildOptions.calibration``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ It cannot run on a machine without ``import tensorrt`` and an NVIDIA GPU; there 
 itself unavailable with the reason and the shared backend contract tests skip it. Nothing here
 pretends to be TensorRT.
 
-How precisions are built (one code path for 10.x and 11.x wherever possible, DESIGN.md):
+How precisions are built (one code path for 10.x and 11.x wherever possible; docs/agent.md):
 - fp32: the ONNX parsed into a *strongly typed* network (types come from the graph).
 - fp16: the graph converted to float16 first (ONNX Runtime's converter, fp32 I/O kept), then
   strongly typed. On 10.x with a DLA target, the FP16 builder flag on a weakly typed network

@@ -1,32 +1,34 @@
 """``edgeloop agent run``: the fleet daemon, a thin loop from controller commands to device work.
 
 It enrols with the controller (``--controller HOST:PORT``, enrollment token), keeps the control
-stream, and for each command: downloads and verifies the artifacts it names, calls the
-``Executor`` (deploy, calibrate, benchmark, switch, rollback), sends the measured reports and a
-final status. Commands are idempotent by id: a command seen again after a reconnect (the
-controller resends what it has not seen finish) only repeats its final status.
+stream, and for each command: downloads and verifies the artifacts it names, asks the device to
+do the work (``DeviceWork``: the ``AgentRuntime`` on a device, a scripted stand-in in the
+controller's tests), sends the measured reports and a final status. Commands are idempotent by
+id: a command seen again after a reconnect (the controller resends what it has not seen finish)
+only repeats its final status.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import platform
 import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
+from agent.config import AgentSettings
 from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
 from agent.fleet.download import ArtifactRejected, DownloadInterrupted, download_artifact
-from agent.fleet.executor import Executor, Shards, load_default_executor
+from agent.probe import capabilities
+from agent.runtime import AgentRuntime, SlotState
+from agent.shards import Shards
 from protos import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,34 @@ TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 T = TypeVar("T")
 
 
-class FleetAgent:
-    """Maps commands to executor calls; one command at a time, in arrival order."""
+class DeviceWork(Protocol):
+    """What the daemon asks of the device (``AgentRuntime`` implements it)."""
 
-    def __init__(self, client: FleetClient, executor: Executor, *, retry_budget_s: float = 600.0) -> None:
+    def state(self) -> SlotState: ...
+
+    def deploy(
+        self, *, onnx_path: Path, manifest_json: str, command: fleet_pb2.Deploy, shards: Shards
+    ) -> fleet_pb2.Report: ...
+
+    def benchmark(
+        self, *, onnx_path: Path, manifest_json: str, command: fleet_pb2.Benchmark, shards: Shards
+    ) -> list[fleet_pb2.Report]: ...
+
+    def calibrate(
+        self, *, onnx_path: Path, manifest_json: str, command: fleet_pb2.Calibrate, shards: Shards
+    ) -> fleet_pb2.Report: ...
+
+    def switch(self, model_version: str) -> str: ...
+
+    def rollback(self, to_version: str = "") -> str: ...
+
+
+class FleetAgent:
+    """Maps commands to device work; one command at a time, in arrival order."""
+
+    def __init__(self, client: FleetClient, device: DeviceWork, *, retry_budget_s: float = 600.0) -> None:
         self.client = client
-        self.executor = executor
+        self.device = device
         self.retry_budget_s = retry_budget_s
         self.artifacts_dir = client.agent_dir / "artifacts"
         self.journal_path = client.agent_dir / "fleet" / "commands.json"
@@ -51,7 +75,7 @@ class FleetAgent:
 
     # -- stream callbacks
     def hello(self) -> fleet_pb2.Hello:
-        st = self.executor.state()
+        st = self.device.state()
         return fleet_pb2.Hello(
             agent_version=self.client.identity.agent_version,
             active_version=st.active,
@@ -61,7 +85,7 @@ class FleetAgent:
         )
 
     def slot_versions(self) -> tuple[str, str]:
-        st = self.executor.state()
+        st = self.device.state()
         return st.active, st.candidate
 
     def on_command(self, command: fleet_pb2.ControllerCommand) -> None:
@@ -157,20 +181,20 @@ class FleetAgent:
         d = command.deploy
         onnx_path = self.fetch(d.artifact, command.command_id)
         shards = self._shards(d.calibration, d.evaluation)
-        report = self.executor.deploy(
+        report = self.device.deploy(
             onnx_path=onnx_path, manifest_json=d.artifact.manifest_json, command=d, shards=shards
         )
         report.model_version = report.model_version or d.artifact.model_version
         report.artifact_id = report.artifact_id or d.artifact.artifact_id
         self._send_report(report, command.command_id)
-        active = self.executor.state().active
+        active = self.device.state().active
         return active, f"deployed {d.artifact.model_version}; active {active}"
 
     def _do_benchmark(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
         b = command.benchmark
         onnx_path = self.fetch(b.artifact, command.command_id)
         shards = self._shards(b.calibration, b.evaluation)
-        reports = self.executor.benchmark(
+        reports = self.device.benchmark(
             onnx_path=onnx_path, manifest_json=b.artifact.manifest_json, command=b, shards=shards
         )
         for report in reports:
@@ -184,7 +208,7 @@ class FleetAgent:
         c = command.calibrate
         onnx_path = self.fetch(c.artifact, command.command_id)
         shards = self._shards(c.calibration, fleet_pb2.ArtifactRef())
-        report = self.executor.calibrate(
+        report = self.device.calibrate(
             onnx_path=onnx_path, manifest_json=c.artifact.manifest_json, command=c, shards=shards
         )
         report.model_version = report.model_version or c.artifact.model_version
@@ -192,11 +216,11 @@ class FleetAgent:
         return c.artifact.model_version, "calibrated"
 
     def _do_switch(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
-        active = self.executor.switch(command.switch.model_version)
+        active = self.device.switch(command.switch.model_version)
         return active, f"active {active}"
 
     def _do_rollback(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
-        active = self.executor.rollback(command.rollback.to_version)
+        active = self.device.rollback(command.rollback.to_version)
         return active, f"rolled back ({command.rollback.reason[:200]}); active {active or 'none'}"
 
     # -- run
@@ -204,88 +228,33 @@ class FleetAgent:
         self.client.serve_forever(self.on_command, self.hello, self.slot_versions)
 
 
-def minimal_hardware(hardware_class: str = "", threads: int = 0) -> fleet_pb2.HardwareProfile:
-    """A profile from the standard library, used when the agent's probe is not installed."""
-    return fleet_pb2.HardwareProfile(
-        hostname=socket.gethostname(),
-        arch=platform.machine(),
-        os=f"{platform.system()} {platform.release()}",
-        cpu_model=platform.processor(),
-        cpu_cores=os.cpu_count() or 0,
-        hardware_class=hardware_class or f"{platform.machine()}-cpu",
-        cpu_threads_limit=threads,
-    )
-
-
-def probe_identity(args: argparse.Namespace) -> AgentIdentity:
-    """Hardware and capabilities from the agent's probe (a minimal profile when it is absent)."""
-    try:
-        from agent import probe
-    except ImportError as exc:  # an install without the agent extra
-        log.warning("agent probe not available (%s): sending a minimal hardware profile", exc)
-        hardware, capabilities = minimal_hardware(args.hardware_class, args.threads), []
-    else:
-        hardware = probe.probe_hardware(
-            threads=args.threads or None, hardware_class=args.hardware_class or None
-        )
-        capabilities = list(probe.probe_capabilities(hardware))
+def device_identity(settings: AgentSettings, profile: fleet_pb2.HardwareProfile) -> AgentIdentity:
+    """What the device tells the controller at registration: name, probed hardware, what it can build, tags."""
     return AgentIdentity(
-        name=args.name or socket.gethostname(),
-        hardware=hardware,
-        capabilities=capabilities,
-        tags=[t for t in (args.tags or "").split(",") if t],
+        name=settings.name or socket.gethostname(),
+        hardware=profile,
+        capabilities=capabilities(profile),
+        tags=list(settings.tags),
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    parser.add_argument(
-        "--controller",
-        default=env("EDGELOOP_CONTROLLER", "127.0.0.1:50051"),
-        help="HOST:PORT of the gRPC service",
-    )
-    parser.add_argument(
-        "--agent-dir", default=env("EDGELOOP_AGENT_DIR", str(Path.home() / ".edgeloop" / "agent"))
-    )
-    parser.add_argument("--enrollment-token", default=env("EDGELOOP_ENROLLMENT_TOKEN", ""))
-    parser.add_argument("--name", default="", help="device name (default: hostname)")
-    parser.add_argument("--tags", default=env("EDGELOOP_AGENT_TAGS", ""), help="comma-separated tags")
-    parser.add_argument("--hardware-class", default=env("EDGELOOP_HARDWARE_CLASS", ""))
-    parser.add_argument("--threads", type=int, default=int(env("EDGELOOP_AGENT_THREADS", "0") or 0))
-    parser.add_argument("--mqtt", default=env("EDGELOOP_MQTT_URL", ""), help="broker URL for telemetry")
-    parser.add_argument(
-        "--serve-port", type=int, default=8001, help="live inference (Open Inference Protocol); -1 = off"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    identity = probe_identity(args)
-    agent_dir = Path(args.agent_dir)
-    executor = load_default_executor(
-        agent_dir,
-        threads=args.threads or None,
-        mqtt_url=args.mqtt or None,
-        hardware_class=identity.hardware.hardware_class,
-        serve_port=None if args.serve_port < 0 else args.serve_port,
-    )
-    client = FleetClient(args.controller, agent_dir, identity, args.enrollment_token)
-    if client.credentials is None and not args.enrollment_token:
+def run(settings: AgentSettings, runtime: AgentRuntime) -> int:
+    """Enrol (or reuse the saved credentials), publish telemetry under the id the controller
+    assigned, then follow its commands until the process is stopped. Exit codes: 2 = not
+    enrolled and no token, 3 = the controller refused the device."""
+    identity = device_identity(settings, runtime.profile)
+    client = FleetClient(settings.controller, settings.agent_dir, identity, settings.enrollment_token or "")
+    if client.credentials is None and not settings.enrollment_token:
         log.error("not enrolled yet: pass --enrollment-token or set EDGELOOP_ENROLLMENT_TOKEN")
         return 2
     try:
         creds = client.credentials if client.credentials is not None else client.register()
-        attach = getattr(executor, "attach_telemetry", None)
-        if attach is not None:  # telemetry under the id the controller assigned
-            attach(creds.device_id, args.mqtt or creds.mqtt_url, creds.telemetry_prefix)
-        FleetAgent(client, executor).run()
+        # the operator's broker (flag or environment) over the one the controller names
+        runtime.attach_telemetry(creds.device_id, settings.mqtt_url or creds.mqtt_url, creds.telemetry_prefix)
+        FleetAgent(client, runtime).run()
     except DeviceRefused as exc:
         log.error("%s", exc)
         return 3
-    except KeyboardInterrupt:
-        raise
     finally:
         client.close()
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()
     return 0

@@ -118,7 +118,7 @@ def test_tensorrt_reports_why_it_is_unavailable(profile) -> None:
 
 def test_tensorrt_version_rules_for_dla() -> None:
     """Pure version logic of the TensorRT backend (no TensorRT needed): DLA exists up to 10.7
-    and again from 11.4.1 (DESIGN.md)."""
+    and again from 11.4.1 (NVIDIA's release notes; docs/agent.md)."""
     from agent.backends.tensorrt import dla_supported
 
     assert dla_supported("10.3.0")[0] and dla_supported("10.7.0.23")[0]

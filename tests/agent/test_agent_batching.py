@@ -113,3 +113,25 @@ def test_server_with_dynamic_batching(model_path, profile, cache) -> None:
     finally:
         server.stop()
         batcher.close()
+
+
+def test_static_batch_engine_gets_padded_batches(artifacts, profile, cache) -> None:
+    """What the benchmark's SUT relies on: single rows submitted for a graph fixed at batch 4
+    share padded runs of exactly 4 rows, and each request gets only its own row back."""
+    from agent_testkit import make_artifact
+
+    slots = ModelSlots(profile=profile, cache=cache, threads=1)
+    assert slots.deploy(make_artifact(artifacts, "static4", version="colour:static4", batch=4)).ok
+    engine = Counting(slots.active.engine)
+    inputs = [solid(i % 3, 0.9) for i in range(5)]
+    expected = [engine.inner.run({"images": np.repeat(x, 4, axis=0)})["logits"][:1] for x in inputs]
+    engine.runs = 0
+    batcher = DynamicBatcher(max_batch=8, max_delay_s=0.2)
+    try:
+        futures = [batcher.submit(engine, {"images": x}) for x in inputs]
+        results = [f.result(timeout=30)["logits"] for f in futures]
+    finally:
+        batcher.close()
+    for got, want in zip(results, expected, strict=True):
+        assert got.shape == (1, 3) and np.allclose(got, want, atol=1e-5)
+    assert engine.runs == 2  # 4 rows, then 1 row padded to 4

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = [
     "agent.cli", "agent.probe", "agent.backends.onnxruntime", "agent.backends.tensorrt", "agent.engine_cache",
     "agent.engines", "agent.bench", "agent.evaluate", "agent.server", "agent.slots", "agent.telemetry",
-    "agent.fleet_executor", "agent.batching", "agent.dataplane", "agent.preprocess", "agent.calibration",
+    "agent.runtime", "agent.shards", "agent.fleet.daemon", "agent.batching", "agent.dataplane", "agent.preprocess", "agent.calibration",
 ]  # fmt: skip
 
 BUILD = """

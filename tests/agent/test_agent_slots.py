@@ -142,3 +142,21 @@ def test_state_survives_restart(setup, profile, cache) -> None:
     assert again.restore().version == "colour:5"
     assert again.previous.version == "colour:1"
     assert again.active.built.cache_hit
+
+
+@pytest.mark.parametrize("with_eval", [False, True])
+def test_static_batch_model_passes_the_health_check(artifacts, profile, cache, images, with_eval) -> None:
+    """A graph fixed at batch 8 (the evaluation batch too): the health check sends exactly 8 rows,
+    with or without an evaluation folder, and evaluation pads the short last batch (18 images)."""
+    from agent.backends.base import fixed_batch
+    from agent.evaluate import evaluate
+
+    path = make_artifact(artifacts, "static8", version="colour:static8", batch=8)
+    slots = ModelSlots(profile=profile, cache=cache, threads=1)
+    result = slots.deploy(
+        path, eval_dir=images if with_eval else None, accuracy_floor=0.9 if with_eval else 0.0
+    )
+    assert result.ok, result.reason
+    engine = slots.active.engine
+    assert engine.fixed_batch == 8 == fixed_batch(slots.active.manifest.inputs[0].shape)
+    assert evaluate(engine, slots.active.manifest, images) == {"top1": 1.0}

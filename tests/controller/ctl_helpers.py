@@ -1,6 +1,6 @@
 """Test helpers: tiny ONNX models, manifests, a scripted executor and real in-process agents.
 
-The executor is the only stand-in: the gRPC control plane, downloads, signatures, the DB and the
+The executor (the device work ``agent.fleet.daemon.DeviceWork`` asks for) is the only stand-in: the gRPC control plane, downloads, signatures, the DB and the
 broker are all real. It answers a deploy or benchmark with the accuracy and throughput the test
 scripted for that model version, after loading the ONNX file it was given (so a broken file
 fails the way it would on a device).
@@ -9,6 +9,9 @@ fails the way it would on a device).
 from __future__ import annotations
 
 import json
+import os
+import platform
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,11 +22,26 @@ import onnx
 from onnx import TensorProto, helper
 
 from agent.fleet.client import AgentIdentity, FleetClient
-from agent.fleet.daemon import FleetAgent, minimal_hardware
-from agent.fleet.executor import Shards, SlotState
+from agent.fleet.daemon import FleetAgent
+from agent.runtime import SlotState
+from agent.shards import Shards
 from controller.core.config import get_settings
 from controller.runtime import Controller
 from protos import fleet_pb2
+
+
+def minimal_hardware(hardware_class: str = "", threads: int = 0) -> fleet_pb2.HardwareProfile:
+    """A stand-in device's profile from the standard library (no probe, no fingerprint): the
+    control-plane tests enrol many devices of made-up classes from one host."""
+    return fleet_pb2.HardwareProfile(
+        hostname=socket.gethostname(),
+        arch=platform.machine(),
+        os=f"{platform.system()} {platform.release()}",
+        cpu_model=platform.processor(),
+        cpu_cores=os.cpu_count() or 0,
+        hardware_class=hardware_class or f"{platform.machine()}-cpu",
+        cpu_threads_limit=threads,
+    )
 
 
 def write_onnx(path: Path, tag: str = "v1", pad_bytes: int = 0) -> Path:

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ctl_helpers import start_agent, wait_until
+from ctl_helpers import minimal_hardware, start_agent, wait_until
 from sqlmodel import select
 
 from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
-from agent.fleet.daemon import minimal_hardware
 from controller import crud
 from controller.models import Device
 from protos import fleet_pb2

@@ -1,4 +1,4 @@
-"""The controller with the real agent (agent.fleet_executor: model slots, ONNX Runtime engines,
+"""The controller with the real agent (agent.runtime.AgentRuntime: model slots, ONNX Runtime engines,
 on-device evaluation and benchmark): a gated rollout that passes, then one whose canary
 measures a worse model on the device, fails the accuracy gate and is rolled back for real."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ctl_helpers import RunningAgent, wait_until
 
-from agent.fleet.client import AgentIdentity, FleetClient
+from agent.fleet.client import FleetClient
 from agent.fleet.daemon import FleetAgent
 
 TESTKIT = Path(__file__).resolve().parents[1] / "agent" / "agent_testkit.py"
@@ -37,19 +37,16 @@ def _real_agent(target: str, agent_dir: Path, name: str) -> RunningAgent:
     import threading
 
     from agent.bench import BenchConfig
-    from agent.fleet_executor import create_executor
-    from agent.probe import probe_capabilities, probe_hardware
+    from agent.config import AgentSettings
+    from agent.fleet.daemon import device_identity
+    from agent.runtime import AgentRuntime
 
-    hardware = probe_hardware(threads=1, hardware_class="cpu-1t")
-    identity = AgentIdentity(
-        name=name, hardware=hardware, capabilities=probe_capabilities(hardware), tags=["real"]
-    )
-    client = FleetClient(target, agent_dir, identity, "test-enrollment-token")
-    executor = create_executor(
-        agent_dir,
-        threads=1,
-        serve_port=None,
-        deploy_bench=BenchConfig(scenarios=("singlestream", "offline"), duration_ms=300, min_queries=16),
+    settings = AgentSettings(agent_dir=agent_dir, threads=1, hardware_class="cpu-1t", name=name,
+                             tags=("real",), serve_port=-1)  # fmt: skip
+    executor = AgentRuntime(settings, deploy_bench=BenchConfig(scenarios=("singlestream", "offline"),
+                                                               duration_ms=300, min_queries=16)).start()  # fmt: skip
+    client = FleetClient(
+        target, agent_dir, device_identity(settings, executor.profile), "test-enrollment-token"
     )
     agent = FleetAgent(client, executor)
     errors: list[BaseException] = []

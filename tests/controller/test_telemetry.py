@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-from ctl_helpers import make_controller, wait_until
+from ctl_helpers import make_controller, minimal_hardware, wait_until
 from sqlmodel import select
 
 from agent.fleet.client import AgentIdentity, FleetClient
-from agent.fleet.daemon import minimal_hardware
 from controller.models import DeviceEvent, TelemetryAggregate
 
 PUBLISHER = r"""

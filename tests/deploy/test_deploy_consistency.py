@@ -178,7 +178,7 @@ def test_every_flag_the_files_pass_exists_in_the_real_parsers() -> None:
     import argparse
 
     parsers = {}
-    for side, module in (("agent", "agent.fleet.daemon"), ("controller", "controller.cli")):
+    for side, module in (("agent", "agent.cli"), ("controller", "controller.cli")):
         mod = pytest.importorskip(module, reason=f"{module} is not in this tree yet")
         parser = argparse.ArgumentParser(prog=f"edgeloop {side}", exit_on_error=False)
         mod.add_arguments(parser)
@@ -188,7 +188,7 @@ def test_every_flag_the_files_pass_exists_in_the_real_parsers() -> None:
         side, rest = argv[1], argv[2:]
         if side == "agent":
             assert rest[0] == "run", where
-            rest = [a.replace("$(NODE_NAME)", "node-1") for a in rest[1:]]
+            rest = [a.replace("$(NODE_NAME)", "node-1") for a in rest]
         try:
             parsers[side].parse_args(rest)
         except (argparse.ArgumentError, SystemExit) as exc:

@@ -1,0 +1,287 @@
+"""The agent's runtime: one device's engine cache, model slots, live inference and telemetry,
+built the same way by ``edgeloop agent serve`` and ``edgeloop agent run``.
+
+Lifecycle. Constructing an ``AgentRuntime`` only assembles objects (it probes the hardware,
+which reads it, and the engine cache makes its folder): no thread, no socket, no broker
+connection. ``start()`` restores the model slots saved by the last run, starts dynamic batching
+(when ``batch_delay_ms`` is set) and the served components, and publishes metrics once telemetry
+is attached; ``close()`` stops all of it, the served components in reverse order.
+``attach_telemetry(device_id)`` connects to the broker under the id the device goes by (the
+controller assigns it at registration; ``agent serve`` names it): before ``start()`` it already
+publishes state and events (a deploy's ``built`` and ``switched``), the metrics begin with
+``start()``.
+
+Served components answer clients from the runtime's one ``DataPlane`` (the model slots, request
+statistics and the batcher): today the Open Inference Protocol gRPC server. Adding another front
+end (an HTTP/REST server, video pipelines) is one more entry in ``_components()``: anything with
+``start()`` and ``stop()`` (``Served``).
+
+Device work. ``deploy``, ``benchmark``, ``calibrate``, ``switch`` and ``rollback`` are what the
+fleet daemon (``agent.fleet.daemon``) asks of the device once it has downloaded and verified the
+artifacts; they return ``fleet_pb2.Report`` messages and run one at a time while live inference
+goes on. Known gap, left for the slot-durability work: a deploy through the fleet path hands
+the slots the manifest as a message, and the slot state (``slots.json``) records only a manifest
+*path*, so a model restored after a restart has no manifest unless one lies beside its ONNX file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.batching import DynamicBatcher
+from agent.bench import BenchConfig, PeakMemory, benchmark_engine
+from agent.config import AgentSettings
+from agent.dataplane import DataPlane
+from agent.engine_cache import EngineCache
+from agent.engines import build_engine, record_engine
+from agent.errors import AgentError, ArtifactError, HealthCheckFailed
+from agent.evaluate import evaluate
+from agent.model_spec import ResolvedModel, resolve_model
+from agent.probe import probe_hardware
+from agent.server import InferenceServer
+from agent.shards import Shards, extract_shard
+from agent.slots import ModelSlots
+from agent.stats import RequestStats
+from agent.telemetry import Telemetry, metrics_collector
+from protos import artifact_pb2, fleet_pb2
+from protos.manifest import ManifestError, manifest_from_json
+
+log = logging.getLogger(__name__)
+
+# what a deploy measures on the candidate before it reports (a short run; benchmark() is the long one)
+DEPLOY_BENCH = BenchConfig(scenarios=("singlestream", "offline"), duration_ms=1500, min_queries=32)
+
+
+class Served(Protocol):
+    """A component that answers clients from the runtime's dataplane."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class SlotState:
+    """What the device holds, by model version: what it tells the controller in its Hello."""
+
+    active: str = ""
+    candidate: str = ""
+    previous: str = ""
+    cached: list[str] = field(default_factory=list)
+
+
+def _manifest(manifest_json: str) -> artifact_pb2.Manifest | None:
+    try:
+        return manifest_from_json(manifest_json) if manifest_json else None
+    except ManifestError as exc:
+        raise ArtifactError(str(exc)) from exc
+
+
+class AgentRuntime:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        profile: fleet_pb2.HardwareProfile | None = None,
+        remember_slots: bool = True,
+        deploy_bench: BenchConfig | None = DEPLOY_BENCH,
+    ) -> None:
+        """``remember_slots=False`` (``agent serve``): serve the model given on the command line,
+        restore nothing and save no slot state. ``deploy_bench=None``: a deploy measures nothing."""
+        self.settings = settings
+        self.profile = profile or probe_hardware(
+            threads=settings.threads, hardware_class=settings.hardware_class
+        )
+        self.cache = EngineCache(settings.cache_dir)
+        self.slots = ModelSlots(profile=self.profile, cache=self.cache, threads=settings.threads,
+                                state_dir=settings.slots_dir if remember_slots else None,
+                                on_event=self._event)  # fmt: skip
+        self.stats = RequestStats()
+        self.dataplane = DataPlane(self.slots, self.stats)
+        self.deploy_bench = deploy_bench
+        self.shard_root = settings.agent_dir / "shards"
+        self.telemetry: Telemetry | None = None
+        self.grpc_server: InferenceServer | None = None
+        self.served: list[Served] = []  # started, in start order
+        self.started = False
+        self._work_lock = threading.Lock()  # device work runs one command at a time
+
+    # -- lifecycle
+    def _components(self) -> Iterator[Served]:
+        """The served components, built when started (building one may bind its port)."""
+        if self.settings.serves_grpc:
+            self.grpc_server = InferenceServer(
+                self.dataplane, host=self.settings.serve_host, port=self.settings.serve_port
+            )
+            yield self.grpc_server
+
+    def start(self) -> AgentRuntime:
+        if self.started:
+            return self
+        self.started = True
+        try:
+            self.slots.restore()
+            if self.settings.batch_delay_ms > 0:
+                self.dataplane.batcher = DynamicBatcher(
+                    self.settings.max_batch, self.settings.batch_delay_ms / 1000
+                )
+            for component in self._components():
+                component.start()
+                self.served.append(component)
+        except BaseException:
+            self.close()
+            raise
+        if self.grpc_server is not None:
+            log.info("live inference on %s:%d", self.settings.serve_host, self.grpc_server.port)
+        self._start_metrics()
+        return self
+
+    def close(self) -> None:
+        while self.served:
+            self.served.pop().stop()
+        if self.dataplane.batcher is not None:
+            self.dataplane.batcher.close()
+            self.dataplane.batcher = None
+        if self.telemetry is not None:
+            self.telemetry.stop()
+            self.telemetry = None
+        self.started = False
+
+    def __enter__(self) -> AgentRuntime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- telemetry
+    def attach_telemetry(self, device_id: str, mqtt_url: str = "", prefix: str = "") -> None:
+        """Publish telemetry as ``device_id`` to ``mqtt_url`` (default: the settings' broker;
+        neither = no telemetry) under ``prefix`` (default: the settings'). Replaces a running one."""
+        url = mqtt_url or self.settings.mqtt_url
+        if not url:
+            return
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        self.telemetry = Telemetry(url, device_id, prefix=prefix or self.settings.telemetry_prefix,
+                                   hardware_class=self.profile.hardware_class).start()  # fmt: skip
+        if self.started:
+            self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.start_metrics(
+                metrics_collector(self.slots, self.stats), self.settings.metrics_interval_s
+            )
+
+    def _event(self, event: str, model_version: str, details: dict) -> None:
+        if self.telemetry is not None:
+            self.telemetry.event(event, model_version, details)
+
+    # -- device work (what the fleet daemon calls)
+    def state(self) -> SlotState:
+        slots = self.slots
+        return SlotState(
+            active=slots.active.version if slots.active else "",
+            candidate=slots.candidate.version if slots.candidate else "",
+            previous=slots.previous.version if slots.previous else "",
+            cached=sorted({e.get("model_version", "") for e in self.cache.entries()} - {""}),
+        )
+
+    def deploy(
+        self, *, onnx_path: Path, manifest_json: str, command: fleet_pb2.Deploy, shards: Shards
+    ) -> fleet_pb2.Report:
+        """Build, (calibrate,) health-check, evaluate and measure the candidate; activate it when
+        ``command.activate`` and the health check passes. Raises on failure (``HealthCheckFailed``
+        with the reason), leaving the active model serving."""
+        calib = extract_shard(shards.calibration, self.shard_root)
+        evaluation = extract_shard(shards.evaluation, self.shard_root)
+        with self._work_lock, PeakMemory() as memory:
+            result = self.slots.deploy(onnx_path, _manifest(manifest_json), backend=command.backend or "auto",
+                                       precision=command.precision or "fp32", calib_dir=calib, eval_dir=evaluation,
+                                       accuracy_floor=command.accuracy_floor, activate=command.activate)  # fmt: skip
+            if not result.ok:
+                raise HealthCheckFailed(result.reason)
+            loaded = self.slots.active if result.activated else self.slots.candidate
+            report = record_engine(fleet_pb2.Report(), loaded.built)
+            report.accuracy.update(result.accuracy)
+            if evaluation is not None and not result.accuracy:
+                report.accuracy.update(evaluate(loaded.engine, loaded.manifest, evaluation))
+            if self.deploy_bench is not None:
+                benchmark_engine(loaded.built, config=self.deploy_bench, report=report)
+        report.peak_memory_bytes = memory.peak
+        return report
+
+    def benchmark(
+        self, *, onnx_path: Path, manifest_json: str, command: fleet_pb2.Benchmark, shards: Shards
+    ) -> list[fleet_pb2.Report]:
+        """One report per backend x precision asked for; a build that fails is a report with the
+        error, not an exception."""
+        calib = extract_shard(shards.calibration, self.shard_root)
+        evaluation = extract_shard(shards.evaluation, self.shard_root)
+        config = BenchConfig(
+            scenarios=tuple(command.scenarios) or ("singlestream", "offline", "server"),
+            duration_ms=command.duration_ms or 3000,
+        )
+        model = resolve_model(onnx_path, _manifest(manifest_json))
+        reports = []
+        for backend in list(command.backends) or ["auto"]:
+            for precision in list(command.precisions) or ["fp32"]:
+                reports.append(
+                    self._benchmark_one(model, backend, precision, calib, evaluation, config, command)
+                )
+        return reports
+
+    def _benchmark_one(
+        self,
+        model: ResolvedModel,
+        backend: str,
+        precision: str,
+        calib: Path | None,
+        evaluation: Path | None,
+        config: BenchConfig,
+        command: fleet_pb2.Benchmark,
+    ) -> fleet_pb2.Report:
+        report = fleet_pb2.Report(model_version=model.manifest.version, backend=backend, precision=precision,
+                                  hardware_fingerprint=self.profile.fingerprint, round_id=command.round_id)  # fmt: skip
+        with self._work_lock, PeakMemory() as memory:
+            try:
+                built = build_engine(model, profile=self.profile, cache=self.cache, backend=backend,
+                                     precision=precision, calib_dir=calib, threads=self.settings.threads)  # fmt: skip
+            except AgentError as exc:
+                report.errors.append(f"build: {exc}")
+            else:
+                record_engine(report, built)
+                benchmark_engine(built, eval_dir=evaluation, config=config, report=report)
+                built.engine.close()
+        report.peak_memory_bytes = memory.peak
+        self._event("benchmarked", report.model_version, {
+            "backend": report.backend, "precision": precision, "errors": list(report.errors)[:3],
+        })  # fmt: skip
+        return report
+
+    def calibrate(
+        self, *, onnx_path: Path, manifest_json: str, command: fleet_pb2.Calibrate, shards: Shards
+    ) -> fleet_pb2.Report:
+        """Build (and cache) the calibrated engine without loading it into a slot."""
+        calib = extract_shard(shards.calibration, self.shard_root)
+        model = resolve_model(onnx_path, _manifest(manifest_json))
+        with self._work_lock:
+            built = build_engine(model, profile=self.profile, cache=self.cache, backend=command.backend or "auto",
+                                 precision=command.precision or "int8", calib_dir=calib,
+                                 threads=self.settings.threads)  # fmt: skip
+        built.engine.close()
+        self._event("calibrated", model.manifest.version, {"engine_key": str(built.key)})
+        return record_engine(fleet_pb2.Report(), built)
+
+    def switch(self, model_version: str) -> str:
+        """Make a loaded version active; returns the active version."""
+        return self.slots.switch(model_version).version
+
+    def rollback(self, to_version: str = "") -> str:
+        """Return to ``to_version`` (or the previous active one); returns the active version."""
+        return self.slots.rollback(to_version, reason="controller command").version
