@@ -207,7 +207,7 @@ def run_demo(
         )
         say("4/5 the loop: baseline, then candidates until each class meets its goal", t0)
         _, index = run_on_controller(
-            ctl,
+            ctl.ctx,
             trainer,
             FleetSettings(evaluation_artifact_id=eval_id, calibration_artifact_id=calib_id,
                           duration_ms=preset.bench_duration_ms),
