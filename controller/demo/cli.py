@@ -20,8 +20,8 @@ from pathlib import Path
 
 from controller.demo.local_agents import EmulatedClass, LocalFleet, default_classes
 from controller.demo.presets import PRESETS, DemoPreset
-from controller.demo.report import LoopRecord
 from controller.loop.goals import parse_goals
+from controller.loop.record import LoopRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from controller.context import ControllerContext
-from controller.demo.report import TimelineEvent
 from controller.inprocess import InProcessAPI
 from controller.loop.engine import Candidate
+from controller.loop.record import TimelineEvent
 from controller.loop.selection import Measurement
 from controller.models import DevicePublic, ResultPublic
 

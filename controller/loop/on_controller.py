@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controller.context import ControllerContext
-from controller.demo.report import LoopRecord, render_report
 from controller.loop.engine import LoopBudget, run_loop
 from controller.loop.fleet_adapter import ControllerFleet, FleetSettings
 from controller.loop.goals import ClassGoal
 from controller.loop.planner import Ladders
+from controller.loop.record import LoopRecord
+from controller.loop.report import render_report
 from controller.loop.selection import Choice
 from controller.loop.trainer_adapter import SpecTrainer, TrainerSettings
 

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller import crud
 from controller.context import ControllerContext
-from controller.demo.report import LoopRecord
 from controller.errors import InvalidInput, NotFound
 from controller.inprocess import InProcessAPI
 from controller.loop.engine import LoopBudget
@@ -30,6 +29,7 @@ from controller.loop.fleet_adapter import FleetSettings
 from controller.loop.goals import GoalError, parse_goals
 from controller.loop.on_controller import run_on_controller
 from controller.loop.planner import Ladders
+from controller.loop.record import LoopRecord
 from controller.loop.trainer_adapter import TrainerSettings
 
 log = logging.getLogger(__name__)

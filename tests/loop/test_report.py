@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.demo.report import LineageNode, LoopRecord, TimelineEvent, render_report, summarize_choice
 from controller.loop.goals import parse_goals
+from controller.loop.record import LineageNode, LoopRecord, TimelineEvent, summarize_choice
+from controller.loop.report import render_report
 from controller.loop.selection import Measurement, choose
 
 
