@@ -20,8 +20,11 @@ from pathlib import Path
 
 from controller.demo.local_agents import EmulatedClass, LocalFleet, default_classes
 from controller.demo.presets import PRESETS, DemoPreset
+from controller.loop.engine import LoopBudget
 from controller.loop.goals import parse_goals
+from controller.loop.planner import Ladders
 from controller.loop.record import LoopRecord
+from controller.loop.trainer_adapter import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +136,12 @@ def run_demo(
     classes: list[EmulatedClass] | None = None,
     serve: bool = False,
 ) -> DemoResult:
+    # the controller's own modules (FastAPI, SQLModel, gRPC) load here, on first use, so that
+    # `edgeloop demo --help` and goals refused up front answer at once
     from controller.core.config import get_settings
-    from controller.loop.engine import LoopBudget
     from controller.loop.fleet_adapter import FleetSettings
     from controller.loop.on_controller import run_on_controller
-    from controller.loop.planner import Ladders
-    from controller.loop.trainer_adapter import TrainerSettings
+    from controller.runtime import Controller
 
     t0 = time.monotonic()
     goals = parse_goals(goals_data or preset.goals)  # refused before any work
@@ -161,8 +164,6 @@ def run_demo(
     shutil.rmtree(ctl_dir, ignore_errors=True)  # each run is its own fleet history
     settings = get_settings(data_dir=ctl_dir, grpc_host="127.0.0.1", grpc_port=0, http_port=0,
                             http_host="127.0.0.1")  # fmt: skip
-    from controller.runtime import Controller
-
     ctl = Controller(settings).start(http=True, telemetry=True)
     fleet = None
     try:
