@@ -21,7 +21,7 @@ from pathlib import Path
 from controller.demo.local_agents import EmulatedClass, LocalFleet, default_classes
 from controller.demo.presets import PRESETS, DemoPreset
 from controller.loop.engine import LoopBudget
-from controller.loop.goals import parse_goals
+from controller.loop.goals import GoalError, load_goals, parse_goals
 from controller.loop.planner import Ladders
 from controller.loop.record import LoopRecord
 from controller.loop.trainer_adapter import TrainerSettings
@@ -260,8 +260,6 @@ def print_summary(record: LoopRecord) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.loop.goals import GoalError, load_goals
-
     preset = PRESETS[(args.task, "quick" if args.quick else "full")]
     out = Path(args.out)
     if args.fresh:
