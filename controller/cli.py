@@ -56,13 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from controller.main import create_app
+    from controller.runtime import Controller
 
     # the REST API shares the GIL with the gRPC loop streaming artifacts: hand it over more often
     # so API latency stays low during a large rollout (measured in benchmarks/fleet_scale.py)
     sys.setswitchinterval(0.001)
-    from controller.runtime import Controller
-
     ctl = Controller(settings).start()
     print(
         f"edgeloop controller: gRPC {settings.grpc_host}:{ctl.grpc_port}, "
@@ -74,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        uvicorn.run(create_app(ctl), host=settings.http_host, port=settings.http_port, log_level="info")
+        uvicorn.run(ctl.app(), host=settings.http_host, port=settings.http_port, log_level="info")
     finally:
         ctl.stop()
     return 0

@@ -9,9 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from controller.api import errors
 from controller.api.deps import TokenDep
 from controller.api.routes import dashboard, devices, jobs, loops, models, results, rollouts
+from controller.context import ControllerContext
 from controller.core.config import VERSION
 from controller.db import check_db
-from controller.runtime import Controller
+from controller.loop.service import LoopRunner
 
 API_PREFIX = "/api/v1"
 
@@ -20,7 +21,9 @@ def _unique_id(route: APIRoute) -> str:
     return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
-def create_app(ctl: Controller) -> FastAPI:
+def create_app(ctx: ControllerContext, loop_runner: LoopRunner, *, grpc_port: int) -> FastAPI:
+    """Routes get ``ctx`` (the loop routes also ``loop_runner``) through ``controller/api/deps.py``;
+    ``grpc_port`` is the bound port ``/healthz`` reports."""
     app = FastAPI(
         title="edgeloop controller",
         version=VERSION,
@@ -28,7 +31,8 @@ def create_app(ctl: Controller) -> FastAPI:
         docs_url="/docs",
         generate_unique_id_function=_unique_id,
     )
-    app.state.controller = ctl
+    app.state.ctx = ctx
+    app.state.loop_runner = loop_runner
     errors.install(app)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[TokenDep])
@@ -40,11 +44,11 @@ def create_app(ctl: Controller) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         """Touches the database: a controller that cannot read it is not healthy."""
-        check_db(ctl.engine)
-        return {"status": "ok", "grpc_port": str(ctl.grpc_port)}
+        check_db(ctx.engine)
+        return {"status": "ok", "grpc_port": str(grpc_port)}
 
     @app.get("/metrics", tags=["health"])
     def metrics() -> Response:
-        return Response(generate_latest(ctl.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

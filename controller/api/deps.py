@@ -10,25 +10,33 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
+from controller.context import ControllerContext
 from controller.errors import Unauthenticated
-from controller.runtime import Controller
+from controller.loop.service import LoopRunner
 
 _bearer = HTTPBearer(auto_error=False, description="EDGELOOP_API_TOKEN")
 
 
-def get_controller(request: Request) -> Controller:
-    return request.app.state.controller
+def get_context(request: Request) -> ControllerContext:
+    return request.app.state.ctx
 
 
-ControllerDep = Annotated[Controller, Depends(get_controller)]
+ContextDep = Annotated[ControllerContext, Depends(get_context)]
 
 
-def get_session(ctl: ControllerDep) -> Iterator[Session]:
+def get_loop_runner(request: Request) -> LoopRunner:
+    return request.app.state.loop_runner
+
+
+LoopRunnerDep = Annotated[LoopRunner, Depends(get_loop_runner)]
+
+
+def get_session(ctx: ContextDep) -> Iterator[Session]:
     """One transaction per request: committed when the handler returns, rolled back on any error.
 
     Scope "function": the commit happens before the response is sent, so a 2xx means committed
     and a failed commit becomes an error response (never a 201 for a row that is not there)."""
-    with Session(ctl.engine, expire_on_commit=False) as session:
+    with Session(ctx.engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
@@ -41,9 +49,9 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def require_token(
-    ctl: ControllerDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ctx: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    expected = ctl.settings.api_token or ""
+    expected = ctx.settings.api_token or ""
     if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
         raise Unauthenticated("missing or invalid API token (Authorization: Bearer $EDGELOOP_API_TOKEN)")
 

@@ -20,8 +20,11 @@ from pathlib import Path
 
 from controller.demo.local_agents import EmulatedClass, LocalFleet, default_classes
 from controller.demo.presets import PRESETS, DemoPreset
-from controller.demo.report import LoopRecord
-from controller.loop.goals import parse_goals
+from controller.loop.engine import LoopBudget
+from controller.loop.goals import GoalError, load_goals, parse_goals
+from controller.loop.planner import Ladders
+from controller.loop.record import LoopRecord
+from controller.loop.trainer_adapter import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +136,12 @@ def run_demo(
     classes: list[EmulatedClass] | None = None,
     serve: bool = False,
 ) -> DemoResult:
+    # the controller's own modules (FastAPI, SQLModel, gRPC) load here, on first use, so that
+    # `edgeloop demo --help` and goals refused up front answer at once
     from controller.core.config import get_settings
-    from controller.loop.engine import LoopBudget
     from controller.loop.fleet_adapter import FleetSettings
     from controller.loop.on_controller import run_on_controller
-    from controller.loop.planner import Ladders
-    from controller.loop.trainer_adapter import TrainerSettings
+    from controller.runtime import Controller
 
     t0 = time.monotonic()
     goals = parse_goals(goals_data or preset.goals)  # refused before any work
@@ -161,8 +164,6 @@ def run_demo(
     shutil.rmtree(ctl_dir, ignore_errors=True)  # each run is its own fleet history
     settings = get_settings(data_dir=ctl_dir, grpc_host="127.0.0.1", grpc_port=0, http_port=0,
                             http_host="127.0.0.1")  # fmt: skip
-    from controller.runtime import Controller
-
     ctl = Controller(settings).start(http=True, telemetry=True)
     fleet = None
     try:
@@ -207,7 +208,7 @@ def run_demo(
         )
         say("4/5 the loop: baseline, then candidates until each class meets its goal", t0)
         _, index = run_on_controller(
-            ctl,
+            ctl.ctx,
             trainer,
             FleetSettings(evaluation_artifact_id=eval_id, calibration_artifact_id=calib_id,
                           duration_ms=preset.bench_duration_ms),
@@ -259,8 +260,6 @@ def print_summary(record: LoopRecord) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.loop.goals import GoalError, load_goals
-
     preset = PRESETS[(args.task, "quick" if args.quick else "full")]
     out = Path(args.out)
     if args.fresh:

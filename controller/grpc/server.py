@@ -16,13 +16,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from sqlmodel import Session
 
 from controller import crud
+from controller.context import ControllerContext
 from controller.db import session_scope
 from controller.errors import (
     Conflict,
@@ -37,9 +38,6 @@ from controller.services.commands import command_to_proto
 from controller.services.hub import StreamSession
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.chunks import encode_chunk
-
-if TYPE_CHECKING:
-    from controller.runtime import Controller
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,16 +141,16 @@ def add_servicer(servicer: FleetServicer, server: grpc.aio.Server) -> None:
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(self, ctl: Controller, pool: ThreadPoolExecutor) -> None:
-        self.ctl = ctl
+    def __init__(self, ctx: ControllerContext, pool: ThreadPoolExecutor) -> None:
+        self.ctx = ctx
         self.pool = pool
         self._artifacts: dict[str, _ArtifactFile] = {}
-        self._chunks = ChunkCache(ctl.settings.artifact_cache_bytes)
+        self._chunks = ChunkCache(ctx.settings.artifact_cache_bytes)
 
     # -- plumbing
     async def _db(self, fn: Callable[..., T], /, **kwargs: object) -> T:
         def unit() -> T:
-            with session_scope(self.ctl.engine) as session:
+            with session_scope(self.ctx.engine) as session:
                 return fn(session=session, **kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self.pool, unit)
@@ -168,11 +166,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         device_id = md.get("x-edgeloop-device", "")
         auth = md.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
-        known = self.ctl.tokens.get(device_id) if device_id and token else None
+        known = self.ctx.tokens.get(device_id) if device_id and token else None
         if known is not None and hmac.compare_digest(known, fleet.hash_token(token)):
             return device_id  # cached: no DB round trip for the common case
         try:
-            await self._db(fleet.authenticate, cache=self.ctl.tokens, device_id=device_id, token=token)
+            await self._db(fleet.authenticate, cache=self.ctx.tokens, device_id=device_id, token=token)
         except ControllerError as exc:
             await self._abort(context, exc)
         return device_id
@@ -183,20 +181,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             device, token = await self._db(
                 fleet.register_device,
                 request=request,
-                enrollment_token=self.ctl.settings.enrollment_token or "",
+                enrollment_token=self.ctx.settings.enrollment_token or "",
             )
         except ControllerError as exc:
             log.info("register refused (%s): %s", context.peer(), exc.message)
             await self._abort(context, exc)
-        self.ctl.tokens.put(device.id, device.token_hash)
+        self.ctx.tokens.put(device.id, device.token_hash)
         log.info("device %s (%s, %s) registered", device.id, device.name, device.hardware_class)
         return fleet_pb2.RegisterResponse(
             device_id=device.id,
             device_token=token,
-            artifact_signing_public_key=self.ctl.signer.public_key_bytes,
-            mqtt_url=agent_mqtt_url(self.ctl.settings.mqtt_url or self.ctl.public_mqtt_url or ""),
-            telemetry_prefix=self.ctl.settings.telemetry_prefix,
-            heartbeat_interval_s=self.ctl.settings.heartbeat_interval_s,
+            artifact_signing_public_key=self.ctx.signer.public_key_bytes,
+            mqtt_url=agent_mqtt_url(self.ctx.settings.mqtt_url or self.ctx.mqtt_url),
+            telemetry_prefix=self.ctx.settings.telemetry_prefix,
+            heartbeat_interval_s=self.ctx.settings.heartbeat_interval_s,
         )
 
     async def Connect(
@@ -210,8 +208,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         hello = first.hello if first.HasField("hello") else fleet_pb2.Hello()
         loop = asyncio.get_running_loop()
         session = StreamSession(device_id=device_id, loop=loop, queue=asyncio.Queue())
-        self.ctl.hub.attach(session)
-        self.ctl.metrics.streams.inc()
+        self.ctx.hub.attach(session)
+        self.ctx.metrics.streams.inc()
         reader: asyncio.Task | None = None
         try:
             backlog = await self._db(fleet.record_connected, device_id=device_id, hello=hello, connected=True)
@@ -224,10 +222,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                     break
                 yield command
         finally:
-            self.ctl.metrics.streams.dec()
+            self.ctx.metrics.streams.dec()
             if reader is not None:
                 reader.cancel()
-            if self.ctl.hub.detach(session):
+            if self.ctx.hub.detach(session):
                 try:
                     await self._db(fleet.record_connected, device_id=device_id, hello=None, connected=False)
                 except Exception:  # the DB may be going away with the controller
@@ -241,13 +239,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 kind = msg.WhichOneof("body")
                 if kind == "heartbeat":
                     hb = msg.heartbeat
-                    self.ctl.hub.note_heartbeat(device_id, hb.active_version, hb.candidate_version)
+                    self.ctx.hub.note_heartbeat(device_id, hb.active_version, hb.candidate_version)
                 elif kind == "status":
                     try:
                         await self._db(fleet.record_status, device_id=device_id, status=msg.status)
                     except ControllerError as exc:
                         log.warning("bad status from %s: %s", device_id, exc.message)
-                    self.ctl.wake()
+                    self.ctx.wake()
                 elif kind == "hello":
                     await self._db(
                         fleet.record_connected, device_id=device_id, hello=msg.hello, connected=True
@@ -278,7 +276,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} outside 0..{info.size}"
             )
-        chunk = request.chunk_size or self.ctl.settings.artifact_chunk_bytes
+        chunk = request.chunk_size or self.ctx.settings.artifact_chunk_bytes
         chunk = max(4096, min(chunk, 8 << 20))
         offset = request.offset
         if offset == info.size:
@@ -304,7 +302,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                     msg = encode_chunk(offset, data, info.size, info.sha256)
                     self._chunks.put(key, msg)
                 yield msg
-                self.ctl.metrics.bytes_served.inc(end - offset)
+                self.ctx.metrics.bytes_served.inc(end - offset)
                 offset = end
         finally:
             if fd is not None:
@@ -316,16 +314,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             result = await self._db(fleet.record_report, device_id=device_id, report=request.report)
         except ControllerError as exc:
             await self._abort(context, exc)
-        self.ctl.metrics.reports.inc()
-        self.ctl.wake()
+        self.ctx.metrics.reports.inc()
+        self.ctx.wake()
         return fleet_pb2.ReportAck(result_id=result.id)
 
 
 class GrpcServer:
     """Runs the servicer in a thread with its own event loop; ``port`` is the bound one."""
 
-    def __init__(self, ctl: Controller, host: str, port: int) -> None:
-        self.ctl = ctl
+    def __init__(self, ctx: ControllerContext, host: str, port: int) -> None:
+        self.ctx = ctx
         self.host, self.port = host, port
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -362,7 +360,7 @@ class GrpcServer:
 
     async def _serve(self) -> None:
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
-        add_servicer(FleetServicer(self.ctl, self._pool), self._server)
+        add_servicer(FleetServicer(self.ctx, self._pool), self._server)
         self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
         if self.port == 0:
             raise OSError(f"could not bind gRPC on {self.host}")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from controller.demo.report import LineageNode, LoopRecord, TimelineEvent, summarize_choice
 from controller.loop.goals import ClassGoal
 from controller.loop.planner import CandidateRequest, Ladders, plan_next_round
+from controller.loop.record import LineageNode, LoopRecord, TimelineEvent, summarize_choice
 from controller.loop.selection import Choice, Measurement, choose
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The loop's ``FleetPort`` over a running controller (``controller.runtime.Controller``).
+"""The loop's ``FleetPort`` over a running controller, through its in-process API.
 
 Candidates are imported like any artifact; a class's canary measures them with a benchmark
 command at every precision its capability list says it can build (INT8 calibrated on the
@@ -13,9 +13,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from controller.demo.report import TimelineEvent
+from controller.context import ControllerContext
+from controller.inprocess import InProcessAPI
 from controller.loop.engine import Candidate
+from controller.loop.record import TimelineEvent
 from controller.loop.selection import Measurement
+from controller.models import DevicePublic, ResultPublic
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def precisions_of(device_capabilities: list[dict]) -> list[str]:
     return [p for p in PRECISION_ORDER if p in offered] or ["fp32"]
 
 
-def measurement_from_report(report, device_class: str) -> Measurement | None:  # noqa: ANN001
+def measurement_from_report(report: ResultPublic, device_class: str) -> Measurement | None:
     """A stored report as a ``Measurement``; None when the device could not measure it."""
     if report.errors or report.fps is None or report.accuracy is None:
         return None
@@ -62,17 +65,17 @@ def measurement_from_report(report, device_class: str) -> Measurement | None:  #
 
 
 class ControllerFleet:
-    """Measures and rolls out through a controller the caller started."""
+    """Measures and rolls out through the controller whose context it is given."""
 
-    def __init__(self, controller, settings: FleetSettings, round_id: str = "loop") -> None:  # noqa: ANN001
-        self.ctl = controller
+    def __init__(self, ctx: ControllerContext, settings: FleetSettings, round_id: str = "loop") -> None:
+        self.api = InProcessAPI(ctx)
         self.s = settings
         self.round_id = round_id
         self.failures: list[str] = []  # reports a device sent with errors (kept for the record)
 
     def classes(self) -> dict[str, list[str]]:
         by_class: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for d in self.ctl.list_devices(online=True):
+        for d in self.api.list_devices(online=True):
             by_class[d.hardware_class].append((d.name, d.id))
         return {c: [i for _, i in sorted(devs)] for c, devs in sorted(by_class.items())}
 
@@ -82,14 +85,14 @@ class ControllerFleet:
         except KeyError:
             return device_id
 
-    def _device(self, device_id: str):  # noqa: ANN202
-        for d in self.ctl.list_devices():
+    def _device(self, device_id: str) -> DevicePublic:
+        for d in self.api.list_devices():
             if d.id == device_id:
                 return d
         raise KeyError(f"device {device_id} is not enrolled")
 
     def publish(self, candidate: Candidate) -> str:
-        return self.ctl.import_artifact_dir(candidate.artifact_dir, source="loop").version
+        return self.api.import_artifact_dir(candidate.artifact_dir, source="loop").version
 
     def measure(self, device_id: str, version: str) -> list[Measurement]:
         device = self._device(device_id)
@@ -103,14 +106,14 @@ class ControllerFleet:
             "calibration_artifact_id": self.s.calibration_artifact_id,
             "round_id": self.round_id,
         }
-        command_id = self.ctl.send_benchmark(device_id, body)
-        (cmd,) = self.ctl.wait_for_commands([command_id], timeout_s=self.s.report_timeout_s)
+        command_id = self.api.send_benchmark(device_id, body)
+        (cmd,) = self.api.wait_for_commands([command_id], timeout_s=self.s.report_timeout_s)
         if cmd.state.value != "succeeded":
             self.failures.append(f"{device.name} {version}: {cmd.message}")
             log.warning("benchmark of %s on %s failed: %s", version, device.name, cmd.message)
             return []
         out = []
-        for report in self.ctl.wait_for_reports([command_id], timeout_s=self.s.report_timeout_s):
+        for report in self.api.wait_for_reports([command_id], timeout_s=self.s.report_timeout_s):
             m = measurement_from_report(report, device.hardware_class)
             if m is None:
                 self.failures.append(
@@ -122,7 +125,7 @@ class ControllerFleet:
 
     def roll_out(self, device_class: str, measurement: Measurement) -> list[TimelineEvent]:
         t0 = time.monotonic()
-        rollout = self.ctl.create_rollout(
+        rollout = self.api.create_rollout(
             {
                 "model_version": measurement.model_version,
                 "backend": measurement.backend,
@@ -141,7 +144,7 @@ class ControllerFleet:
         events = [
             TimelineEvent(0.0, device_class, "", "rollout_started", measurement.model_version, rollout.id)
         ]
-        done = self.ctl.wait_for_rollout(rollout.id, timeout_s=self.s.report_timeout_s)
+        done = self.api.wait_for_rollout(rollout.id, timeout_s=self.s.report_timeout_s)
         created = done.created_at
         for d in sorted(done.deployments, key=lambda d: (d.wave, d.updated_at)):
             # place each deployment by when it finished, relative to the rollout's start

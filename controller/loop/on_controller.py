@@ -9,17 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from controller.demo.report import LoopRecord, render_report
+from controller.context import ControllerContext
 from controller.loop.engine import LoopBudget, run_loop
 from controller.loop.fleet_adapter import ControllerFleet, FleetSettings
 from controller.loop.goals import ClassGoal
 from controller.loop.planner import Ladders
+from controller.loop.record import LoopRecord
+from controller.loop.report import render_report
 from controller.loop.selection import Choice
 from controller.loop.trainer_adapter import SpecTrainer, TrainerSettings
 
 
 def run_on_controller(
-    controller,  # noqa: ANN001 - controller.runtime.Controller (imported lazily by callers)
+    ctx: ControllerContext,
     trainer: TrainerSettings,
     fleet: FleetSettings,
     goals: dict[str, ClassGoal],
@@ -32,7 +34,7 @@ def run_on_controller(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[dict[str, Choice], Path]:
     """Run the loop, keep what devices could not measure, write the report; returns (choices, index.html)."""
-    port = ControllerFleet(controller, fleet, round_id=round_id)
+    port = ControllerFleet(ctx, fleet, round_id=round_id)
     choices = run_loop(SpecTrainer(trainer), port, goals, ladders, budget, record, progress=progress)
     record.failures = list(port.failures)
     return choices, render_report(record, report_dir)

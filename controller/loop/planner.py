@@ -4,8 +4,9 @@ The planner proposes; only device measurements judge. It walks two ladders confi
 channel-prune ratios of the baseline (prune + retrain) and smaller student backbones distilled
 from the baseline (the teacher), and it prunes the fastest accurate student once students exist.
 INT8 is not a trainer candidate here: each device calibrates its own INT8 engine from the FP32
-ONNX (DESIGN.md: one INT8 file does not fit every backend), and every candidate is measured at
-each precision its hardware offers.
+ONNX, because one INT8 file does not fit every backend (ONNX Runtime on a CPU wants uint8
+activations with per-channel int8 weights, TensorRT symmetric int8 Q/DQ only where it runs INT8
+kernels; docs/agent.md), and every candidate is measured at each precision its hardware offers.
 """
 
 from __future__ import annotations

@@ -20,8 +20,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controller import crud
+from controller.context import ControllerContext
 from controller.errors import InvalidInput, NotFound
+from controller.inprocess import InProcessAPI
+from controller.loop.engine import LoopBudget
+from controller.loop.fleet_adapter import FleetSettings
 from controller.loop.goals import GoalError, parse_goals
+from controller.loop.on_controller import run_on_controller
+from controller.loop.planner import Ladders
+from controller.loop.record import LoopRecord
+from controller.loop.trainer_adapter import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +92,10 @@ def _now() -> str:
 class LoopRunner:
     """Starts loops in threads and answers for them from ``<data-dir>/loops``."""
 
-    def __init__(self, controller) -> None:  # noqa: ANN001
-        self.ctl = controller
-        self.root = Path(controller.settings.data_dir) / "loops"
+    def __init__(self, ctx: ControllerContext) -> None:
+        self.ctx = ctx
+        self.api = InProcessAPI(ctx)
+        self.root = Path(ctx.settings.data_dir) / "loops"
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._mark_interrupted()
@@ -139,7 +149,7 @@ class LoopRunner:
             artifact_id = getattr(body, key)
             if artifact_id and not self._artifact_exists(artifact_id):
                 raise NotFound(f"{key}: artifact {artifact_id} not found")
-        classes = {d.hardware_class for d in self.ctl.list_devices(online=True)}
+        classes = {d.hardware_class for d in self.api.list_devices(online=True)}
         missing = sorted(set(goals) - classes)
         if missing:
             raise InvalidInput(
@@ -148,10 +158,8 @@ class LoopRunner:
         return goals
 
     def _artifact_exists(self, artifact_id: str) -> bool:
-        from controller import crud
-
         try:
-            with self.ctl.session() as session:
+            with self.api.session() as session:
                 crud.get_artifact(session=session, artifact_id=artifact_id)
             return True
         except NotFound:
@@ -171,13 +179,6 @@ class LoopRunner:
         return status
 
     def _run(self, status: LoopPublic, body: LoopCreate, goals: dict) -> None:
-        from controller.demo.report import LoopRecord
-        from controller.loop.engine import LoopBudget
-        from controller.loop.fleet_adapter import FleetSettings
-        from controller.loop.on_controller import run_on_controller
-        from controller.loop.planner import Ladders
-        from controller.loop.trainer_adapter import TrainerSettings
-
         work = self.root / status.id
         t0 = time.monotonic()
 
@@ -195,7 +196,7 @@ class LoopRunner:
             )
             ladders = body.ladders
             run_on_controller(
-                self.ctl,
+                self.ctx,
                 TrainerSettings(
                     task=body.task,
                     spec=Path(body.spec),

@@ -1,9 +1,10 @@
 """Trainer jobs: queued through the API, run one at a time by the controller.
 
 The only trainer code the controller touches is ``trainer.jobs.run_action(task, action, spec,
-overrides)`` (DESIGN.md:
-controller -> trainer through job entry points only), imported when a job runs, so a controller
-installed without the trainer extra still serves everything else and fails jobs with the reason.
+overrides)``: the controller reaches the trainer through its job entry points in
+``trainer/jobs.py`` only, never its modules, so the trainer's layout can change behind them.
+It is imported when a job runs, so a controller installed without the trainer extra still
+serves everything else and fails jobs with the reason.
 """
 
 from __future__ import annotations

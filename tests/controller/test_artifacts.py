@@ -72,7 +72,7 @@ def test_interrupted_download_resumes_from_the_bytes_on_disk(controller, tmp_pat
             if done >= 256 * 1024:
                 raise Cut
 
-        served0 = controller.metrics.bytes_served._value.get()
+        served0 = controller.ctx.metrics.bytes_served._value.get()
         with pytest.raises(Cut):
             download_artifact(
                 agent.client.stub,
@@ -96,7 +96,7 @@ def test_interrupted_download_resumes_from_the_bytes_on_disk(controller, tmp_pat
         )
         assert result.resumed_from == kept and result.bytes_received == ref.size_bytes - kept
         assert not part.exists() and result.path.stat().st_size == ref.size_bytes
-        served = controller.metrics.bytes_served._value.get() - served0
+        served = controller.ctx.metrics.bytes_served._value.get() - served0
         # the controller served the first part once and the rest once (plus what was in flight at the cut)
         assert served < 2 * ref.size_bytes, "the resume must not fetch the whole file again"
     finally:
@@ -136,12 +136,12 @@ def test_badly_signed_artifact_is_refused_before_download(controller, tmp_path: 
             art = s.get(Artifact, mv.artifact_id)
             art.signature = forged
             s.add(art)
-        served0 = controller.metrics.bytes_served._value.get()
+        served0 = controller.ctx.metrics.bytes_served._value.get()
         done = _deploy(controller, agent.device_id, "tiny:1")
         assert done.state == RolloutState.aborted
         assert "bad signature" in done.deployments[0].message
         assert agent.executor.active == "" and not agent.executor.calls
-        assert controller.metrics.bytes_served._value.get() == served0, (
+        assert controller.ctx.metrics.bytes_served._value.get() == served0, (
             "nothing is fetched for a bad signature"
         )
         assert not list((tmp_path / "agent" / "artifacts").glob("*"))

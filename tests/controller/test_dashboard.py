@@ -31,7 +31,8 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
     ctl = make_controller(tmp_path / "data", sqlite_url, http=True)
     agents = []
     try:
-        scores = {"tiny:1": (80.0, 100.0), "tiny:2": (79.5, 180.0)}
+        # tiny:3 is beaten by tiny:1 on both accuracy and FPS: plotted, but labelled only on hover
+        scores = {"tiny:1": (80.0, 100.0), "tiny:2": (79.5, 180.0), "tiny:3": (70.0, 50.0)}
         for i, hw in enumerate(["cpu-1t", "cpu-4t"]):
             speed = 1 if hw == "cpu-1t" else 3
             s = {k: (a, f * speed) for k, (a, f) in scores.items()}
@@ -48,6 +49,7 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
             )
         ctl.import_model(write_onnx(tmp_path / "m1.onnx", "v1"), manifest_json("tiny:1"))
         ctl.import_model(write_onnx(tmp_path / "m2.onnx", "v2"), manifest_json("tiny:2", parent="tiny:1"))
+        ctl.import_model(write_onnx(tmp_path / "m3.onnx", "v3"), manifest_json("tiny:3", parent="tiny:1"))
         r = ctl.create_rollout(
             {
                 "model_version": "tiny:1",
@@ -59,7 +61,7 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
         ids = [
             ctl.send_benchmark(a.device_id, {"model_version": "tiny:2", "precisions": ["fp32", "int8"]})
             for a in agents
-        ]
+        ] + [ctl.send_benchmark(a.device_id, {"model_version": "tiny:3"}) for a in agents]
         ctl.wait_for_reports(ids, timeout_s=30)
 
         url = f"http://127.0.0.1:{ctl.http_port}/dashboard#token=test-api-token"
@@ -80,9 +82,15 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
             f'data-rollout="{r.id}" data-state="succeeded"' in dom
             and '<span class="progress">2/2</span>' in dom
         )
-        assert (
-            len(re.findall(r'<circle class="point" cx="[0-9.]+"', dom)) == 6
-        )  # 2 classes x (tiny:1 fp32 + tiny:2 fp32/int8)
+        # 2 classes x (tiny:1 fp32 + tiny:2 fp32/int8 + tiny:3 fp32)
+        assert len(re.findall(r'<circle class="point" cx="[0-9.]+"', dom)) == 8
+        # what each class runs is ringed and labelled; the Pareto points are labelled; the rest only
+        # carry a hover title
+        assert len(re.findall(r'<circle class="running" cx="[0-9.]+"', dom)) == 2
+        labels = re.findall(r'<text class="label" x="[0-9.]+"[^>]*>([^<]*)</text>', dom)
+        assert "tiny:1 fp32" in labels and any(t.startswith("tiny:2") for t in labels), labels
+        assert not any("tiny:3" in t for t in labels), labels
+        assert dom.count('data-labelled="false"') == 2 and dom.count("tiny:3 onnxruntime/fp32") == 2
         assert "cpu-1t" in dom and "cpu-4t" in dom
         out = Path(__file__).resolve().parents[2] / "results"
         if out.is_dir():  # keep the screenshot where the docs can point at it (never committed)

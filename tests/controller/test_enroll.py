@@ -25,7 +25,7 @@ def test_enrol_saves_credentials_and_shows_up(controller, tmp_path: Path) -> Non
     creds = client.register()
     try:
         assert creds.device_id and creds.device_token
-        assert bytes.fromhex(creds.public_key_hex) == controller.signer.public_key_bytes
+        assert bytes.fromhex(creds.public_key_hex) == controller.ctx.signer.public_key_bytes
         saved = tmp_path / "agent" / "fleet" / "credentials.json"
         assert saved.stat().st_mode & 0o777 == 0o600
         with controller.session() as s:
@@ -80,12 +80,12 @@ def test_unknown_device_and_bad_token_are_refused(controller, tmp_path: Path) ->
 def test_revoked_device_is_cut_off_and_refused(controller, tmp_path: Path) -> None:
     agent = start_agent(controller.grpc_target, tmp_path / "agent", "test-enrollment-token", name="r1")
     device_id = agent.device_id
-    wait_until(lambda: controller.hub.is_connected(device_id), 10, "stream open")
+    wait_until(lambda: controller.ctx.hub.is_connected(device_id), 10, "stream open")
     from controller.services import fleet
 
     with controller.session() as s:
-        fleet.revoke_device(session=s, cache=controller.tokens, device_id=device_id)
-    controller.hub.kick(device_id)
+        fleet.revoke_device(session=s, cache=controller.ctx.tokens, device_id=device_id)
+    controller.ctx.hub.kick(device_id)
     agent.thread.join(timeout=20)
     assert not agent.thread.is_alive(), "a revoked agent must stop, not retry forever"
     assert agent.error and isinstance(agent.error[0], DeviceRefused) and "revoked" in str(agent.error[0])

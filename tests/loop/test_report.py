@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.demo.report import LineageNode, LoopRecord, TimelineEvent, render_report, summarize_choice
 from controller.loop.goals import parse_goals
+from controller.loop.record import LineageNode, LoopRecord, TimelineEvent, summarize_choice
+from controller.loop.report import accuracy_axis, render_report, timeline_rows, timeline_style
 from controller.loop.selection import Measurement, choose
 
 
@@ -36,3 +37,36 @@ def test_report_has_every_section_and_plots(tmp_path: Path) -> None:
     assert "4.50x" in text and "base</b> (train) → <b>student</b>" in text
     again = LoopRecord.load(tmp_path / "record.json")
     assert again.classes[0].chosen_version == "student" and again.measurements == ms
+
+
+def test_accuracy_axis_follows_the_data_and_marks_a_far_floor_at_the_edge() -> None:
+    # quick-demo goals allow a 100-point drop: the floor (-83) must not squash the points
+    far = accuracy_axis([16.67, 16.67, 11.11], floor=16.67 - 100)
+    assert 10.0 < far.low < 11.11 and 16.67 < far.high < 18.0
+    assert not far.floor_shown and far.floor_side == "below"
+    near = accuracy_axis([91.4, 92.0, 91.5], floor=91.0)
+    assert near.floor_shown and near.low < 91.0 < near.high
+    above = accuracy_axis([50.0, 51.0], floor=90.0)  # every point misses the floor
+    assert not above.floor_shown and above.floor_side == "above" and above.high < 90.0
+    assert accuracy_axis([70.0], floor=None).low < 70.0 < accuracy_axis([70.0], floor=None).high
+
+
+def test_timeline_rows_put_each_class_rollout_above_its_devices_and_every_event_has_a_legend() -> None:
+    record = LoopRecord(task="classification", metric_name="top-1", emulation_note="", rounds=1)
+    record.timeline = [
+        TimelineEvent(1.0, "cpu-2t", "cpu-2t-1", "benchmarked"),
+        TimelineEvent(2.0, "cpu-1t", "cpu-1t-1", "benchmarked"),
+        TimelineEvent(3.0, "cpu-1t", "", "rollout_started"),
+        TimelineEvent(4.0, "cpu-1t", "cpu-1t-1", "succeeded"),
+        TimelineEvent(5.0, "cpu-1t", "", "rollout_succeeded"),
+        TimelineEvent(6.0, "cpu-2t", "", "rollout_aborted"),
+    ]
+    top_down = list(reversed(timeline_rows(record)))
+    assert top_down == [("cpu-1t", ""), ("cpu-1t", "cpu-1t-1"), ("cpu-2t", ""), ("cpu-2t", "cpu-2t-1")]
+    labels = {timeline_style(e.event)[2] for e in record.timeline}
+    assert {
+        "class rollout started",
+        "class rollout succeeded",
+        "class rollout aborted / rolled back",
+    } <= labels
+    assert timeline_style("rollout_paused")[2] == "rollout paused"  # an unknown event still gets a label

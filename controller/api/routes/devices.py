@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from controller import crud
-from controller.api.deps import ControllerDep, SessionDep
+from controller.api.deps import ContextDep, SessionDep
 from controller.errors import NotFound
 from controller.models import (
     BenchmarkCreate,
@@ -51,47 +51,47 @@ def update_device(session: SessionDep, device_id: str, device_in: DeviceUpdate) 
 
 
 @router.post("/{device_id}/revoke", response_model=DevicePublic)
-def revoke_device(session: SessionDep, ctl: ControllerDep, device_id: str) -> DevicePublic:
-    device = fleet.revoke_device(session=session, cache=ctl.tokens, device_id=device_id)
+def revoke_device(session: SessionDep, ctx: ContextDep, device_id: str) -> DevicePublic:
+    device = fleet.revoke_device(session=session, cache=ctx.tokens, device_id=device_id)
     session.commit()
-    ctl.hub.kick(device_id)
+    ctx.hub.kick(device_id)
     return crud.device_public(device)
 
 
 @router.post("/{device_id}/benchmark", response_model=CommandPublic, status_code=202)
 def benchmark_device(
-    session: SessionDep, ctl: ControllerDep, device_id: str, benchmark_in: BenchmarkCreate
+    session: SessionDep, ctx: ContextDep, device_id: str, benchmark_in: BenchmarkCreate
 ) -> CommandPublic:
     command = commands.send_benchmark(
-        session=session, hub=ctl.hub, device_id=device_id, benchmark_in=benchmark_in
+        session=session, hub=ctx.hub, device_id=device_id, benchmark_in=benchmark_in
     )
     return CommandPublic.model_validate(command)
 
 
 @router.post("/{device_id}/calibrate", response_model=CommandPublic, status_code=202)
 def calibrate_device(
-    session: SessionDep, ctl: ControllerDep, device_id: str, calibrate_in: CalibrateCreate
+    session: SessionDep, ctx: ContextDep, device_id: str, calibrate_in: CalibrateCreate
 ) -> CommandPublic:
     command = commands.send_calibrate(
-        session=session, hub=ctl.hub, device_id=device_id, calibrate_in=calibrate_in
+        session=session, hub=ctx.hub, device_id=device_id, calibrate_in=calibrate_in
     )
     return CommandPublic.model_validate(command)
 
 
 @router.post("/{device_id}/switch", response_model=CommandPublic, status_code=202)
 def switch_device(
-    session: SessionDep, ctl: ControllerDep, device_id: str, switch_in: SwitchCreate
+    session: SessionDep, ctx: ContextDep, device_id: str, switch_in: SwitchCreate
 ) -> CommandPublic:
-    command = commands.send_switch(session=session, hub=ctl.hub, device_id=device_id, switch_in=switch_in)
+    command = commands.send_switch(session=session, hub=ctx.hub, device_id=device_id, switch_in=switch_in)
     return CommandPublic.model_validate(command)
 
 
 @router.post("/{device_id}/rollback", response_model=CommandPublic, status_code=202)
 def rollback_device(
-    session: SessionDep, ctl: ControllerDep, device_id: str, rollback_in: RollbackCreate
+    session: SessionDep, ctx: ContextDep, device_id: str, rollback_in: RollbackCreate
 ) -> CommandPublic:
     command = commands.send_rollback(
-        session=session, hub=ctl.hub, device_id=device_id, rollback_in=rollback_in
+        session=session, hub=ctx.hub, device_id=device_id, rollback_in=rollback_in
     )
     return CommandPublic.model_validate(command)
 

@@ -8,7 +8,7 @@ import re
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from controller.api.deps import ControllerDep
+from controller.api.deps import LoopRunnerDep
 from controller.errors import NotFound
 from controller.loop.service import LoopCreate, LoopPublic
 
@@ -16,28 +16,28 @@ router = APIRouter(prefix="/loops", tags=["loops"])
 
 
 @router.post("/", response_model=LoopPublic, status_code=201)
-def create_loop(ctl: ControllerDep, loop_in: LoopCreate) -> LoopPublic:
+def create_loop(loops: LoopRunnerDep, loop_in: LoopCreate) -> LoopPublic:
     """Validate goals, spec, shards and device classes, then start the loop in the controller."""
-    return ctl.loops.start(loop_in)
+    return loops.start(loop_in)
 
 
 @router.get("/", response_model=list[LoopPublic])
-def list_loops(ctl: ControllerDep) -> list[LoopPublic]:
-    return ctl.loops.list()
+def list_loops(loops: LoopRunnerDep) -> list[LoopPublic]:
+    return loops.list()
 
 
 @router.get("/{loop_id}", response_model=LoopPublic)
-def get_loop(ctl: ControllerDep, loop_id: str) -> LoopPublic:
-    return ctl.loops.get(loop_id)
+def get_loop(loops: LoopRunnerDep, loop_id: str) -> LoopPublic:
+    return loops.get(loop_id)
 
 
 @router.get("/{loop_id}/report", response_class=HTMLResponse)
-def get_loop_report(ctl: ControllerDep, loop_id: str) -> HTMLResponse:
+def get_loop_report(loops: LoopRunnerDep, loop_id: str) -> HTMLResponse:
     """The report as one page (plots inlined, so it opens with the API token's request alone)."""
-    folder = ctl.loops.report_dir(loop_id)
+    folder = loops.report_dir(loop_id)
     index = folder / "index.html"
     if not index.is_file():
-        raise NotFound(f"loop {loop_id} has no report yet (state: {ctl.loops.get(loop_id).state})")
+        raise NotFound(f"loop {loop_id} has no report yet (state: {loops.get(loop_id).state})")
 
     def inline(match: re.Match) -> str:
         png = folder / match.group(1)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from controller import crud
-from controller.api.deps import ControllerDep, SessionDep
+from controller.api.deps import ContextDep, SessionDep
 from controller.errors import InvalidInput
 from controller.models import ArtifactPublic, LineagePublic, ModelVersionPublic, ModelVersionsPublic
 from controller.services import artifacts
@@ -19,7 +19,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 @router.post("/models/import", response_model=ModelVersionPublic, status_code=201)
 def import_model(
     session: SessionDep,
-    ctl: ControllerDep,
+    ctx: ContextDep,
     onnx: Annotated[UploadFile, File(description="the ONNX file")],
     manifest: Annotated[
         UploadFile, File(description="manifest.json (protos/artifact.proto Manifest as JSON)")
@@ -35,8 +35,8 @@ def import_model(
         raise InvalidInput("manifest is not UTF-8 JSON") from exc
     mv = artifacts.import_model(
         session=session,
-        signer=ctl.signer,
-        store_dir=ctl.settings.artifacts_dir,
+        signer=ctx.signer,
+        store_dir=ctx.settings.artifacts_dir,
         onnx_src=onnx.file,
         manifest_json=text,
         source=source,
@@ -85,14 +85,14 @@ def lineage(session: SessionDep, version: str) -> LineagePublic:
 @router.post("/artifacts/shards", response_model=ArtifactPublic, status_code=201)
 def upload_shard(
     session: SessionDep,
-    ctl: ControllerDep,
+    ctx: ContextDep,
     file: Annotated[UploadFile, File(description="a .tar of images: calibration or evaluation shard")],
     name: Annotated[str, Form()] = "",
 ) -> ArtifactPublic:
     art = artifacts.import_shard(
         session=session,
-        signer=ctl.signer,
-        store_dir=ctl.settings.artifacts_dir,
+        signer=ctx.signer,
+        store_dir=ctx.settings.artifacts_dir,
         src=file.file,
         name=name or file.filename or "",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from controller import crud
-from controller.api.deps import ControllerDep, SessionDep
+from controller.api.deps import ContextDep, SessionDep
 from controller.models import RolloutCreate, RolloutPublic, RolloutsPublic
 from controller.services import rollouts
 
@@ -13,11 +13,11 @@ router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
 
 @router.post("/", response_model=RolloutPublic, status_code=201)
-def create_rollout(session: SessionDep, ctl: ControllerDep, rollout_in: RolloutCreate) -> RolloutPublic:
+def create_rollout(session: SessionDep, ctx: ContextDep, rollout_in: RolloutCreate) -> RolloutPublic:
     rollout = rollouts.create_rollout(session=session, rollout_in=rollout_in)
     out = crud.rollout_public(session=session, rollout=rollout)
     session.commit()
-    ctl.wake()
+    ctx.wake()
     return out
 
 
@@ -39,31 +39,31 @@ def get_rollout(session: SessionDep, rollout_id: str, deployments: bool = True) 
     return crud.rollout_public(session=session, rollout=rollout, with_deployments=deployments)
 
 
-def _done(session: SessionDep, ctl: ControllerDep, rollout) -> RolloutPublic:  # noqa: ANN001
+def _done(session: SessionDep, ctx: ContextDep, rollout) -> RolloutPublic:  # noqa: ANN001
     session.commit()
-    ctl.wake()
+    ctx.wake()
     return crud.rollout_public(session=session, rollout=rollout)
 
 
 @router.post("/{rollout_id}/pause", response_model=RolloutPublic)
-def pause(session: SessionDep, ctl: ControllerDep, rollout_id: str) -> RolloutPublic:
-    return _done(session, ctl, rollouts.pause_rollout(session=session, rollout_id=rollout_id))
+def pause(session: SessionDep, ctx: ContextDep, rollout_id: str) -> RolloutPublic:
+    return _done(session, ctx, rollouts.pause_rollout(session=session, rollout_id=rollout_id))
 
 
 @router.post("/{rollout_id}/resume", response_model=RolloutPublic)
-def resume(session: SessionDep, ctl: ControllerDep, rollout_id: str) -> RolloutPublic:
-    return _done(session, ctl, rollouts.resume_rollout(session=session, rollout_id=rollout_id))
+def resume(session: SessionDep, ctx: ContextDep, rollout_id: str) -> RolloutPublic:
+    return _done(session, ctx, rollouts.resume_rollout(session=session, rollout_id=rollout_id))
 
 
 @router.post("/{rollout_id}/abort", response_model=RolloutPublic)
-def abort(session: SessionDep, ctl: ControllerDep, rollout_id: str, rollback: bool = False) -> RolloutPublic:
+def abort(session: SessionDep, ctx: ContextDep, rollout_id: str, rollback: bool = False) -> RolloutPublic:
     return _done(
         session,
-        ctl,
-        rollouts.abort_rollout(session=session, hub=ctl.hub, rollout_id=rollout_id, rollback=rollback),
+        ctx,
+        rollouts.abort_rollout(session=session, hub=ctx.hub, rollout_id=rollout_id, rollback=rollback),
     )
 
 
 @router.post("/{rollout_id}/rollback", response_model=RolloutPublic)
-def rollback(session: SessionDep, ctl: ControllerDep, rollout_id: str) -> RolloutPublic:
-    return _done(session, ctl, rollouts.rollback_rollout(session=session, hub=ctl.hub, rollout_id=rollout_id))
+def rollback(session: SessionDep, ctx: ContextDep, rollout_id: str) -> RolloutPublic:
+    return _done(session, ctx, rollouts.rollback_rollout(session=session, hub=ctx.hub, rollout_id=rollout_id))

@@ -1,8 +1,8 @@
 """The loop's HTML report: what each device class runs, and why.
 
-Input is a ``LoopRecord`` (plain data, saved as ``record.json``), so a report can be rebuilt
-from a finished run without re-running anything. Sections carry stable ids (``accuracy-vs-fps``,
-``rollout-timeline``, ``lineage``, ``speedup``, ``emulation``) that the end-to-end test checks.
+Input is a ``LoopRecord`` (``controller/loop/record.py``). Sections carry stable ids
+(``accuracy-vs-fps``, ``rollout-timeline``, ``lineage``, ``speedup``, ``emulation``) that the
+end-to-end test checks.
 """
 
 from __future__ import annotations
@@ -10,99 +10,70 @@ from __future__ import annotations
 import html
 import json
 import textwrap
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from controller.loop.selection import Choice, Measurement, pareto_front
+from controller.loop.record import ClassSummary, LineageNode, LoopRecord
+from controller.loop.selection import pareto_front
 
 
-@dataclass
-class TimelineEvent:
-    t: float  # seconds since the loop started
-    device_class: str
-    device_id: str
-    event: str  # deploy, benchmarked, switched, rolled_back, rollout_started, rollout_done ...
-    model_version: str = ""
-    detail: str = ""
+@dataclass(frozen=True)
+class AccuracyAxis:
+    """The accuracy range a class's plot shows, and where its accuracy floor is."""
 
-
-@dataclass
-class LineageNode:
-    version: str
-    parent: str
-    action: str
-    detail: str = ""
-    backbone: str = ""
-
-
-@dataclass
-class ClassSummary:
-    device_class: str
-    goal: dict
-    chosen_version: str
-    chosen_backend: str
-    chosen_precision: str
-    meets_goal: bool
-    reason: str
-    baseline_fps: float
-    chosen_fps: float
-    baseline_accuracy: float
-    chosen_accuracy: float
+    low: float
+    high: float
+    floor: float | None
+    floor_shown: bool  # False: the floor is off the axis and marked at its edge instead
 
     @property
-    def speedup(self) -> float:
-        return self.chosen_fps / self.baseline_fps if self.baseline_fps else 0.0
+    def floor_side(self) -> str:
+        return "below" if self.floor is not None and self.floor < self.low else "above"
 
 
-@dataclass
-class LoopRecord:
-    task: str
-    metric_name: str  # "top-1 accuracy (%)" or "mAP@[.5:.95] (x100)"
-    emulation_note: str
-    rounds: int
-    measurements: list[Measurement] = field(default_factory=list)
-    classes: list[ClassSummary] = field(default_factory=list)
-    timeline: list[TimelineEvent] = field(default_factory=list)
-    lineage: list[LineageNode] = field(default_factory=list)
-    round_log: list[dict] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # candidates a device could not build or measure
-
-    def save(self, path: Path) -> None:
-        data = asdict(self)
-        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
-
-    @staticmethod
-    def load(path: Path) -> LoopRecord:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        return LoopRecord(
-            task=d["task"],
-            metric_name=d["metric_name"],
-            emulation_note=d["emulation_note"],
-            rounds=d["rounds"],
-            measurements=[Measurement(**x) for x in d["measurements"]],
-            classes=[ClassSummary(**x) for x in d["classes"]],
-            timeline=[TimelineEvent(**x) for x in d["timeline"]],
-            lineage=[LineageNode(**x) for x in d["lineage"]],
-            round_log=d.get("round_log", []),
-            failures=d.get("failures", []),
-        )
+def accuracy_axis(accuracies: list[float], floor: float | None) -> AccuracyAxis:
+    """Clip the axis to the measured accuracies with a margin, so a large allowed drop (a floor
+    at -80 %) does not squash every point into one line. The floor joins the axis when that at
+    most doubles the range; farther away it is marked at the edge."""
+    lo, hi = min(accuracies), max(accuracies)
+    span = max(hi - lo, 1.0)
+    margin = 0.1 * span + 0.2
+    low, high = lo - margin, hi + margin
+    if floor is None:
+        return AccuracyAxis(low, high, None, False)
+    if low - span <= floor <= high + span:
+        return AccuracyAxis(min(low, floor - margin), max(high, floor + margin), floor, True)
+    return AccuracyAxis(low, high, floor, False)
 
 
-def summarize_choice(choice: Choice, goal: dict) -> ClassSummary:
-    chosen, base = choice.chosen, choice.baseline
-    return ClassSummary(
-        device_class=choice.device_class,
-        goal=goal,
-        chosen_version=chosen.model_version if chosen else "",
-        chosen_backend=chosen.backend if chosen else "",
-        chosen_precision=chosen.precision if chosen else "",
-        meets_goal=choice.meets_goal,
-        reason=choice.reason,
-        baseline_fps=base.fps if base else 0.0,
-        chosen_fps=chosen.fps if chosen else 0.0,
-        baseline_accuracy=base.accuracy if base else 0.0,
-        chosen_accuracy=chosen.accuracy if chosen else 0.0,
-    )
+# timeline marker per event: (marker, colour, legend label); device rows and class rows differ
+TIMELINE_STYLE: dict[str, tuple[str, str, str]] = {
+    "benchmarked": ("o", "steelblue", "benchmark on the canary"),
+    "switched": ("o", "green", "deployed (gate passed)"),
+    "succeeded": ("o", "green", "deployed (gate passed)"),
+    "deploy": ("o", "grey", "deploy sent"),
+    "skipped": ("o", "orange", "skipped"),
+    "failed": ("o", "red", "failed / rolled back"),
+    "rolling_back": ("o", "red", "failed / rolled back"),
+    "rolled_back": ("o", "red", "failed / rolled back"),
+    "rollout_started": (">", "black", "class rollout started"),
+    "rollout_succeeded": ("*", "green", "class rollout succeeded"),
+    "rollout_aborted": ("X", "red", "class rollout aborted / rolled back"),
+    "rollout_rolled_back": ("X", "red", "class rollout aborted / rolled back"),
+}
+
+
+def timeline_style(event: str) -> tuple[str, str, str]:
+    return TIMELINE_STYLE.get(event, ("d", "grey", event.replace("_", " ")))
+
+
+def _plain_log_ticks(axis) -> None:  # noqa: ANN001 - a matplotlib Axis
+    """1-2-5 ticks as plain numbers: the default log minor labels overlap on a narrow range."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _plot_class(record: LoopRecord, summary: ClassSummary, out: Path) -> Path:
@@ -110,10 +81,11 @@ def _plot_class(record: LoopRecord, summary: ClassSummary, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     pts = [m for m in record.measurements if m.device_class == summary.device_class]
     front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.4, 4.2), dpi=110)
     for precision, marker in (("fp32", "o"), ("fp16", "s"), ("int8", "^")):
         sel = [m for m in pts if m.precision == precision]
         if sel:
@@ -122,45 +94,75 @@ def _plot_class(record: LoopRecord, summary: ClassSummary, out: Path) -> Path:
             )
     if front:
         ax.plot([m.fps for m in front], [m.accuracy for m in front], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
     chosen = [
         m
         for m in pts
         if (m.model_version, m.backend, m.precision)
         == (summary.chosen_version, summary.chosen_backend, summary.chosen_precision)
     ]
-    if chosen:
-        c = chosen[0]
-        ax.scatter(
-            [c.fps], [c.accuracy], s=260, facecolors="none", edgecolors="red", linewidths=2, label="chosen"
-        )
-        ax.annotate(
-            c.model_version, (c.fps, c.accuracy), textcoords="offset points", xytext=(6, -12), fontsize=8
-        )
     goal = summary.goal
     if goal.get("min_fps"):
         ax.axvline(goal["min_fps"], color="grey", lw=1, ls=":", label="FPS goal")
     if goal.get("min_speedup") and summary.baseline_fps:
         floor = goal["min_speedup"] * summary.baseline_fps
         ax.axvline(floor, color="grey", lw=1, ls=":", label=f"FPS goal ({goal['min_speedup']}x baseline)")
+    drop = goal.get("max_accuracy_drop")
+    acc_floor = None
     if summary.baseline_accuracy:
-        ax.axhline(
-            summary.baseline_accuracy - goal.get("max_accuracy_drop", 1.0),
-            color="orange",
-            lw=1,
-            ls=":",
-            label="accuracy floor",
+        acc_floor = summary.baseline_accuracy - (1.0 if drop is None else drop)
+    if pts:
+        yaxis = accuracy_axis([m.accuracy for m in pts], acc_floor)
+        ax.set_ylim(yaxis.low, yaxis.high)
+        if yaxis.floor is not None and yaxis.floor_shown:
+            ax.axhline(yaxis.floor, color="orange", lw=1, ls=":", label=f"accuracy floor ({yaxis.floor:.1f})")
+        elif yaxis.floor is not None:  # off the axis: say so at its edge and in the legend
+            ax.annotate(
+                f"accuracy floor {yaxis.floor:.1f} ({yaxis.floor_side} this axis)",
+                xy=(0.99, 0.01 if yaxis.floor_side == "below" else 0.99),
+                xycoords="axes fraction",
+                ha="right",
+                va="bottom" if yaxis.floor_side == "below" else "top",
+                fontsize=7,
+                color="darkorange",
+            )
+            ax.add_line(
+                Line2D(
+                    [], [], color="orange", lw=1, ls=":", label=f"accuracy floor {yaxis.floor:.1f}: off axis"
+                )
+            )
+    if chosen:
+        c = chosen[0]
+        ax.scatter(
+            [c.fps], [c.accuracy], s=260, facecolors="none", edgecolors="red", linewidths=2, label="chosen"
         )
-    ax.set_xscale("log")
+        lo_x, hi_x = ax.get_xlim()
+        right_half = c.fps > (lo_x * hi_x) ** 0.5  # label towards the middle, inside the axes
+        ax.annotate(
+            c.model_version,
+            (c.fps, c.accuracy),
+            textcoords="offset points",
+            xytext=(-10 if right_half else 10, -14),
+            ha="right" if right_half else "left",
+            fontsize=8,
+        )
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("measured throughput on the device (images/s, log)")
     ax.set_ylabel("\n".join(textwrap.wrap(record.metric_name, 36)), fontsize=8)
     ax.set_title(f"{summary.device_class}: every candidate measured")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path = out / f"accuracy_vs_fps_{summary.device_class}.png"
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def timeline_rows(record: LoopRecord) -> list[tuple[str, str]]:
+    """(device class, device or "") per row: each class's rollout row, then its devices."""
+    rows = {(e.device_class, e.device_id) for e in record.timeline}
+    return sorted(rows, key=lambda r: (r[0], r[1] != "", r[1]), reverse=True)  # top of the plot first
 
 
 def _plot_timeline(record: LoopRecord, out: Path) -> Path:
@@ -169,26 +171,27 @@ def _plot_timeline(record: LoopRecord, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    devices = sorted({e.device_id or e.device_class for e in record.timeline})
-    fig, ax = plt.subplots(figsize=(8, 0.5 * max(3, len(devices)) + 1.2), dpi=110)
-    colors = {
-        "switched": "green",
-        "succeeded": "green",
-        "rolled_back": "red",
-        "failed": "red",
-        "skipped": "orange",
-        "benchmarked": "steelblue",
-        "deploy": "grey",
-    }
+    rows = timeline_rows(record)
+    fig, ax = plt.subplots(figsize=(9.6, 0.45 * max(3, len(rows)) + 1.4), dpi=110)
+    seen: set[str] = set()
+    t_end = max((e.t for e in record.timeline), default=0.0)
     for e in record.timeline:
-        y = devices.index(e.device_id or e.device_class)
-        ax.scatter([e.t], [y], color=colors.get(e.event, "black"), s=25)
+        y = rows.index((e.device_class, e.device_id))
+        marker, color, label = timeline_style(e.event)
+        big = e.event.startswith("rollout_")
+        ax.scatter([e.t], [y], color=color, marker=marker, s=70 if big else 25,
+                   label=None if label in seen else label, zorder=3)  # fmt: skip
+        seen.add(label)
         if e.event in ("switched", "succeeded", "rolled_back", "failed"):
-            ax.annotate(e.model_version, (e.t, y), textcoords="offset points", xytext=(3, 5), fontsize=7)
-    ax.set_yticks(range(len(devices)), devices)
+            late = e.t > 0.75 * t_end  # label to the left near the right edge, inside the axes
+            ax.annotate(e.model_version, (e.t, y), textcoords="offset points", xytext=(-4 if late else 3, 5),
+                        ha="right" if late else "left", fontsize=7)  # fmt: skip
+    ax.set_yticks(range(len(rows)), [f"{c}: rollout" if not d else d for c, d in rows])
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("seconds since the loop started")
-    ax.set_title("timeline (blue: benchmark, green: deployed, red: failed / rolled back)")
+    ax.set_title("timeline: benchmarks on each class's canary, then one gated rollout per class")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path = out / "rollout_timeline.png"
     fig.savefig(path)

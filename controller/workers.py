@@ -1,0 +1,88 @@
+"""The controller's two background loops, each run in its own thread by the lifecycle.
+
+- the rollout engine: a tick of ``services.rollouts.tick`` whenever the context is woken (a
+  status, a report, an operator action) or ``rollout_tick_s`` passes; every two seconds it also
+  writes the heartbeats the hub collected in memory and refreshes the fleet gauges.
+- the job runner: trainer jobs one at a time (``services.jobs``); what an export produced is
+  imported through the in-process API, like any other artifact.
+
+Both stop when ``stop`` is set; an exception in one tick is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from controller.context import ControllerContext
+from controller.db import session_scope
+from controller.errors import Conflict
+from controller.inprocess import InProcessAPI
+from controller.metrics import Metrics
+from controller.models import Deployment, Device, Rollout, RolloutState
+from controller.services import fleet, jobs, rollouts
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_FLUSH_S = 2.0
+
+
+def run_rollout_engine(ctx: ControllerContext, stop: threading.Event) -> None:
+    last_flush = 0.0
+    while not stop.is_set():
+        ctx.wakeup.wait(ctx.settings.rollout_tick_s)
+        stop.wait(0.05)  # a burst of reports makes one tick, not one per report
+        ctx.wakeup.clear()
+        if stop.is_set():
+            break
+        try:
+            with session_scope(ctx.engine) as session:
+                rollouts.tick(session=session, hub=ctx.hub)
+            if time.monotonic() - last_flush > HEARTBEAT_FLUSH_S:
+                seen = ctx.hub.drain_heartbeats()
+                with session_scope(ctx.engine) as session:
+                    if seen:
+                        fleet.flush_heartbeats(session=session, seen=seen)
+                    update_gauges(session=session, metrics=ctx.metrics)
+                last_flush = time.monotonic()
+        except Exception:
+            if not stop.is_set():
+                log.exception("rollout engine tick failed")
+
+
+def update_gauges(*, session: Session, metrics: Metrics) -> None:
+    """Devices online/offline and the deployments of active rollouts, from the DB."""
+    rows = session.exec(select(Device.connected, Device.telemetry_state, Device.revoked)).all()
+    online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
+    metrics.devices.labels("online").set(online)
+    metrics.devices.labels("offline").set(len(rows) - online)
+    metrics.rollout_deployments.clear()
+    active = session.exec(
+        select(Deployment.rollout_id, Deployment.state)
+        .join(Rollout, col(Rollout.id) == Deployment.rollout_id)
+        .where(col(Rollout.state).in_([RolloutState.running, RolloutState.paused]))
+    ).all()
+    for rollout_id, state in active:
+        metrics.rollout_deployments.labels(rollout_id, state.value).inc()
+
+
+def run_job_runner(ctx: ControllerContext, stop: threading.Event) -> None:
+    api = InProcessAPI(ctx)
+
+    def import_artifact(onnx_path: str, manifest_path: str) -> str:
+        try:
+            return api.import_model(onnx_path, Path(manifest_path), source="trainer").version
+        except Conflict as exc:
+            return f"not imported: {exc.message}"
+
+    while not stop.wait(1.0):
+        try:
+            while not stop.is_set() and jobs.run_next_job(ctx.engine, import_artifact):
+                pass
+        except Exception:
+            if not stop.is_set():
+                log.exception("job runner failed")
