@@ -5,6 +5,7 @@ report. Every assertion reads what the command wrote; nothing is mocked."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_loop_ran_two_rounds_and_judged_only_device_measurements(quick_demo: tup
     assert set(base_fps) == {"cpu-2t", "cpu-1t", "cpu-1t-throttled"} and min(base_fps.values()) > 0, base_fps
     note = record["emulation_note"]
     assert (
-        "cpu-2t: 2 thread(s)" in note
+        f"cpu-2t: {min(2, os.cpu_count() or 1)} thread(s)" in note
         and "cpu-1t-throttled: 1 thread(s)" in note
         and "throttled to 50%" in note
     )
