@@ -106,11 +106,10 @@ class DynamicBatcher:
                 feeds = batch[0].feeds
             else:
                 feeds = {k: np.concatenate([j.feeds[k] for j in batch]) for k in batch[0].feeds}
-            padded = bool(fixed) and rows < fixed
+            pad = fixed - rows if fixed and rows < fixed else 0
+            padded = pad > 0
             if padded:
-                feeds = {
-                    k: np.concatenate([v, np.repeat(v[-1:], fixed - rows, axis=0)]) for k, v in feeds.items()
-                }
+                feeds = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feeds.items()}
             merged = engine.run(feeds)
             if len(batch) == 1 and not padded:
                 outputs = [merged]

@@ -130,7 +130,7 @@ class _LoadGenSUT:
 
 
 def _parse_summary(text: str) -> dict[str, str]:
-    values = {}
+    values: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() and value.strip():

@@ -12,6 +12,11 @@ Flags whose ``dest`` is a settings field go to the settings; a flag left out is 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
 import argparse
 import json
 import logging
@@ -155,7 +160,7 @@ class _ProgressView:
         self.console = Console(stderr=True)
         self.progress = Progress(TextColumn("{task.description:<13}"), BarColumn(), TaskProgressColumn(),
                                  TimeElapsedColumn(), console=self.console, transient=False)  # fmt: skip
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}  # rich task ids
 
     def __call__(self, stage: str, fraction: float) -> None:
         if stage not in self.tasks:
@@ -217,6 +222,9 @@ def cmd_serve(args) -> int:
             return 1
         runtime.start()
         active = runtime.slots.active
+        if active is None or runtime.grpc_server is None:
+            print("error: the runtime started without a served model", file=sys.stderr)
+            return 1
         print(f"serving {active.name} ({active.version}, {active.backend}/{active.precision}) "
               f"on {settings.serve_host}:{runtime.grpc_server.port} - Open Inference Protocol gRPC",
               flush=True)  # fmt: skip

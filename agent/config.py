@@ -13,6 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PREFIX = "edgeloop"
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
@@ -88,7 +89,7 @@ class AgentSettings:
     def serves_grpc(self) -> bool:
         return self.serve_port >= 0
 
-    def override(self, **values: object) -> AgentSettings:
+    def override(self, **values: Any) -> AgentSettings:
         """These settings with each field given a value that is not None replaced (the command
         line over the environment); names that are not fields (other CLI flags) are ignored."""
         names = {f.name for f in dataclasses.fields(self)}

@@ -270,11 +270,11 @@ def evaluate_detection(
                     sizes.append(pil.size)
             except (OSError, ValueError) as exc:
                 raise AgentError(f"cannot read evaluation image {path}: {exc}") from None
-        x = np.stack(arrays)
+        pixels = np.stack(arrays)
         n = len(chunk)
         if n < batch and fixed_batch(manifest.inputs[0].shape):  # static batch: pad the last one
-            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-        out = engine.run(feeds_for(manifest, x))
+            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], batch - n, axis=0)])
+        out = engine.run(feeds_for(manifest, pixels))
         decoded = decode_detections(out[logits_name][:n], out[boxes_name][:n], det, max_detections)
         for im, (w, h), (scores, labs, xyxy) in zip(chunk, sizes, decoded, strict=True):
             boxes = to_image_frame(xyxy, pre, det.normalized, w, h)

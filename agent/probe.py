@@ -227,7 +227,7 @@ def probe_hardware(
         memory_bytes=_memory_bytes(),
         gpus=gpus,
         runtimes=runtime_versions(),
-        cpu_threads_limit=int(threads or 0),  # type: ignore[call-overload]
+        cpu_threads_limit=int(threads or 0),
     )
     jetson = _jetson()
     if jetson is not None:

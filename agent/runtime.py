@@ -207,6 +207,8 @@ class AgentRuntime:
             if not result.ok:
                 raise HealthCheckFailed(result.reason)
             loaded = self.slots.active if result.activated else self.slots.candidate
+            if loaded is None:
+                raise HealthCheckFailed("the deployed model is in neither slot after its health check")
             report = record_engine(fleet_pb2.Report(), loaded.built)
             report.accuracy.update(result.accuracy)
             if evaluation is not None and not result.accuracy:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import agent
@@ -62,7 +63,7 @@ class HostMetrics:
         self._psutil = psutil
         self._process = psutil.Process()
         psutil.cpu_percent(None)  # prime the counter
-        self._nvml = None
+        self._nvml: tuple[Any, Any] | None = None
         self._jtop = None
         self._probed = False
 

@@ -61,7 +61,7 @@ def list_devices(
             Device.revoked
         ).is_(False)
         stmt = stmt.where(is_online if online else ~is_online)
-    stmt = stmt.order_by(Device.enrolled_at, Device.id)
+    stmt = stmt.order_by(col(Device.enrolled_at), col(Device.id))
     if tag:  # JSON list: filtered here so SQLite and PostgreSQL behave the same
         rows = [d for d in session.exec(stmt).all() if tag in (d.tags or [])]
         return rows[skip : skip + limit], len(rows)
@@ -107,7 +107,7 @@ def list_model_versions(
     if name:
         stmt = stmt.where(ModelVersion.name == name)
         count_stmt = count_stmt.where(ModelVersion.name == name)
-    rows = session.exec(stmt.order_by(ModelVersion.created_at).offset(skip).limit(limit)).all()
+    rows = session.exec(stmt.order_by(col(ModelVersion.created_at)).offset(skip).limit(limit)).all()
     return list(rows), int(session.exec(count_stmt).one())
 
 
@@ -131,7 +131,7 @@ def list_deployments(*, session: Session, rollout_id: str) -> list[Deployment]:
     stmt = (
         select(Deployment)
         .where(Deployment.rollout_id == rollout_id)
-        .order_by(Deployment.wave, Deployment.device_id)
+        .order_by(col(Deployment.wave), col(Deployment.device_id))
     )
     return list(session.exec(stmt).all())
 
@@ -169,7 +169,7 @@ def open_commands_for_device(*, session: Session, device_id: str) -> list[Comman
         select(Command)
         .where(Command.device_id == device_id)
         .where(col(Command.state).not_in([CommandState.succeeded, CommandState.failed]))
-        .order_by(Command.created_at)
+        .order_by(col(Command.created_at))
     )
     return list(session.exec(stmt).all())
 
@@ -207,7 +207,7 @@ def list_results(
         stmt = stmt.where(Result.round_id == round_id)
     if command_ids is not None:
         stmt = stmt.where(col(Result.command_id).in_(list(command_ids)))
-    rows = list(session.exec(stmt.order_by(Result.created_at)).all())
+    rows = list(session.exec(stmt.order_by(col(Result.created_at))).all())
     return rows[skip : skip + limit], len(rows)
 
 
@@ -265,4 +265,4 @@ def list_jobs(*, session: Session, skip: int = 0, limit: int = 100) -> tuple[lis
 def touch(obj: object) -> None:
     """Set ``updated_at`` on rows that have one."""
     if hasattr(obj, "updated_at"):
-        obj.updated_at = utcnow()  # type: ignore[attr-defined]
+        obj.updated_at = utcnow()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session
 
@@ -151,13 +152,13 @@ class InProcessAPI:
         return [ResultPublic.model_validate(r) for r in rows]
 
     # ------------------------------------------------------------ results
-    def list_results(self, **filters: object) -> list[ResultPublic]:
+    def list_results(self, **filters: Any) -> list[ResultPublic]:
         """Filters: device_id, hardware_class, model_version, round_id, command_ids."""
         with self.session() as session:
             rows, _ = crud.list_results(session=session, **filters)
             return [ResultPublic.model_validate(r) for r in rows]
 
-    def results_matrix(self, **filters: object) -> ResultsMatrix:
+    def results_matrix(self, **filters: Any) -> ResultsMatrix:
         with self.session() as session:
             return results.results_matrix(session=session, **filters)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
+from typing import Any
 
 from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, BigInteger, UniqueConstraint
@@ -47,7 +48,7 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def _ts_field(**kw: object) -> object:
+def _ts_field(**kw: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
 
 

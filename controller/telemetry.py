@@ -137,7 +137,8 @@ class TelemetryIngest:
             w = self._windows[device_id] = _Window(start=start)
         w.samples += 1
         fps, cpu = _num(m.get("fps")), _num(m.get("cpu_percent"))
-        lat = m.get("latency_ms") if isinstance(m.get("latency_ms"), dict) else {}
+        raw_lat = m.get("latency_ms")
+        lat = raw_lat if isinstance(raw_lat, dict) else {}
         p99, mem = _num(lat.get("p99")), _num(m.get("memory_bytes"))
         if fps is not None:
             w.fps_sum, w.fps_n = w.fps_sum + fps, w.fps_n + 1

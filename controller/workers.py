@@ -23,7 +23,7 @@ from controller.db import session_scope
 from controller.errors import Conflict
 from controller.inprocess import InProcessAPI
 from controller.metrics import Metrics
-from controller.models import Deployment, Device, Rollout, RolloutState
+from controller.models import Deployment, DeploymentState, Device, Rollout, RolloutState
 from controller.services import fleet, jobs, rollouts
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def update_gauges(*, session: Session, metrics: Metrics) -> None:
         .where(col(Rollout.state).in_([RolloutState.running, RolloutState.paused]))
     ).all()
     for rollout_id, state in active:
-        metrics.rollout_deployments.labels(rollout_id, state.value).inc()
+        metrics.rollout_deployments.labels(rollout_id, DeploymentState(state).value).inc()
 
 
 def run_job_runner(ctx: ControllerContext, stop: threading.Event) -> None:

@@ -32,14 +32,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def manifest_from_json(text: str) -> artifact_pb2.Manifest:
+    manifest = artifact_pb2.Manifest()
     try:
-        return json_format.Parse(text, artifact_pb2.Manifest(), ignore_unknown_fields=False)
+        json_format.Parse(text, manifest, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
         raise ManifestError(f"invalid manifest: {exc}") from exc
+    return manifest
 
 
 def manifest_to_json(manifest: artifact_pb2.Manifest) -> str:
-    return json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2, sort_keys=True)
+    return str(
+        json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2, sort_keys=True)
+    )
 
 
 def load_manifest(path: str | Path) -> artifact_pb2.Manifest:

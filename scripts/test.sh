@@ -42,6 +42,10 @@ bash scripts/install_deploy_tools.sh
 echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+echo "== import contracts (pyproject.toml [tool.importlinter])"
+"$VENV/bin/lint-imports" --no-cache
+echo "== types (pyproject.toml [tool.mypy])"
+"$VENV/bin/mypy"
 echo "== generated protos"
 "$VENV/bin/python" protos/generate.py --check
 echo "== pytest"

@@ -265,7 +265,7 @@ class OnnxRuntimeEngine(Engine):
         return int(self._memory)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
 
 class OnnxRuntimeBackend(Backend):

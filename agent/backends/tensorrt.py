@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class _PyCuda:
 
         self.cuda = cuda
         self.stream = cuda.Stream()
-        self._allocations: dict[int, object] = {}
+        self._allocations: dict[int, Any] = {}
 
     def malloc(self, nbytes: int) -> int:
         alloc = self.cuda.mem_alloc(max(nbytes, 1))
@@ -171,6 +172,8 @@ def _make_entropy_calibrator(trt, options: BuildOptions, cache_file: Path, cuda)
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
+            if options.calibration is None:
+                raise CalibrationError("INT8 needs calibration batches (BuildOptions.calibration)")
             self.batches = iter(options.calibration())
             self.device: dict[str, int] = {}
             self.batch_size = 1
@@ -294,7 +297,7 @@ class TensorRTEngine(Engine):
         size = getattr(self.engine, "device_memory_size_v2", None) or getattr(
             self.engine, "device_memory_size", 0
         )
-        return int(size) + sum(cap for _, cap in self._buffers.values())
+        return int(size or 0) + sum(cap for _, cap in self._buffers.values())
 
     def close(self) -> None:
         for ptr, _ in self._buffers.values():

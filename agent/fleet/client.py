@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import grpc
 
@@ -199,6 +200,7 @@ class FleetClient:
         yield fleet_pb2.AgentMessage(hello=hello)
         interval = self.credentials.heartbeat_interval_s if self.credentials else 10
         next_beat = time.monotonic() + interval
+        msg: fleet_pb2.AgentMessage | Literal[False] | None  # False: the heartbeat timer fired
         while not self._stop.is_set():
             try:
                 msg = self._outbox.get(timeout=max(0.05, next_beat - time.monotonic()))

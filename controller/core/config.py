@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,6 @@ class Settings(BaseSettings):
                 setattr(self, name, value)
 
 
-def get_settings(**overrides: object) -> Settings:
+def get_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit overrides (CLI flags, tests) winning."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

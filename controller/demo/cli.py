@@ -63,6 +63,13 @@ def say(msg: str, t0: float = 0.0) -> None:
     print(f"{stamp}{msg}", flush=True)
 
 
+def _enrollment_token(settings) -> str:  # noqa: ANN001
+    """The token the controller made on its first start (the local agents enrol with it)."""
+    if not settings.enrollment_token:
+        raise RuntimeError("the demo controller started without an enrollment token")
+    return str(settings.enrollment_token)
+
+
 def prepare_data(preset: DemoPreset, data_dir: Path) -> dict:
     """The synthetic PCB set (reused when a finished one with the same settings is there)."""
     from trainer.jobs import synthesize_dataset
@@ -174,7 +181,7 @@ def run_demo(
 
         n_agents = len(classes) * preset.agents_per_class
         say(f"3/5 {n_agents} local agents in {len(classes)} emulated classes", t0)
-        fleet = LocalFleet(ctl.grpc_target, settings.enrollment_token, out / "agents", classes,
+        fleet = LocalFleet(ctl.grpc_target, _enrollment_token(settings), out / "agents", classes,
                            per_class=preset.agents_per_class).start()  # fmt: skip
         for c in classes:
             say(f"   {c.name}: {c.describe()}", t0)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -155,11 +155,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
 
         return await asyncio.get_running_loop().run_in_executor(self.pool, unit)
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: ControllerError) -> None:
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: ControllerError) -> NoReturn:
         code = next(
             (c for t, c in STATUS_FOR.items() if isinstance(exc, t)), grpc.StatusCode.INVALID_ARGUMENT
         )
         await context.abort(code, exc.message)
+        raise RuntimeError("grpc context.abort returned")  # it raises; this tells the type checker
 
     async def _auth(self, context: grpc.aio.ServicerContext) -> str:
         md = {k: v for k, v in context.invocation_metadata() or ()}
@@ -296,6 +297,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                             await context.abort(
                                 grpc.StatusCode.NOT_FOUND, f"artifact file missing on the controller: {exc}"
                             )
+                            raise  # not reached: abort raises
                     data = os.pread(fd, end - offset, offset)
                     if len(data) != end - offset:
                         await context.abort(grpc.StatusCode.DATA_LOSS, "artifact file shorter than recorded")

@@ -13,9 +13,10 @@ import importlib
 import logging
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from controller.db import session_scope
 from controller.models import Job, JobState, utcnow
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def next_queued(*, session: Session) -> Job | None:
-    return session.exec(select(Job).where(Job.state == JobState.queued).order_by(Job.created_at)).first()
+    return session.exec(select(Job).where(Job.state == JobState.queued).order_by(col(Job.created_at))).first()
 
 
 def run_next_job(engine: Engine, on_artifact: Callable[[str, str], str] | None = None) -> bool:
@@ -39,7 +40,8 @@ def run_next_job(engine: Engine, on_artifact: Callable[[str, str], str] | None =
         session.add(job)
         job_id, task, action = job.id, job.task, job.action
         spec, overrides, import_artifact = job.spec, list(job.overrides), job.import_artifact
-    state, result, error = JobState.failed, {}, ""
+    state, error = JobState.failed, ""
+    result: dict[str, Any] = {}
     try:
         jobs = importlib.import_module("trainer.jobs")
         out = jobs.run_action(task, action, spec, overrides)
