@@ -79,3 +79,15 @@ def test_checkpoint_parts_round_trip_plain_and_pruned(trained, make_spec, tiny_d
         assert joined.labels == original.labels
         with torch.no_grad():
             assert torch.allclose(joined.model(x), original.model(x), atol=5e-2, rtol=1e-2)
+
+
+def test_detection_train_throughput_cpu_mode(tmp_path):
+    out = tmp_path / "det.json"
+    rc = _load("detection_train_throughput").main(
+        "--device cpu --tiny --image-size 32 --batch 2 --steps 1 --warmup 1 --rounds 1 --json".split()
+        + [str(out)]
+    )
+    assert rc == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["plain_images_per_s"] > 0 and run["ours_images_per_s"] > 0
+    assert run["ours_vs_plain"] > 0
