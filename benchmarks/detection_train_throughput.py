@@ -167,14 +167,20 @@ def measure(args, batch: int, device: torch.device) -> dict:
             body = m.model.backbone.model
             body.forward = torch.compile(body.forward)
         runs[name] = our_loop(m, x, targets, device, args.lr, channels_last=channels_last)
-    for run in runs.values():
-        timed(run, args.warmup, device)
+    failed = {}
+    for name, run in list(runs.items()):
+        try:
+            timed(run, args.warmup, device)
+        except Exception as exc:  # torch.compile may not cope with a backend; report, keep the rest
+            failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            del runs[name]
+            variants.remove(name)
     rates: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for name, run in runs.items():
             rates[name].append(batch * args.steps / timed(run, args.steps, device))
     med = {k: statistics.median(v) for k, v in rates.items()}
-    out = {"batch": batch, **{f"{k}_images_per_s": round(v, 1) for k, v in med.items()}}
+    out = {"batch": batch, **{f"{k}_images_per_s": round(v, 1) for k, v in med.items()}, "failed": failed}
     for k in variants[1:]:
         out[f"{k}_vs_plain"] = round(med[k] / med["plain"], 2)
     if args.profile:
