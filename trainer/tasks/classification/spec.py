@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from trainer.spec import AugmentationSpec, ExportSpec, QuantizeSpec, Section, SpecError, TrainSpec
+from trainer.ssl.spec import SSLSpec, check_unlabeled_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +42,9 @@ class DatasetSpec(Section):
     std: tuple[float, float, float] = IMAGENET_STD
     corrupt_images: CorruptPolicy = CorruptPolicy.skip
     augmentation: AugmentationSpec = AugmentationSpec()
+    unlabeled_root: str | None = Field(
+        None, description="folder of images, searched recursively, for the ssl action (labels unused)"
+    )
 
 
 class EvaluateSpec(Section):
@@ -133,6 +137,7 @@ class ClassificationSpec(Section):
     distill: DistillSpec = DistillSpec()
     quantize: QuantizeSpec = QuantizeSpec()
     export: ExportSpec = ExportSpec()
+    ssl: SSLSpec = SSLSpec()
 
 
 def _need_file(key: str, value: str | None) -> None:
@@ -161,6 +166,8 @@ def check_paths(spec: ClassificationSpec, action: str) -> None:
     """Refuse missing inputs before any work (called by the job runner)."""
     rd = Path(spec.results_dir)
     _need_file("model.pretrained_path", spec.model.pretrained_path)
+    if action == "ssl":  # reads only the unlabelled folder
+        return check_unlabeled_root(spec.dataset.unlabeled_root)
     if not Path(spec.dataset.root).is_dir():
         raise SpecError(f"key 'dataset.root': data folder not found: {spec.dataset.root}")
     if action in ("train", "retrain", "distill"):

@@ -60,3 +60,11 @@ def quantize(spec, ctx):
     from trainer.tasks.detection.export import quantize_action
 
     return quantize_action(spec, ctx)
+
+
+@TASK.action("ssl")
+def ssl(spec, ctx):
+    """Self-supervised (DINO) pretraining of the backbone on dataset.unlabeled_root."""
+    from trainer.ssl.action import run_ssl
+
+    return run_ssl(spec, ctx, backbone=spec.model.backbone, init_path=spec.model.pretrained_backbone_path)

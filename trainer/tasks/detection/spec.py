@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from trainer.spec import ExportSpec, Optimizer, QuantizeSpec, Section, SpecError, TrainSpec
+from trainer.ssl.spec import SSLSpec, check_unlabeled_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,6 +84,9 @@ class DatasetSpec(Section):
     corrupt_images: CorruptPolicy = CorruptPolicy.skip
     bad_boxes: BadBoxPolicy = BadBoxPolicy.fix
     augmentation: DetectionAugmentation = DetectionAugmentation()
+    unlabeled_root: str | None = Field(
+        None, description="folder of images, searched recursively, for the ssl action (labels unused)"
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -183,6 +187,7 @@ class DetectionSpec(Section):
     distill: DistillSpec = DistillSpec()
     quantize: DetectionQuantizeSpec = DetectionQuantizeSpec()
     export: DetectionExportSpec = DetectionExportSpec()
+    ssl: SSLSpec = SSLSpec()
 
 
 def _need_file(key: str, value: str | None) -> None:
@@ -214,6 +219,8 @@ def check_paths(spec: DetectionSpec, action: str) -> None:
     rd = Path(spec.results_dir)
     _need_file("model.pretrained_path", spec.model.pretrained_path)
     _need_file("model.pretrained_backbone_path", spec.model.pretrained_backbone_path)
+    if action == "ssl":  # reads only the unlabelled folder
+        return check_unlabeled_root(spec.dataset.unlabeled_root)
     if not Path(spec.dataset.root).is_dir():
         raise SpecError(f"key 'dataset.root': data folder not found: {spec.dataset.root}")
     if action in ("train", "distill"):

@@ -1,0 +1,220 @@
+"""The ssl action end to end on real files (tiny DINO on 32 px images, CPU), its backbone
+checkpoint loaded by classification and detection fine-tuning, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.jobs import resolve_spec, run_action
+from trainer.spec import SpecError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# a DINO small enough for two CPU cores: 2 local views, small head, 2 steps per epoch
+TINY_SSL = {
+    "epochs": 2,
+    "batch_size": 8,
+    "max_steps_per_epoch": 2,
+    "local_views": 2,
+    "hidden_dim": 32,
+    "bottleneck_dim": 16,
+    "output_dim": 64,
+    "warmup_epochs": 1,
+}
+
+
+def _status(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "status.json").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tiny_data: Path, tmp_path_factory) -> Path:
+    """The train split's images without their class folders' meaning, nested two levels deep,
+    plus one corrupt file (skipped and counted)."""
+    root = tmp_path_factory.mktemp("unlabeled")
+    for i, p in enumerate(sorted((tiny_data / "train").rglob("*.png"))):
+        dest = root / f"line{i % 2}" / "cam" / f"{i}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(p.read_bytes())
+    (root / "line0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ssl_run(tiny_data: Path, unlabeled: Path, make_spec, tmp_path_factory):
+    results = tmp_path_factory.mktemp("ssl_runs")
+    spec = make_spec(tiny_data, results, ssl=TINY_SSL)
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    return spec, run_action("classification", "ssl", spec)
+
+
+def test_ssl_action_writes_backbone_and_status(ssl_run) -> None:
+    _, res = ssl_run
+    out = res.output_dir
+    assert res.model_path == out / "backbone.pth"
+    states = _status(out)
+    assert states[0]["status"] == "started" and states[-1]["status"] == "succeeded"
+    progress = [s for s in states if s["status"] == "progress" and "epoch" in s]
+    assert [p["epoch"] for p in progress] == [1, 2]
+    assert all(p["ssl_loss"] > 0 and p["images_per_s"] > 0 for p in progress)
+    assert res.metrics["num_images"] == 72 and res.metrics["corrupt_images"] == 1
+    # plain tensors only: the safe loader reads it, and no classifier head is in it
+    state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert "conv1.weight" in state and not any(k.startswith("fc.") for k in state)
+    meta = json.loads((out / "backbone.json").read_text())
+    assert meta["backbone"] == "resnet18" and meta["epochs"] == 2 and meta["image_size"] == 32
+
+
+def test_classification_fine_tunes_from_ssl_backbone(ssl_run, tiny_data: Path, make_spec, tmp_path) -> None:
+    from trainer.models.backbones import build_model, load_pretrained
+
+    spec, res = ssl_run
+    state = torch.load(res.model_path, weights_only=True)
+    model = build_model("resnet18", 6)
+    counts = load_pretrained(model, res.model_path, "resnet18")
+    assert counts["loaded"] == len(state) and counts["missing"] == 0
+    assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+
+    ft = make_spec(tiny_data, tmp_path, model={"pretrained_path": str(res.model_path)})
+    out = run_action("classification", "train", ft)
+    assert out.status == "succeeded" and (out.output_dir / "model.pth").is_file()
+    assert f"loaded {res.model_path}" in (out.output_dir / "log.txt").read_text()
+
+
+def test_detection_fine_tunes_from_ssl_backbone(ssl_run, tmp_path) -> None:
+    from trainer.tasks.detection.model import (
+        DetectorConfig,
+        backbone_module,
+        build_detector,
+        load_pretrained_backbone,
+    )
+    from trainer.tasks.detection.synth import synthesize
+
+    _, res = ssl_run
+    state = torch.load(res.model_path, weights_only=True)
+    det = build_detector(
+        DetectorConfig(
+            backbone="resnet18",
+            d_model=32,
+            num_queries=5,
+            decoder_layers=1,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            attention_heads=2,
+        )
+    )
+    counts = load_pretrained_backbone(det, res.model_path)
+    assert counts["loaded"] == len(state) and counts["missing"] == 0
+    assert torch.equal(backbone_module(det).body.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+
+    data = tmp_path / "coco"
+    synthesize(data, 24, 64, seed=1)
+    spec = Path(__file__).resolve().parents[2] / "trainer" / "specs" / "detection.yaml"
+    out = run_action(
+        "detection",
+        "train",
+        spec,
+        [
+            f"dataset.root={data}",
+            f"results_dir={tmp_path / 'runs'}",
+            f"model.pretrained_backbone_path={res.model_path}",
+            "dataset.image_size=64",
+            "model.num_queries=10",
+            "model.d_model=32",
+            "model.encoder_ffn_dim=64",
+            "model.decoder_ffn_dim=64",
+            "model.decoder_layers=1",
+            "model.attention_heads=2",
+            "model.num_denoising=10",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "train.max_steps_per_epoch=2",
+            "train.num_workers=0",
+            "train.device=cpu",
+            "evaluate.batch_size=8",
+        ],
+    )
+    assert out.status == "succeeded"
+    assert f"backbone tensors from {res.model_path}" in (out.output_dir / "log.txt").read_text()
+
+
+def test_detection_task_has_ssl_action(tmp_path, unlabeled: Path) -> None:
+    """The detection spec's own ssl action, on a detection-only backbone (timm convnext_femto)."""
+    spec = Path(__file__).resolve().parents[2] / "trainer" / "specs" / "detection.yaml"
+    out = run_action(
+        "detection",
+        "ssl",
+        spec,
+        [
+            f"dataset.root={tmp_path}",
+            f"dataset.unlabeled_root={unlabeled}",
+            f"results_dir={tmp_path / 'runs'}",
+            "dataset.image_size=64",
+            "model.backbone=convnext_femto",
+            "train.device=cpu",
+            "train.num_workers=0",
+            *[f"ssl.{k}={v}" for k, v in {**TINY_SSL, "epochs": 1, "max_steps_per_epoch": 1}.items()],
+        ],
+    )
+    from trainer.tasks.detection.model import DetectorConfig, build_detector, load_pretrained_backbone
+
+    det = build_detector(
+        DetectorConfig(
+            backbone="convnext_femto",
+            d_model=32,
+            num_queries=5,
+            decoder_layers=1,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            attention_heads=2,
+        )
+    )
+    counts = load_pretrained_backbone(det, out.model_path)
+    assert counts["loaded"] > 50 and counts["missing"] == 0
+
+
+def test_crop_too_small_for_backbone_refused(tiny_data: Path, unlabeled: Path, make_spec, tmp_path) -> None:
+    spec = make_spec(
+        tiny_data, tmp_path, model={"backbone": "convnext_atto"}, ssl={**TINY_SSL, "local_crop_size": 16}
+    )
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    with pytest.raises(ValueError, match="cannot take 16px crops.*ssl.local_crop_size"):
+        run_action("classification", "ssl", spec)
+    assert _status(tmp_path / "ssl")[-1]["kind"] == "invalid_input"
+
+
+def test_bad_ssl_keys_refused(tiny_data: Path, unlabeled: Path, make_spec, tmp_path) -> None:
+    spec = make_spec(tiny_data, tmp_path)
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    with pytest.raises(SpecError, match=r"unknown key 'ssl.epoch' \(did you mean 'epochs'\?\)"):
+        resolve_spec("classification", spec, ["ssl.epoch=3"], action="ssl")
+    with pytest.raises(SpecError, match="key 'ssl.method'"):
+        resolve_spec("classification", spec, ["ssl.method=simclr"], action="ssl")
+    with pytest.raises(SpecError, match="key 'ssl.local_crop_scale'"):
+        resolve_spec("classification", spec, ["ssl.local_crop_scale=[0.5,0.1]"], action="ssl")
+    det = Path(__file__).resolve().parents[2] / "trainer" / "specs" / "detection.yaml"
+    with pytest.raises(SpecError, match="unknown key 'ssl.lrr'"):
+        resolve_spec("detection", det, [f"dataset.root={tmp_path}", "ssl.lrr=1"], action="ssl")
+    assert not (tmp_path / "ssl").exists()
+
+
+def test_empty_or_missing_unlabeled_folder_refused(tiny_data: Path, make_spec, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no images here")
+    spec = make_spec(tiny_data, tmp_path / "runs", ssl=TINY_SSL)
+    with pytest.raises(SpecError, match="'dataset.unlabeled_root': required for the ssl action"):
+        run_action("classification", "ssl", spec)
+    spec["dataset"]["unlabeled_root"] = str(empty)
+    with pytest.raises(SpecError, match=f"'dataset.unlabeled_root': no images under {empty}"):
+        run_action("classification", "ssl", spec)
+    spec["dataset"]["unlabeled_root"] = str(tmp_path / "nowhere")
+    with pytest.raises(SpecError, match="'dataset.unlabeled_root': folder not found"):
+        run_action("classification", "ssl", spec)
+    assert not (tmp_path / "runs" / "ssl").exists()  # refused before any work

@@ -1,0 +1,231 @@
+"""The ``ssl`` action: DINO pretraining of ``model.backbone`` on ``dataset.unlabeled_root``.
+
+Writes ``<results_dir>/ssl/backbone.pth`` (the teacher's backbone, as DINO evaluates it: a flat
+state dict of plain tensors, rewritten atomically after every epoch) and ``backbone.json``
+(backbone name, image size, normalisation, images, epochs, final loss), plus the usual
+``status.json`` progress per epoch (loss, images/s, lr, teacher momentum, feature spread).
+Feed it to fine-tuning as ``model.pretrained_path`` (classification) or
+``model.pretrained_backbone_path`` (detection).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainer.runtime import ActionOutput, RunContext, amp_dtype, select_device
+from trainer.ssl.data import MultiViewDataset, scan_unlabeled
+from trainer.ssl.dino import DINO, backbone_state, classification_name, headless_backbone
+from trainer.ssl.spec import SSLSpec
+
+log = logging.getLogger(__name__)
+
+FORMAT = "edgeloop.ssl-backbone.v1"
+
+
+def local_crop_size(cfg: SSLSpec, image_size: int) -> int:
+    return cfg.local_crop_size or max(8, image_size // 2)
+
+
+def _transform(cfg: SSLSpec, image_size: int, mean, std):
+    from lightly.transforms import DINOTransform
+
+    return DINOTransform(
+        global_crop_size=image_size,
+        global_crop_scale=tuple(cfg.global_crop_scale),
+        local_crop_size=local_crop_size(cfg, image_size),
+        local_crop_scale=tuple(cfg.local_crop_scale),
+        n_local_views=cfg.local_views,
+        vf_prob=cfg.vflip,
+        cj_prob=cfg.color_jitter,
+        solarization_prob=cfg.solarization,
+        normalize={"mean": list(mean), "std": list(std)},
+    )
+
+
+def _schedule(cfg: SSLSpec, step: int, total: int, warm: int) -> float:
+    """Linear warmup, then cosine from ``lr`` to ``min_lr`` (lightly's cosine_schedule)."""
+    from lightly.utils.scheduler import cosine_schedule
+
+    if warm and step < warm:
+        return cfg.lr * (step + 1) / warm
+    return float(cosine_schedule(min(step - warm, total - warm), max(1, total - warm), cfg.lr, cfg.min_lr))
+
+
+def _teacher_temp(cfg: SSLSpec, epoch: int) -> float:
+    w = cfg.warmup_teacher_temp_epochs
+    if w and epoch < w:
+        return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * epoch / w
+    return cfg.teacher_temp
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_suffix(".pth.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous epoch's backbone
+
+
+def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None = None) -> ActionOutput:
+    """Shared by every task's ssl action; ``backbone`` is the task's ``model.backbone``."""
+    from lightly.loss import DINOLoss
+    from lightly.utils.scheduler import cosine_schedule
+
+    cfg: SSLSpec = spec.ssl
+    torch.manual_seed(spec.seed)
+    ds = spec.dataset
+    device = select_device(spec.train.device, ctx.local_rank)
+    data = scan_unlabeled(ds.unlabeled_root)
+    if data.corrupt:
+        ctx.status.progress(
+            corrupt_images=len(data.corrupt), corrupt_files=[str(p) for p in data.corrupt[:20]]
+        )
+    n = len(data.paths)
+    bs = min(cfg.batch_size, n)
+    nw = spec.train.num_workers
+    loader = DataLoader(
+        MultiViewDataset(data.paths, _transform(cfg, ds.image_size, ds.mean, ds.std)),
+        batch_size=bs,
+        shuffle=True,
+        num_workers=nw,
+        pin_memory=device.type == "cuda",
+        drop_last=n > bs,
+        persistent_workers=nw > 0,
+    )
+    name = classification_name(backbone)
+    local = local_crop_size(cfg, ds.image_size)
+    net, feat_dim = headless_backbone(
+        name, ds.image_size, init_path, min_size=local if cfg.local_views else None
+    )
+    model = DINO(
+        net,
+        feat_dim,
+        hidden=cfg.hidden_dim,
+        bottleneck=cfg.bottleneck_dim,
+        out=cfg.output_dim,
+        freeze_last=cfg.freeze_last_layer_epochs,
+    ).to(device)
+    fmt = (
+        torch.channels_last
+        if (device.type == "cuda" and spec.train.channels_last)
+        else torch.contiguous_format
+    )
+    model = model.to(memory_format=fmt)
+    criterion = DINOLoss(
+        output_dim=cfg.output_dim, student_temp=cfg.student_temp, teacher_temp=cfg.teacher_temp
+    )
+    criterion = criterion.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dtype = amp_dtype(device, spec.train.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+
+    spe = len(loader) if not cfg.max_steps_per_epoch else min(cfg.max_steps_per_epoch, len(loader))
+    horizon = cfg.epochs
+    out_path = ctx.out_dir / "backbone.pth"
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    log.info(
+        "ssl %s on %d images (%s, %d features), %d steps/epoch", cfg.method.value, n, name, feat_dim, spe
+    )
+    epoch = 0
+    for epoch in range(cfg.epochs):
+        if epoch >= horizon:
+            break
+        model.train()
+        total, warm = horizon * spe, cfg.warmup_epochs * spe
+        t_temp = _teacher_temp(cfg, epoch)
+        loss_sum = torch.zeros((), device=device)
+        seen, steps, t0 = 0, 0, time.perf_counter()
+        lr = momentum = 0.0
+        feat_std = float("nan")
+        for i, views in enumerate(loader):
+            if i >= spe:
+                break
+            step = epoch * spe + i
+            lr = _schedule(cfg, step, total, warm)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            momentum = float(cosine_schedule(step, max(1, total), cfg.momentum_start, 1.0))
+            model.update_teacher(momentum)
+            views = [v.to(device, non_blocking=True, memory_format=fmt) for v in views]
+            b = views[0].shape[0]
+            with autocast():
+                glob = torch.cat(views[:2])
+                t_out = model.forward_teacher(glob).chunk(2)
+                s_out = list(model(glob).chunk(2))
+                if len(views) > 2:
+                    s_out += list(model(torch.cat(views[2:])).chunk(len(views) - 2))
+                loss = criterion(list(t_out), s_out, teacher_temp=t_temp)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            model.student_head.cancel_last_layer_gradients(current_epoch=epoch)
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.detach().float()
+            seen += b
+            steps += 1
+            if i == spe - 1:
+                with torch.no_grad():  # collapse check: spread of the normalised teacher features
+                    f = torch.nn.functional.normalize(model.teacher_backbone(views[0]).float(), dim=1)
+                    feat_std = float(f.std(0).mean())
+        elapsed = time.perf_counter() - t0
+        mean_loss = float(loss_sum) / max(1, steps)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"ssl loss is {mean_loss} in epoch {epoch + 1}; lower ssl.lr")
+        if cfg.time_limit_s and epoch == 0:
+            fit = int(cfg.time_limit_s // max(time.perf_counter() - started, 1e-6))
+            horizon = max(1, min(cfg.epochs, fit))
+            if horizon < cfg.epochs:
+                log.info("ssl.time_limit_s=%s: schedule shortened to %d epochs", cfg.time_limit_s, horizon)
+        record = {
+            "epoch": epoch + 1,
+            "ssl_loss": round(mean_loss, 5),
+            "images_per_s": round(seen / max(elapsed, 1e-9), 1),
+            "lr": lr,
+            "teacher_momentum": round(momentum, 6),
+            "feature_std": round(feat_std, 5),
+            "horizon_epochs": horizon,
+        }
+        history.append(record)
+        log.info("ssl epoch %d/%d %s", epoch + 1, horizon, record)
+        if ctx.is_main:
+            ctx.status.progress(**record)
+            _save(backbone_state(model.teacher_backbone), out_path)
+    epochs_done = len(history)
+    meta = {
+        "format": FORMAT,
+        "method": cfg.method.value,
+        "backbone": backbone,
+        "image_size": ds.image_size,
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "unlabeled_root": str(ds.unlabeled_root),
+        "num_images": n,
+        "epochs": epochs_done,
+        "init_path": init_path,
+        "history": history,
+    }
+    if ctx.is_main:
+        (ctx.out_dir / "backbone.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    last = history[-1] if history else {}
+    metrics = {
+        "method": cfg.method.value,
+        "backbone": backbone,
+        "num_images": n,
+        "corrupt_images": len(data.corrupt),
+        "epochs": epochs_done,
+        "ssl_loss": last.get("ssl_loss"),
+        "images_per_s": last.get("images_per_s"),
+        "feature_std": last.get("feature_std"),
+        "feature_dim": feat_dim,
+    }
+    return ActionOutput(metrics=metrics, model_path=out_path)
