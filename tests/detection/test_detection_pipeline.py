@@ -163,12 +163,8 @@ def test_export_quantize_and_on_device_map(run, trained, data: Path) -> None:
 def test_pretrained_backbone_from_classification_checkpoint(tmp_path: Path) -> None:
     from trainer.models.backbones import build_model
     from trainer.models.checkpoint import Checkpoint, save_checkpoint
-    from trainer.tasks.detection.model import (
-        DetectorConfig,
-        backbone_module,
-        build_detector,
-        load_pretrained_backbone,
-    )
+    from trainer.tasks.detection.backbones import backbone_module, load_pretrained_backbone
+    from trainer.tasks.detection.model import DetectorConfig, build_detector
 
     cls = build_model("resnet18", 4)
     path = save_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_registries_refuse_duplicates():
     with pytest.raises(RegistryError, match="already registered"):
         register_task("classification", schema=task.schema)
     with pytest.raises(RegistryError, match="already has an action named 'train'"):
-        task.action("train")(lambda spec, ctx: None)
+        task.add_action(types.SimpleNamespace(__name__="x.actions.train", run=lambda spec, ctx: None))  # type: ignore[arg-type]
     with pytest.raises(KeyError, match="already registered"):
         register_backbone("resnet18", head="fc", library="x", family="x")(lambda n: None)
     with pytest.raises(RegistryError, match="no action 'fly'.*train"):

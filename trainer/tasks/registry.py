@@ -1,16 +1,22 @@
 """The task registry: a task (classification, detection ...) is a spec schema plus actions by name.
 
-A task package (``trainer/tasks/<name>/__init__.py``) registers itself on import::
+One registration style for every task, as TAO users know it: an action per module. A task
+package ``trainer/tasks/<name>/`` has an ``actions/`` subpackage with one module per action::
 
-    TASK = register_task("detection", schema=DetectionSpec, check=check_paths)
+    trainer/tasks/detection/actions/train.py:
+        DISTRIBUTED = True          # optional: honours train.num_gpus > 1 (torchrun relaunch)
+        def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
+            "Train an RT-DETR detector (best val mAP kept)."   # first line = help text
 
-    @TASK.action("train")
-    def train(spec: DetectionSpec, ctx: RunContext) -> ActionOutput: ...
+and its ``__init__.py`` registers the task on import::
 
-and ``edgeloop model detection train -e spec.yaml`` finds it: :func:`get_task` imports
-``trainer.tasks.<name>`` lazily (so the CLI only imports the task it runs). A duplicate task or
-action name is an error, never a silent overwrite. ``check(spec, action)`` runs before any work
-and raises :class:`trainer.spec.SpecError` for missing paths or inconsistent settings.
+    TASK = register_task("detection", schema=DetectionSpec, actions=actions, check=check_paths)
+
+The action's name is its module's name. ``edgeloop model detection train -e spec.yaml`` finds it:
+:func:`get_task` imports ``trainer.tasks.<name>`` lazily (so the CLI only imports the task it
+runs). A duplicate task or action name is an error, never a silent overwrite.
+``check(spec, action)`` runs before any work and raises :class:`trainer.spec.SpecError` for
+missing paths or inconsistent settings.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -53,19 +60,18 @@ class Task:
     synthesize: Callable[..., Any] | None = None
     actions: dict[str, Action] = field(default_factory=dict)
 
-    def action(
-        self, name: str, *, help: str = "", distributed: bool = False
-    ) -> Callable[[ActionFn], ActionFn]:
-        """Decorator registering ``fn`` as action ``name`` of this task."""
-
-        def deco(fn: ActionFn) -> ActionFn:
-            if name in self.actions:
-                raise RegistryError(f"task {self.name!r} already has an action named {name!r}")
-            doc = help or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-            self.actions[name] = Action(name, fn, doc, distributed)
-            return fn
-
-        return deco
+    def add_action(self, module: ModuleType) -> Action:
+        """Register the action module ``module`` (its ``run``, ``DISTRIBUTED`` and docstring)."""
+        name = module.__name__.rsplit(".", 1)[-1]
+        fn = getattr(module, "run", None)
+        if not callable(fn):
+            raise RegistryError(f"action module {module.__name__} has no run(spec, ctx) function")
+        if name in self.actions:
+            raise RegistryError(f"task {self.name!r} already has an action named {name!r}")
+        doc = ((fn.__doc__ or module.__doc__ or "").strip().splitlines() or [""])[0]
+        action = Action(name, fn, doc, bool(getattr(module, "DISTRIBUTED", False)))
+        self.actions[name] = action
+        return action
 
     def get_action(self, name: str) -> Action:
         if name not in self.actions:
@@ -82,12 +88,18 @@ def register_task(
     name: str,
     *,
     schema: type[BaseModel],
+    actions: ModuleType | None = None,
     check: CheckFn | None = None,
     synthesize: Callable[..., Any] | None = None,
 ) -> Task:
+    """Register task ``name``; every module of the ``actions`` package becomes an action."""
     if name in _TASKS:
         raise RegistryError(f"a task named {name!r} is already registered")
     task = Task(name=name, schema=schema, check=check, synthesize=synthesize)
+    if actions is not None:
+        for info in sorted(pkgutil.iter_modules(actions.__path__), key=lambda m: m.name):
+            if not info.ispkg and not info.name.startswith("_"):
+                task.add_action(importlib.import_module(f"{actions.__name__}.{info.name}"))
     _TASKS[name] = task
     return task
 

@@ -1,70 +1,26 @@
 """Object detection: RT-DETR (transformers) on COCO-format data, as a task of the trainer.
 
-``edgeloop model detection <action> -e trainer/specs/detection.yaml [key=value ...]``; the actions
-are registered here and run through the trainer's job machinery (results dir, ``status.json``,
-``metrics.json``). ``edgeloop data synth --task detection`` calls :func:`synth.synthesize`.
+``edgeloop model detection <action> -e trainer/specs/detection.yaml [key=value ...]``; each action
+is a module of :mod:`trainer.tasks.detection.actions`, run through the trainer's job machinery
+(results dir, ``status.json``, ``metrics.json``). ``edgeloop data synth --task detection`` calls
+:func:`synth.synthesize`.
+
+Modules, one job each (imports go down this list, never up):
+``spec`` (schema, path checks), ``data`` (COCO splits, transforms, loaders, calibration images),
+``backbones`` (backbones by name, pretrained backbone weights), ``model`` (RT-DETR factory, our
+checkpoint format), ``metrics`` (decoding, COCO mAP), ``export`` (the ONNX graph's contract,
+parity, INT8 recipe), ``predict`` (PyTorch / ONNX Runtime runners, drawing), ``loss`` and
+``distill`` (training losses), ``training`` (the run on :func:`trainer.engine.fit`), ``actions/``
+(``ssl`` is the shared DINO pretraining of :mod:`trainer.ssl`).
 """
 
 from __future__ import annotations
 
+from trainer.tasks.detection import actions
 from trainer.tasks.detection.spec import DetectionSpec, check_paths
 from trainer.tasks.detection.synth import synthesize
 from trainer.tasks.registry import register_task
 
-TASK = register_task("detection", schema=DetectionSpec, check=check_paths, synthesize=synthesize)
-
-
-@TASK.action("train", distributed=True)
-def train(spec, ctx):
-    """Train an RT-DETR detector (best val mAP kept)."""
-    from trainer.tasks.detection.train import train_action
-
-    return train_action(spec, ctx)
-
-
-@TASK.action("evaluate")
-def evaluate(spec, ctx):
-    """COCO mAP@[.5:.95], mAP@.5, per-class AP of a .pth or .onnx model."""
-    from trainer.tasks.detection.train import evaluate_action
-
-    return evaluate_action(spec, ctx)
-
-
-@TASK.action("inference")
-def inference(spec, ctx):
-    """COCO-results JSON and annotated images for a folder of images."""
-    from trainer.tasks.detection.train import inference_action
-
-    return inference_action(spec, ctx)
-
-
-@TASK.action("distill")
-def distill(spec, ctx):
-    """Single-stage teacher -> student distillation (features + matched queries)."""
-    from trainer.tasks.detection.train import distill_action
-
-    return distill_action(spec, ctx)
-
-
-@TASK.action("export")
-def export(spec, ctx):
-    """ONNX (opset 17, symbolic batch, NMS-free outputs) + manifest, parity-checked."""
-    from trainer.tasks.detection.export import export_action
-
-    return export_action(spec, ctx)
-
-
-@TASK.action("quantize")
-def quantize(spec, ctx):
-    """INT8 Q/DQ ONNX with real calibration images; mAP drop reported."""
-    from trainer.tasks.detection.export import quantize_action
-
-    return quantize_action(spec, ctx)
-
-
-@TASK.action("ssl")
-def ssl(spec, ctx):
-    """Self-supervised (DINO) pretraining of the backbone on dataset.unlabeled_root."""
-    from trainer.ssl.action import run_ssl
-
-    return run_ssl(spec, ctx, backbone=spec.model.backbone, init_path=spec.model.pretrained_backbone_path)
+TASK = register_task(
+    "detection", schema=DetectionSpec, actions=actions, check=check_paths, synthesize=synthesize
+)

@@ -26,10 +26,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from trainer.tasks.detection.spec import DetectionSpec
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +253,44 @@ class CocoDetection(torch.utils.data.Dataset):
 def collate(batch):
     images = torch.stack([b[0] for b in batch])
     return images, [b[1] for b in batch]
+
+
+# ------------------------------------------------------------------ a spec's splits and loaders
+def open_split(spec: DetectionSpec, split: str) -> CocoSplit:
+    """``<dataset.root>/<split>`` under the spec's bad-box and corrupt-image policies."""
+    return load_coco_split(
+        Path(spec.dataset.root) / split,
+        bad_boxes=spec.dataset.bad_boxes.value,
+        corrupt_images=spec.dataset.corrupt_images.value,
+    )
+
+
+def loader(spec: DetectionSpec, split: CocoSplit, *, train: bool, batch_size: int, distributed: bool = False):
+    """A DataLoader of ``split`` (augmented and shuffled when ``train``; a DistributedSampler under DDP)."""
+    tf = train_transforms(spec.dataset.image_size, spec.dataset.augmentation) if train else None
+    ds = CocoDetection(split, spec.dataset.image_size, spec.dataset.mean, spec.dataset.std, tf, train=train)
+    sampler = None
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            ds, shuffle=True, seed=spec.seed, drop_last=True
+        )
+    workers = spec.train.num_workers
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=train and len(ds) > batch_size,
+        persistent_workers=workers > 0 and train,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def calibration_array(spec: DetectionSpec, split: CocoSplit, n: int) -> np.ndarray:
+    """``n`` real images of ``split``, preprocessed as the model sees them, spread over the split."""
+    ds = CocoDetection(split, spec.dataset.image_size, spec.dataset.mean, spec.dataset.std)
+    n = min(n, len(ds))
+    idx = np.linspace(0, len(ds) - 1, n).round().astype(int)
+    return np.stack([ds[int(i)][0].numpy() for i in idx]).astype(np.float32)

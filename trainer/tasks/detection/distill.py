@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.models.checkpoint import unwrap
+from trainer.tasks.detection.loss import targets_to
 from trainer.tasks.detection.spec import DistillSpec
 
 log = logging.getLogger(__name__)
@@ -153,13 +155,9 @@ class DetectionDistiller(nn.Module):
     def loss(
         self, model: nn.Module, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
     ) -> torch.Tensor:
-        from trainer.tasks.detection.train import _targets_to
-
         with torch.no_grad():
             t_out = self.teacher(pixel_values=images)
-        s_out = model(pixel_values=images, labels=_targets_to(targets, images.device))
-        from trainer.models.checkpoint import unwrap
-
+        s_out = model(pixel_values=images, labels=targets_to(targets, images.device))
         q = unwrap(model).detector_config.num_queries
         # in training the student's outputs start with the denoising queries: keep the last q
         s_logits, s_boxes = s_out.logits[:, -q:], s_out.pred_boxes[:, -q:]

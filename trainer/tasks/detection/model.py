@@ -1,12 +1,11 @@
-"""The RT-DETR detector: Hugging Face ``RTDetrForObjectDetection`` over a backbone chosen by name.
+"""The RT-DETR detector: Hugging Face ``RTDetrForObjectDetection`` over a backbone chosen by name
+(:mod:`trainer.tasks.detection.backbones`), and our checkpoint format for it.
 
 The detector (hybrid encoder, query selection, deformable decoder, Hungarian-matched losses with
 denoising) is transformers' maintained implementation, built from an explicit config so nothing
 ever reaches a model hub. Its backbone is swapped for one of *our* classification backbones
 (torchvision ResNet-18/34/50 and ConvNeXt-Tiny, timm ConvNeXt atto/femto/pico/nano), wrapped to
-return the stride 8/16/32 feature maps: the backbone's parameter names are those of the
-classification model, so ``model.pretrained_backbone_path`` takes a checkpoint of our own
-classification trainer (or a torchvision/timm state dict) as it is.
+return the stride 8/16/32 feature maps.
 
 Measured pitfalls handled here: a backbone named by string makes transformers query a hub (we
 pass an explicit, throwaway ``backbone_config`` and replace the module); from scratch the default
@@ -20,92 +19,17 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from trainer.tasks.detection.backbones import BackboneFeatures, backbone_def, load_pretrained_backbone
+
+if TYPE_CHECKING:
+    from trainer.tasks.detection.spec import DetectionSpec
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackboneDef:
-    name: str
-    library: str  # torchvision | timm
-    channels: tuple[int, int, int]  # strides 8, 16, 32
-
-
-_BACKBONES: dict[str, BackboneDef] = {}
-
-
-def _register(name: str, library: str, channels: tuple[int, int, int]) -> None:
-    if name in _BACKBONES:
-        raise KeyError(f"detection backbone {name!r} is already registered")
-    _BACKBONES[name] = BackboneDef(name, library, channels)
-
-
-_register("resnet18", "torchvision", (128, 256, 512))
-_register("resnet34", "torchvision", (128, 256, 512))
-_register("resnet50", "torchvision", (512, 1024, 2048))
-_register("convnext_tiny", "torchvision", (192, 384, 768))
-_register("convnext_atto", "timm", (80, 160, 320))
-_register("convnext_femto", "timm", (96, 192, 384))
-_register("convnext_pico", "timm", (128, 256, 512))
-_register("convnext_nano", "timm", (160, 320, 640))
-
-
-def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
-
-
-def backbone_def(name: str) -> BackboneDef:
-    if name not in _BACKBONES:
-        raise ValueError(f"unknown detection backbone {name!r}; choose one of: {', '.join(list_backbones())}")
-    return _BACKBONES[name]
-
-
-class BackboneFeatures(nn.Module):
-    """A classification network (``body``, head removed) returning its stride 8/16/32 maps in
-    the form transformers' RT-DETR expects (``.feature_maps``)."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-        self.library = backbone_def(name).library
-        self.channels = list(backbone_def(name).channels)
-        if self.library == "torchvision":
-            import torchvision.models as tvm
-
-            body = getattr(tvm, name)(weights=None)
-            if name.startswith("resnet"):
-                body.fc = nn.Identity()
-            else:
-                body.classifier = nn.Identity()
-                body.avgpool = nn.Identity()
-        else:
-            import timm
-
-            body = timm.create_model(name, pretrained=False, num_classes=0)
-            body.head = nn.Identity()  # unused by forward_intermediates: no dead parameters
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> SimpleNamespace:
-        b = self.body
-        if self.library == "timm":
-            maps = b.forward_intermediates(x, indices=[1, 2, 3], intermediates_only=True)
-        elif self.name.startswith("resnet"):
-            x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-            c2 = b.layer2(b.layer1(x))
-            c3 = b.layer3(c2)
-            maps = [c2, c3, b.layer4(c3)]
-        else:  # torchvision convnext: features[1,3,5,7] are the stages
-            maps = []
-            for i, stage in enumerate(b.features):
-                x = stage(x)
-                if i in (3, 5, 7):
-                    maps.append(x)
-        return SimpleNamespace(feature_maps=list(maps))
 
 
 @dataclass
@@ -204,64 +128,6 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
     return model
 
 
-def backbone_module(model: nn.Module) -> BackboneFeatures:
-    return model.model.backbone.model  # type: ignore[return-value]
-
-
-# ------------------------------------------------------------------ weights
-def _state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, dict):
-        if str(obj.get("format", "")).startswith("edgeloop"):
-            if obj.get("module") is not None:
-                return obj["module"].state_dict()
-            return obj["state_dict"]
-        for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
-            if key in obj and isinstance(obj[key], (dict, nn.Module)):
-                return _state_dict_of(obj[key])
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise ValueError("not a recognised checkpoint (expected a state dict, timm/torchvision or edgeloop file)")
-
-
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> dict[str, int]:
-    """Load a classification checkpoint (ours, torchvision or timm) into the detector's backbone.
-
-    Head tensors are ignored; any other shape mismatch, or a checkpoint that covers less than
-    half of the backbone, is refused with the keys named."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained_backbone_path not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    state = {k.removeprefix("module."): v for k, v in _state_dict_of(obj).items()}
-    # a detection checkpoint's backbone, too
-    prefix = "model.backbone.model.body."
-    if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    body = backbone_module(model).body
-    own = body.state_dict()
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in loadable and not k.endswith("num_batches_tracked")]
-    if mismatched or len(loadable) < 0.5 * len(own):
-        raise ValueError(
-            f"{path} does not fit detection backbone {backbone_module(model).name!r}: "
-            f"{len(loadable)}/{len(own)} tensors fit, {len(mismatched)} shape mismatches"
-            + ("\n  " + "\n  ".join(mismatched[:8]) if mismatched else "")
-            + (f"\n  missing e.g. {missing[:5]}" if missing else "")
-        )
-    body.load_state_dict(loadable, strict=False)
-    if missing:
-        log.warning("%d backbone tensors not in %s (kept initialised): %s", len(missing), path, missing[:5])
-    log.info("loaded %d backbone tensors from %s", len(loadable), path)
-    return {"loaded": len(loadable), "missing": len(missing)}
-
-
 def save_detector(
     model: nn.Module,
     path: str | Path,
@@ -335,3 +201,39 @@ def load_detector(path: str | Path) -> LoadedDetector:
         metrics=dict(payload.get("metrics") or {}),
         payload=payload,
     )
+
+
+def detector_config(spec: DetectionSpec, labels: list[str], backbone: str | None = None) -> DetectorConfig:
+    """The :class:`DetectorConfig` a spec asks for, for a data set with ``labels``."""
+    m = spec.model
+    return DetectorConfig(
+        backbone=backbone or m.backbone,
+        architecture=m.architecture.value,
+        num_labels=len(labels),
+        num_queries=m.num_queries,
+        d_model=m.d_model,
+        encoder_ffn_dim=m.encoder_ffn_dim,
+        decoder_ffn_dim=m.decoder_ffn_dim,
+        decoder_layers=m.decoder_layers,
+        attention_heads=m.attention_heads,
+        num_denoising=m.num_denoising,
+        image_size=spec.dataset.image_size,
+        id2label=dict(enumerate(labels)),
+    )
+
+
+def make_model(spec: DetectionSpec, labels: list[str]) -> nn.Module:
+    """The model a run starts from: ``model.pretrained_path`` (same classes), else a fresh detector
+    with ``model.pretrained_backbone_path`` loaded into its backbone when given."""
+    if spec.model.pretrained_path:
+        loaded = load_detector(spec.model.pretrained_path)
+        if loaded.labels != labels:
+            raise ValueError(
+                f"model.pretrained_path has labels {loaded.labels}, the data set {labels}: start from "
+                "model.pretrained_backbone_path instead when the classes differ"
+            )
+        return loaded.model
+    model = build_detector(detector_config(spec, labels))
+    if spec.model.pretrained_backbone_path:
+        load_pretrained_backbone(model, spec.model.pretrained_backbone_path)
+    return model

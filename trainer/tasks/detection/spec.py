@@ -23,7 +23,7 @@ class Architecture(str, Enum):
 
 class ModelSpec(Section):
     architecture: Architecture = Field(Architecture.rtdetr, description="transformers RT-DETR v1 or v2")
-    backbone: str = Field("resnet18", description="see trainer.tasks.detection.model.list_backbones()")
+    backbone: str = Field("resnet18", description="see trainer.tasks.detection.backbones.list_backbones()")
     pretrained_path: str | None = Field(None, description="a detection model.pth to start from (all weights)")
     pretrained_backbone_path: str | None = Field(
         None, description="backbone weights: our classification model.pth, or a torchvision/timm state dict"
@@ -39,7 +39,7 @@ class ModelSpec(Section):
     @field_validator("backbone")
     @classmethod
     def _known(cls, v: str) -> str:
-        from trainer.tasks.detection.model import list_backbones
+        from trainer.tasks.detection.backbones import list_backbones
 
         if v not in list_backbones():
             raise ValueError(f"unknown detection backbone {v!r}; allowed: {', '.join(list_backbones())}")

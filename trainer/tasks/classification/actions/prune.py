@@ -1,0 +1,5 @@
+"""``prune``: see :func:`trainer.tasks.classification.compress.prune`."""
+
+from trainer.tasks.classification.compress import prune as run
+
+__all__ = ["run"]
