@@ -88,12 +88,8 @@ def test_classification_fine_tunes_from_ssl_backbone(ssl_run, tiny_data: Path, m
 
 
 def test_detection_fine_tunes_from_ssl_backbone(ssl_run, tmp_path) -> None:
-    from trainer.tasks.detection.model import (
-        DetectorConfig,
-        backbone_module,
-        build_detector,
-        load_pretrained_backbone,
-    )
+    from trainer.tasks.detection.backbones import backbone_module, load_pretrained_backbone
+    from trainer.tasks.detection.model import DetectorConfig, build_detector
     from trainer.tasks.detection.synth import synthesize
 
     _, res = ssl_run
@@ -162,7 +158,8 @@ def test_detection_task_has_ssl_action(tmp_path, unlabeled: Path) -> None:
             *[f"ssl.{k}={v}" for k, v in {**TINY_SSL, "epochs": 1, "max_steps_per_epoch": 1}.items()],
         ],
     )
-    from trainer.tasks.detection.model import DetectorConfig, build_detector, load_pretrained_backbone
+    from trainer.tasks.detection.backbones import load_pretrained_backbone
+    from trainer.tasks.detection.model import DetectorConfig, build_detector
 
     det = build_detector(
         DetectorConfig(
