@@ -215,3 +215,23 @@ def test_empty_or_missing_unlabeled_folder_refused(tiny_data: Path, make_spec, t
     with pytest.raises(SpecError, match="'dataset.unlabeled_root': folder not found"):
         run_action("classification", "ssl", spec)
     assert not (tmp_path / "runs" / "ssl").exists()  # refused before any work
+
+
+def test_label_efficiency_benchmark_runs(tmp_path, capsys) -> None:
+    """benchmarks/ssl_label_efficiency.py --quick: one SSL run and both fine-tunes of a cell."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ssl_label_efficiency.py"
+    spec = importlib.util.spec_from_file_location("ssl_label_efficiency", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.json"
+    assert mod.main(["--quick", "--work", str(tmp_path / "w"), "--fractions", "50", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    cell = res["cells"]["50 %"]
+    assert {"scratch", "ssl"} <= set(cell) and 0 <= cell["ssl"]["test_accuracy"] <= 1
+    # the SSL pool is the train split minus the labelled 10 %: no labelled image leaks into it
+    train = len(list((tmp_path / "w" / "data" / "train").rglob("*.png")))
+    assert res["unlabelled_images"] == train - 6  # one labelled image per class at 10 %
+    printed = capsys.readouterr().out
+    assert "| 50 % | " in printed and "NOT MEANINGFUL (--quick)" in printed

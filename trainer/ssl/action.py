@@ -141,7 +141,8 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         if epoch >= horizon:
             break
         model.train()
-        total, warm = horizon * spe, cfg.warmup_epochs * spe
+        # warmup never longer than the (possibly time-shortened) schedule
+        total, warm = horizon * spe, min(cfg.warmup_epochs, max(0, horizon - 1)) * spe
         t_temp = _teacher_temp(cfg, epoch)
         loss_sum = torch.zeros((), device=device)
         seen, steps, t0 = 0, 0, time.perf_counter()

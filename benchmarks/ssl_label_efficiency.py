@@ -1,0 +1,252 @@
+"""Label efficiency of self-supervised pretraining on the synthetic PCB classification set.
+
+For each label fraction (1 %, 10 %, 100 % of the train split, stratified, nested), fine-tune
+``--backbone`` (a) from scratch and (b) from the ``ssl`` action's DINO backbone, with the same
+fine-tuning recipe and budget, and report test accuracy per cell. Everything runs through the
+trainer's own actions (``ssl``, ``train``, ``evaluate``).
+
+Protocol (stated so the numbers can be judged):
+
+- the SSL backbone is pretrained once, without labels, on the train images *outside* the 10 %
+  subset (the unlabelled remainder of the 1 % and 10 % cells; the 1 % cell's remainder is
+  larger, and we use only that part of it). The 100 % cell has no remainder: it reuses that
+  backbone, whose images are then labelled in that cell (their labels were never seen by SSL);
+- same budget: every cell runs ``--ft-epochs`` epochs of the same number of optimizer steps
+  (a small subset is repeated, as symlinks, up to the full train split's size), same optimizer,
+  schedule, augmentation and batch size;
+- the *last* epoch's model is evaluated on the whole test split (no model selection on the
+  labelled validation split, which a 1 % user would not have); best validation accuracy is
+  printed beside it for reference.
+
+Goal: at 10 % labels the SSL start beats scratch by >= 10 accuracy points.
+
+    python benchmarks/ssl_label_efficiency.py --quick                 # CPU smoke run, numbers meaningless
+    python benchmarks/ssl_label_efficiency.py --device cuda --workers 14 --json $OUT/ssl.json   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from trainer.datasets.folder import class_names, list_images  # noqa: E402
+from trainer.datasets.synth_pcb import synthesize  # noqa: E402
+from trainer.jobs import run_action  # noqa: E402
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ssl_label_eff"))
+    ap.add_argument("--num-images", type=int, default=6000)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--difficulty", default="easy")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument(
+        "--fractions", type=float, nargs="+", default=[10.0, 1.0, 100.0], help="percent of labels"
+    )
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ssl-epochs", type=int, default=200)
+    ap.add_argument(
+        "--ssl-time-limit", type=float, default=120.0, help="seconds; the DINO schedule fits in it"
+    )
+    ap.add_argument("--ssl-batch-size", type=int, default=256)
+    ap.add_argument("--ssl-lr", type=float, default=1e-3)
+    ap.add_argument("--ssl-local-views", type=int, default=6)
+    ap.add_argument("--ssl-max-steps", type=int, default=0)
+    ap.add_argument("--ft-epochs", type=int, default=15)
+    ap.add_argument("--ft-batch-size", type=int, default=128)
+    ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--ft-max-steps", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="results, rewritten after every cell")
+    ap.add_argument("--quick", action="store_true", help="tiny CPU settings (a test runs this)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.num_images, a.image_size, a.device, a.workers = 60, 32, "cpu", 0
+        a.ssl_epochs, a.ssl_time_limit, a.ssl_batch_size, a.ssl_local_views, a.ssl_max_steps = (
+            1,
+            0.0,
+            16,
+            2,
+            2,
+        )
+        a.ft_epochs, a.ft_batch_size, a.ft_max_steps = 1, 16, 2
+    return a
+
+
+def stratified_order(root: Path, seed: int) -> dict[str, list[Path]]:
+    """Each class's train images in one seeded order; a fraction is a prefix (subsets nest)."""
+    rng = random.Random(seed)
+    order = {}
+    for c in class_names(root, "train"):
+        files = list_images(root / "train" / c)
+        rng.shuffle(files)
+        order[c] = files
+    return order
+
+
+def subset(order: dict[str, list[Path]], percent: float) -> dict[str, list[Path]]:
+    return {c: files[: max(1, math.ceil(len(files) * percent / 100))] for c, files in order.items()}
+
+
+def labelled_root(data: Path, picked: dict[str, list[Path]], dest: Path) -> Path:
+    """An ImageFolder root: the subset repeated (symlinks) up to the full split's size, so every
+    fraction gets the same steps per epoch; val and test are the full splits."""
+    full = sum(len(list_images(data / "train" / c)) for c in picked)
+    n = sum(len(v) for v in picked.values())
+    copies = max(1, round(full / n))
+    for c, files in picked.items():
+        (dest / "train" / c).mkdir(parents=True, exist_ok=True)
+        for k in range(copies):
+            for f in files:
+                link = dest / "train" / c / f"{k}_{f.name}"
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+    for split in ("val", "test"):
+        if not (dest / split).exists():
+            (dest / split).symlink_to((data / split).resolve())
+    return dest
+
+
+def unlabelled_root(order: dict[str, list[Path]], held: dict[str, list[Path]], dest: Path) -> int:
+    """Flat folder of the train images outside ``held`` (no class folders: labels are gone)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for c, files in order.items():
+        keep = set(held[c])
+        for f in files:
+            if f not in keep:
+                link = dest / f"{c}_{f.name}"
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+                n += 1
+    return n
+
+
+def base_spec(a: argparse.Namespace, root: Path, results: Path) -> dict:
+    return {
+        "results_dir": str(results),
+        "seed": a.seed,
+        "model": {"backbone": a.backbone},
+        "dataset": {"root": str(root), "image_size": a.image_size},
+        "train": {
+            "device": a.device,
+            "num_workers": a.workers,
+            "epochs": a.ft_epochs,
+            "batch_size": a.ft_batch_size,
+            "optimizer": "adamw",
+            "lr": a.ft_lr,
+            "weight_decay": 0.05,
+            "warmup_epochs": 1 if a.ft_epochs > 2 else 0,
+            "max_steps_per_epoch": a.ft_max_steps,
+            "checkpoint_interval": a.ft_epochs,
+        },
+    }
+
+
+def run_cell(a, root: Path, results: Path, pretrained: Path | None) -> dict:
+    spec = base_spec(a, root, results)
+    if pretrained is not None:
+        spec["model"]["pretrained_path"] = str(pretrained)
+    t0 = time.perf_counter()
+    tr = run_action("classification", "train", spec)
+    ev = run_action(
+        "classification",
+        "evaluate",
+        spec,
+        [f"evaluate.checkpoint={tr.output_dir / 'last.pth'}", "evaluate.batch_size=256"],
+    )
+    return {
+        "test_accuracy": ev.metrics["accuracy"],
+        "best_val_accuracy": tr.metrics.get("best_val_accuracy"),
+        "last_val_accuracy": tr.metrics.get("val_accuracy"),
+        "images_per_s": tr.metrics.get("images_per_s"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def table(res: dict) -> str:
+    lines = [
+        "| labels | labelled images | scratch test acc | SSL test acc | SSL - scratch (points) | best val (scratch / SSL) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, cell in res["cells"].items():
+        s, p = cell.get("scratch"), cell.get("ssl")
+        if not (s and p):
+            continue
+        d = 100 * (p["test_accuracy"] - s["test_accuracy"])
+        lines.append(
+            f"| {key} | {cell['labelled']} | {100 * s['test_accuracy']:.1f} % | {100 * p['test_accuracy']:.1f} % "
+            f"| {d:+.1f} | {100 * (s['best_val_accuracy'] or 0):.1f} / {100 * (p['best_val_accuracy'] or 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    started = time.perf_counter()
+    data = a.work / "data"
+    if not (data / "test").is_dir():
+        synthesize(
+            data, a.num_images, a.image_size, seed=a.seed, workers=max(1, a.workers), difficulty=a.difficulty
+        )
+    order = stratified_order(data, a.seed)
+    res: dict = {"args": {k: str(v) for k, v in vars(a).items()}, "cells": {}}
+
+    def dump() -> None:
+        res["elapsed_s"] = round(time.perf_counter() - started, 1)
+        if a.json:
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps(res, indent=2) + "\n")
+
+    held = subset(order, 10.0)
+    pool = a.work / "unlabeled"
+    res["unlabelled_images"] = unlabelled_root(order, held, pool)
+    spec = base_spec(a, data, a.work / "runs" / "ssl")
+    spec["dataset"]["unlabeled_root"] = str(pool)
+    spec["ssl"] = {
+        "epochs": a.ssl_epochs,
+        "time_limit_s": a.ssl_time_limit,
+        "batch_size": a.ssl_batch_size,
+        "lr": a.ssl_lr,
+        "local_views": a.ssl_local_views,
+        "max_steps_per_epoch": a.ssl_max_steps,
+        "warmup_epochs": 10 if a.ssl_epochs > 20 else 0,
+        "vflip": 0.5,
+    }
+    ssl = run_action("classification", "ssl", spec)
+    res["ssl"] = ssl.metrics
+    print(f"ssl: {ssl.metrics}", flush=True)
+    dump()
+    for pct in a.fractions:
+        key = f"{pct:g} %"
+        picked = subset(order, pct)
+        root = labelled_root(data, picked, a.work / f"labels_{pct:g}")
+        cell = res["cells"].setdefault(key, {"labelled": sum(len(v) for v in picked.values())})
+        for name, start in (("scratch", None), ("ssl", ssl.model_path)):
+            cell[name] = run_cell(a, root, a.work / "runs" / f"{pct:g}_{name}", start)
+            print(f"{key} {name}: {cell[name]}", flush=True)
+            dump()
+    print(table(res))
+    if a.quick:
+        print("--quick: tiny CPU settings, the accuracies are NOT MEANINGFUL (--quick)")
+    ten = res["cells"].get("10 %")
+    if ten and "ssl" in ten and "scratch" in ten:
+        gain = 100 * (ten["ssl"]["test_accuracy"] - ten["scratch"]["test_accuracy"])
+        res["gain_at_10_percent_points"] = round(gain, 2)
+        verdict = "NOT MEANINGFUL (--quick)" if a.quick else ("MET" if gain >= 10 else "NOT MET")
+        print(f"goal: SSL beats scratch by >= 10 points at 10 % labels: {gain:+.1f} points -> {verdict}")
+    dump()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
