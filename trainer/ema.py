@@ -64,7 +64,11 @@ class ModelEMA:
         for e, s in zip(ie, is_, strict=True):
             e.copy_(s)
 
-    def to(self, device: torch.device) -> ModelEMA:
-        self.module.to(device)
+    def to(
+        self, device: torch.device, memory_format: torch.memory_format = torch.preserve_format
+    ) -> ModelEMA:
+        """Move the copy like the trained model (same device and memory format: the fused
+        update then runs on tensors laid out alike)."""
+        self.module.to(device, memory_format=memory_format)
         self._pairs = None
         return self

@@ -5,7 +5,10 @@
 with the GPU: the loss is read back only every ``train.log_interval`` steps for the progress bar.
 ``fit`` runs epochs around it: per-epoch validation, ``status.json`` progress, ``last.pth``
 for resume and the best model. A task supplies the loss (``loss_fn(model, images, targets)``),
-so distillation plugs in its own without another loop.
+so distillation plugs in its own without another loop. Opt-in for a task: parameter groups
+(a lower backbone learning rate), a :class:`trainer.schedule.Budget` that sets the schedule's
+horizon and ends the run (the epoch in progress is validated and kept), and a weight EMA
+(:class:`trainer.ema.ModelEMA`) that is what gets validated and saved.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.ema import ModelEMA
 from trainer.runtime import RunContext, amp_dtype, is_distributed
+from trainer.schedule import Budget, budget_scheduler
 from trainer.spec import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -38,10 +43,19 @@ def cross_entropy(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainSpec) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: TrainSpec, *, fused: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``params`` (tensors, or parameter groups with their own ``lr``).
+    ``fused`` (CUDA only) runs AdamW's update as one kernel per dtype instead of a few per tensor."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]  # type: ignore[index]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in items if p.requires_grad]  # type: ignore[union-attr]
     if cfg.optimizer.value == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     return torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
@@ -136,7 +150,10 @@ def train_one_epoch(
     log_interval: int,
     max_steps: int = 0,
     show_progress: bool = True,
+    ema: ModelEMA | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
+    """One epoch; ends early when ``stop()`` says the budget is spent (checked after each step)."""
     step.model.train()
     n_steps = len(loader) if not max_steps else min(max_steps, len(loader))
     bar = _progress(loader, n_steps, f"epoch {epoch + 1}/{epochs}", show_progress)
@@ -146,14 +163,20 @@ def train_one_epoch(
     for i, (images, targets) in enumerate(bar):
         if max_steps and i >= max_steps:
             break
+        if images.shape[0] == 0:  # every image of the batch was undecodable and skipped
+            continue
         images, targets = step.to_device(images, targets)
         loss = step(images, targets)
+        if ema is not None:
+            ema.update(step.model)
         scheduler.step()
         loss_sum += loss.float()
         seen += images.shape[0]
         if (i + 1) % log_interval == 0 or i + 1 == n_steps:
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+        if stop is not None and stop():
+            break
     bar.close()
     elapsed = time.perf_counter() - t0
     steps = max(1, min(n_steps, i + 1)) if n_steps else 1
@@ -196,9 +219,15 @@ def fit(
     extra_params: Iterable[nn.Parameter] = (),
     resume: dict[str, Any] | None = None,
     monitor: str = "val_accuracy",
+    param_groups: list[dict[str, Any]] | None = None,
+    budget: Budget | None = None,
+    ema: ModelEMA | None = None,
 ) -> FitState:
-    """Train ``cfg.epochs`` epochs. ``validate(module) -> metrics`` runs on rank 0;
-    ``save(module, state, resume_state, is_best)`` is called on rank 0 after each epoch."""
+    """Train ``cfg.epochs`` epochs (fewer when ``budget`` runs out first). ``validate(module)
+    -> metrics`` runs on rank 0; ``save(module, state, resume_state, is_best)`` is called on rank
+    0 after each epoch. With ``ema``, the averaged copy is the module validated and saved (the
+    trained weights travel in ``resume_state["train_state_dict"]`` for resume).
+    ``param_groups`` replaces ``model.parameters()`` (each group may set its own ``lr``)."""
     fmt = torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
     model.to(device, memory_format=fmt)
     extra = list(extra_params)
@@ -208,11 +237,21 @@ def fit(
     if is_distributed():
         ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = make_optimizer(list(model.parameters()) + extra, cfg)
+    groups: list[Any] = list(param_groups) if param_groups else list(model.parameters())
+    if extra:
+        groups = groups + ([{"params": extra}] if param_groups else extra)
+    optimizer = make_optimizer(groups, cfg, fused=device.type == "cuda")
     steps = (
         len(train_loader) if not cfg.max_steps_per_epoch else min(cfg.max_steps_per_epoch, len(train_loader))
     )
-    scheduler = make_scheduler(optimizer, cfg, steps, cfg.epochs)
+    if budget is not None:
+        scheduler = budget_scheduler(
+            optimizer, budget, warmup_steps=steps * cfg.warmup_epochs, kind=cfg.scheduler.value
+        )
+    else:
+        scheduler = make_scheduler(optimizer, cfg, steps, cfg.epochs)
+    if ema is not None:
+        ema.to(device, fmt)
     step = TrainStep(train_model, optimizer, loss_fn, device, cfg.amp, fmt == torch.channels_last)
     state = FitState()
     if resume:
@@ -223,6 +262,9 @@ def fit(
         state.epoch = int(resume["epoch"])
         state.best_metric = float(resume.get("best_metric", -1.0))
         state.history = list(resume.get("history", []))
+        if ema is not None and resume.get("train_state_dict"):
+            model.load_state_dict(resume["train_state_dict"])  # the loaded weights were the EMA's
+            ema.updates = int(resume.get("ema_updates", 0))
         log.info("resumed after epoch %d (best %s %.4f)", state.epoch, monitor, state.best_metric)
         if state.epoch >= cfg.epochs:
             log.warning(
@@ -242,6 +284,8 @@ def fit(
             log_interval=cfg.log_interval,
             max_steps=cfg.max_steps_per_epoch,
             show_progress=ctx.is_main,
+            ema=ema,
+            stop=(lambda: budget.exhausted(scheduler.last_epoch)) if budget is not None else None,
         )
         if is_distributed():
             t = torch.tensor([stats["loss"], stats["images_per_s"]], device=device)
@@ -252,8 +296,10 @@ def fit(
         record: dict[str, Any] = {"epoch": state.epoch, "train_loss": round(stats["loss"], 5)}
         record["images_per_s"] = round(stats["images_per_s"], 1)
         record["lr"] = optimizer.param_groups[0]["lr"]
+        spent = budget is not None and budget.exhausted(scheduler.last_epoch)
+        evaluated = ema.module if ema is not None else model
         if ctx.is_main:
-            record.update(validate(model))
+            record.update(validate(evaluated))
             value = float(record.get(monitor, -stats["loss"]))
             is_best = value > state.best_metric
             if is_best:
@@ -269,8 +315,14 @@ def fit(
                 "best_metric": state.best_metric,
                 "history": state.history,
             }
-            if state.epoch % cfg.checkpoint_interval == 0 or state.epoch == cfg.epochs or is_best:
-                save(model, state, resume_state, is_best)
+            if ema is not None:
+                resume_state["train_state_dict"] = model.state_dict()
+                resume_state["ema_updates"] = ema.updates
+            if state.epoch % cfg.checkpoint_interval == 0 or state.epoch == cfg.epochs or is_best or spent:
+                save(evaluated, state, resume_state, is_best)
         if is_distributed():
             torch.distributed.barrier()
+        if spent:
+            log.info("training budget spent after %d epochs (%d steps)", state.epoch, scheduler.last_epoch)
+            break
     return state

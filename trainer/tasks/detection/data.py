@@ -9,7 +9,10 @@ What real COCO files bring, and what we do with it:
 - **``iscrowd: 1``** regions: never a training target; evaluation hands them to COCOeval, which
   ignores detections on them;
 - **missing or corrupt image files**: every one is reported with its path; ``dataset.corrupt_images``
-  = ``skip`` drops them (counted and logged), ``error`` refuses the split naming the first ones;
+  = ``skip`` drops them (counted and logged), ``error`` refuses the split naming the first ones.
+  At start-up only each file's header is read (missing files and non-images are found there,
+  without decoding thousands of images); a file whose pixel data is broken is found when the
+  loader first decodes it, skipped (or refused) then, and counted (:attr:`CocoDetection.corrupt`);
 - **bad boxes** (negative or zero size, outside the image): ``dataset.bad_boxes`` = ``fix`` clips a
   box to the image and drops it when less than 1 px remains (counted, logged); ``error`` refuses
   the split naming the annotation ids. An annotation naming an unknown image or category is
@@ -66,13 +69,14 @@ class CocoSplit:
 
 
 def _image_ok(path: Path) -> str | None:
+    """Header check only (``Image.open`` is lazy): missing, not an image, or no size."""
     if not path.is_file():
         return "missing"
     try:
         with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            im.load()
+            w, h = im.size
+        if w < 1 or h < 1:
+            return "corrupt (empty image)"
     except Exception as exc:  # PIL raises many kinds for broken files
         return f"corrupt ({type(exc).__name__}: {exc})"
     return None
@@ -202,36 +206,111 @@ def eval_transforms(image_size: int):
     return v2.Compose([v2.Resize((image_size, image_size), antialias=True)])
 
 
+def _shared_cache(split: CocoSplit, cache_mb: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A shared-memory uint8 ``[N, 3, H, W]`` array (and ``[N]`` filled flags) for the decoded
+    images, when they all have one size, fit in ``cache_mb`` and in ``/dev/shm``; else None.
+    Loader workers fill it as they first decode an image, so later epochs decode nothing."""
+    import shutil
+
+    sizes = {(int(im["width"]), int(im["height"])) for im in split.images}
+    if not cache_mb or len(sizes) != 1:
+        return None
+    (w, h), n = sizes.pop(), len(split.images)
+    need = n * 3 * h * w
+    try:
+        shm_free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        shm_free = 0
+    if need > cache_mb * 2**20 or need * 1.5 > shm_free:
+        log.info(
+            "not caching %s: %d MB decoded (cache %d MB, /dev/shm %d MB free)",
+            split.root,
+            need >> 20,
+            cache_mb,
+            shm_free >> 20,
+        )
+        return None
+    return torch.empty(n, 3, h, w, dtype=torch.uint8).share_memory_(), torch.zeros(
+        n, dtype=torch.bool
+    ).share_memory_()
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Items: (image tensor [3,S,S] normalised, target dict with ``class_labels`` [n],
-    ``boxes`` [n,4] cxcywh in 0..1, ``image_id``, ``orig_size`` (h, w))."""
+    ``boxes`` [n,4] cxcywh in 0..1, ``image_id``, ``orig_size`` (h, w)).
 
-    def __init__(self, split: CocoSplit, image_size: int, mean, std, transforms=None, train: bool = False):
+    ``corrupt_images="skip"`` (what the loaders use): an image that fails to decode is logged,
+    flagged in the shared :attr:`bad` mask (so workers and epochs agree) and yields ``None``,
+    which :func:`collate` drops; ``"error"`` (the default here) raises :class:`DataError` naming
+    it. ``cache_mb`` > 0 keeps decoded images in shared memory when they fit."""
+
+    def __init__(
+        self,
+        split: CocoSplit,
+        image_size: int,
+        mean,
+        std,
+        transforms=None,
+        train: bool = False,
+        *,
+        corrupt_images: str = "error",
+        cache_mb: float = 0,
+    ):
         self.split = split
         self.image_size = image_size
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.transforms = transforms or eval_transforms(image_size)
         self.train = train
+        self.corrupt_images = corrupt_images
+        self.bad = torch.zeros(len(split.images), dtype=torch.bool).share_memory_()
+        self.cache = _shared_cache(split, cache_mb)
 
     def __len__(self) -> int:
         return len(self.split.images)
 
+    @property
+    def corrupt(self) -> list[str]:
+        """Paths found undecodable so far (in any worker)."""
+        return [str(self.split.path_of(self.split.images[int(i)])) for i in self.bad.nonzero().flatten()]
+
+    def _decode(self, index: int) -> torch.Tensor | None:
+        from torchvision.transforms.v2 import functional as F
+
+        if self.cache is not None and bool(self.cache[1][index]):
+            return self.cache[0][index].clone()
+        if bool(self.bad[index]):
+            return None
+        path = self.split.path_of(self.split.images[index])
+        try:
+            with Image.open(path) as im:
+                pixels = F.pil_to_tensor(im.convert("RGB"))
+        except Exception as exc:  # PIL raises many kinds for broken files
+            if self.corrupt_images == "error":
+                raise DataError(f"{path}: corrupt ({type(exc).__name__}: {exc})") from None
+            self.bad[index] = True
+            log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+            return None
+        if self.cache is not None and tuple(pixels.shape) == tuple(self.cache[0].shape[1:]):
+            self.cache[0][index] = pixels
+            self.cache[1][index] = True
+        return pixels
+
     def __getitem__(self, index: int):
         from torchvision import tv_tensors
-        from torchvision.transforms.v2 import functional as F
 
         rec = self.split.images[index]
         image_id = int(rec["id"])
-        with Image.open(self.split.path_of(rec)) as im:
-            image = im.convert("RGB")
-        w, h = image.size
+        pixels = self._decode(index)
+        if pixels is None:
+            return None
+        h, w = int(pixels.shape[1]), int(pixels.shape[2])
         objs = [(b, lab) for b, lab, crowd in self.split.boxes[image_id] if not crowd]
         xyxy = torch.tensor(
             [[x, y, x + bw, y + bh] for (x, y, bw, bh), _ in objs], dtype=torch.float32
         ).reshape(-1, 4)
         labels = torch.tensor([lab for _, lab in objs], dtype=torch.int64)
-        img = tv_tensors.Image(F.pil_to_tensor(image))
+        img = tv_tensors.Image(pixels)
         boxes = tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(h, w))
         img, tgt = self.transforms(img, {"boxes": boxes, "labels": labels})
         boxes, labels = tgt["boxes"], tgt["labels"]
@@ -251,6 +330,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def collate(batch):
+    """Stack a batch; items that are None (undecodable images, skipped) are left out."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.zeros(0, 3, 1, 1), []
     images = torch.stack([b[0] for b in batch])
     return images, [b[1] for b in batch]
 
