@@ -1,9 +1,10 @@
-"""``edgeloop agent probe | bench | serve | run``.
+"""``edgeloop agent probe | bench | serve | run | stream``.
 
 probe: this host's hardware profile, fingerprint and capabilities as JSON.
 bench: build (or fetch) an engine and measure it - standalone, no controller.
 serve: one model over the Open Inference Protocol (gRPC), telemetry when MQTT is set.
 run:   the fleet daemon (``agent.fleet.daemon``): register with the controller and follow it.
+stream: a video analytics pipeline from a spec (``agent.stream``, docs/stream.md).
 
 ``serve`` and ``run`` build the same ``AgentRuntime`` (engine cache, model slots, gRPC server,
 dynamic batching, telemetry) from ``AgentSettings``: the environment with the flags given over it.
@@ -123,6 +124,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="live inference (Open Inference Protocol gRPC; default 8001); -1 = off")  # fmt: skip
     _serving_args(r)
 
+    v = sub.add_parser("stream", help="run a video analytics pipeline from a spec (docs/stream.md)")
+    v.add_argument("-e", "--spec", dest="pipeline_spec", type=Path, required=True, metavar="PIPELINE.yaml",
+                   help="pipeline spec (every key: agent/specs/pipeline.yaml)")  # fmt: skip
+    v.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override spec keys (sources.0.uri=cam.mp4)"
+    )
+    v.add_argument("--agent-dir", dest="agent_dir", type=Path,
+                   help="model slots (model.path: active) and engine cache (default: EDGELOOP_AGENT_DIR)")  # fmt: skip
+    v.add_argument("--device-id", default=socket.gethostname(), help="name in telemetry topics")
+    v.add_argument(
+        "--mqtt-url", dest="mqtt_url", help="broker for the mqtt sink (default: EDGELOOP_MQTT_URL)"
+    )
+    v.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: when files end)"
+    )
+    v.add_argument("--stats-json", type=Path, metavar="OUT", help="write the pipeline's final metrics here")
+    _common_args(v)
+
 
 def settings_from(args: argparse.Namespace) -> AgentSettings:
     """The environment's settings with the flags given on the command line over them."""
@@ -240,10 +259,60 @@ def cmd_run(args) -> int:
         return daemon.run(settings, runtime)
 
 
+def cmd_stream(args) -> int:
+    import time
+
+    from agent.stream.pipeline import Pipeline
+    from agent.stream.spec import load_pipeline_spec
+
+    spec = load_pipeline_spec(args.pipeline_spec, args.overrides)
+    settings = settings_from(args)
+    runtime = AgentRuntime(settings, deploy_bench=None)
+    try:
+        if spec.model.path == "active":
+            runtime.slots.restore()
+        runtime.attach_telemetry(args.device_id)
+        pipeline = Pipeline(spec, slots=runtime.slots, build=runtime.streams.build,
+                            telemetry=lambda: runtime.telemetry).start()  # fmt: skip
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        if pipeline.view is not None:
+            print(f"annotated view: {pipeline.view.url}", flush=True)
+        started = time.monotonic()
+        everything_live = all(s.is_live() or s.loop for s in spec.sources)
+        while not stop.wait(0.2):
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            if not args.duration and not everything_live and pipeline.idle():
+                break
+        stats = pipeline.stats()
+        pipeline.stop()
+    finally:
+        runtime.close()
+    text = json.dumps(stats, indent=2)
+    print(text)
+    if args.stats_json:
+        args.stats_json.parent.mkdir(parents=True, exist_ok=True)
+        args.stats_json.write_text(text + "\n", encoding="utf-8")
+    failed = [s for s in stats["sources"] if s["state"] == "failed"]
+    for s in failed:
+        print(f"error: {s['last_error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def run(args) -> int:
-    commands = {"probe": cmd_probe, "bench": cmd_bench, "serve": cmd_serve, "run": cmd_run}
+    from agent.stream.spec import SpecError
+
+    commands = {
+        "probe": cmd_probe,
+        "bench": cmd_bench,
+        "serve": cmd_serve,
+        "run": cmd_run,
+        "stream": cmd_stream,
+    }
     try:
         return commands[args.agent_command](args)
-    except (AgentError, FileNotFoundError, ValueError) as exc:
+    except (AgentError, FileNotFoundError, ValueError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -47,6 +47,8 @@ from agent.server import InferenceServer
 from agent.shards import Shards, extract_shard
 from agent.slots import ModelSlots
 from agent.stats import RequestStats
+from agent.stream.infer import build_fixed_engine
+from agent.stream.manager import StreamManager
 from agent.telemetry import Telemetry, metrics_collector
 from protos import artifact_pb2, fleet_pb2
 from protos.manifest import ManifestError, manifest_from_json
@@ -106,6 +108,10 @@ class AgentRuntime:
         self.deploy_bench = deploy_bench
         self.shard_root = settings.agent_dir / "shards"
         self.telemetry: Telemetry | None = None
+        # video pipelines (docs/stream.md): on the slots' engines, events through telemetry, kept on disk
+        self.streams = StreamManager(slots=self.slots, telemetry=lambda: self.telemetry,
+                                     build=lambda spec: build_fixed_engine(spec, self.profile, self.cache, settings.threads),
+                                     state_dir=settings.agent_dir / "pipelines" if remember_slots else None)  # fmt: skip
         self.grpc_server: InferenceServer | None = None
         self.served: list[Served] = []  # started, in start order
         self.started = False
@@ -126,6 +132,7 @@ class AgentRuntime:
         self.started = True
         try:
             self.slots.restore()
+            self.streams.restore()
             if self.settings.batch_delay_ms > 0:
                 self.dataplane.batcher = DynamicBatcher(
                     self.settings.max_batch, self.settings.batch_delay_ms / 1000
@@ -142,6 +149,7 @@ class AgentRuntime:
         return self
 
     def close(self) -> None:
+        self.streams.close()
         while self.served:
             self.served.pop().stop()
         if self.dataplane.batcher is not None:
@@ -174,8 +182,10 @@ class AgentRuntime:
 
     def _start_metrics(self) -> None:
         if self.telemetry is not None:
+            collect = metrics_collector(self.slots, self.stats)
             self.telemetry.start_metrics(
-                metrics_collector(self.slots, self.stats), self.settings.metrics_interval_s
+                lambda: collect() | ({"streams": s} if (s := self.streams.stats()) else {}),
+                self.settings.metrics_interval_s,
             )
 
     def _event(self, event: str, model_version: str, details: dict) -> None:

@@ -5,7 +5,9 @@ Topics under a configurable prefix (default ``edgeloop``):
   ``offline`` as the last will (abrupt loss) and on a clean stop;
 - ``{prefix}/devices/{device_id}/metrics`` QoS 0, periodic;
 - ``{prefix}/devices/{device_id}/events``  QoS 1: built, calibrated, switched, rolled_back,
-  deploy_failed, benchmarked.
+  deploy_failed, benchmarked;
+- ``{prefix}/devices/{device_id}/streams/{pipeline}/events`` QoS 1: video pipeline frame events
+  (``stream_event``; schema in docs/stream.md).
 Every payload carries ``schema_version`` and ``device_id``. While the broker is away, QoS 1
 messages wait in paho's outgoing queue (bounded by ``queue_limit``; beyond it new messages are
 dropped and counted) and are sent after reconnecting; metrics published while away are dropped
@@ -271,6 +273,12 @@ class Telemetry:
             raise ValueError(f"unknown event {event!r}; one of {EVENTS}")
         payload = self._base() | {"event": event, "model_version": model_version, "details": details or {}}
         return self._publish(self.events_topic, payload, qos=1)
+
+    def stream_event(self, pipeline: str, payload: dict) -> bool:
+        """A video pipeline's frame event (docs/stream.md), QoS 1 on
+        ``{prefix}/devices/{device_id}/streams/{pipeline}/events``: queued while the broker is away."""
+        return self._publish(topic(self.prefix, self.device_id, f"streams/{pipeline}/events"),
+                             payload | {"device_id": self.device_id}, qos=1)  # fmt: skip
 
     def metrics(self, values: dict) -> bool:
         if not self.connected:

@@ -1,0 +1,50 @@
+"""Boxes, labels, track ids and a status line drawn on a frame (DeepStream's ``nvdsosd``), with
+PIL so the agent needs no OpenCV. One colour per track id (per label when untracked)."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from agent.stream.infer import Detections
+
+_FONT = ImageFont.load_default()
+
+
+def _colour(key: str) -> tuple[int, int, int]:
+    h = zlib.crc32(key.encode())
+    return 64 + (h & 0x7F) + 64, 64 + ((h >> 8) & 0x7F), 64 + ((h >> 16) & 0x7F) + 32
+
+
+def annotate(image: np.ndarray, det: Detections, caption: str = "") -> Image.Image:
+    """A copy of ``image`` with the detections drawn."""
+    out = Image.fromarray(image)
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(min(out.size) / 240))
+    for i in range(len(det.scores)):
+        x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
+        tid = int(det.track_ids[i]) if det.track_ids is not None else -1
+        colour = _colour(f"t{tid}" if tid >= 0 else det.labels[i])
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        text = (f"#{tid} " if tid >= 0 else "") + f"{det.labels[i]} {float(det.scores[i]):.2f}"
+        tw = draw.textlength(text, font=_FONT)
+        ty = max(0.0, y0 - 12)
+        draw.rectangle([x0, ty, x0 + tw + 4, ty + 12], fill=colour)
+        draw.text((x0 + 2, ty), text, fill=(0, 0, 0), font=_FONT)
+    line = caption
+    if det.frame_label is not None:
+        line = f"{det.frame_label} {float(det.frame_score or 0):.2f}  {caption}".strip()
+    if line:
+        tw = draw.textlength(line, font=_FONT)
+        draw.rectangle([0, 0, tw + 6, 13], fill=(0, 0, 0))
+        draw.text((3, 0), line, fill=(255, 255, 255), font=_FONT)
+    return out
+
+
+def jpeg(image: Image.Image, quality: int = 80) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

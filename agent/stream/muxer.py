@@ -1,0 +1,139 @@
+"""Frames of every source into engine batches (DeepStream's ``nvstreammux``).
+
+Each source has a bounded queue. A live source never waits: when its queue is full, a frame is
+dropped by the pipeline's policy (``oldest``: the queued one, so what is shown stays current;
+``newest``: the arriving one) and counted. A file source waits for room, so every frame of a
+file is processed. ``next_batch`` takes frames round-robin over the sources (oldest first within
+a source, so per-source order holds), up to ``max_batch``, waiting at most ``max_wait_s`` after
+the first frame for the batch to fill.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.stream.metrics import StreamMetrics
+
+
+@dataclass
+class Frame:
+    """One decoded frame. ``pts_s`` is the source's own timestamp (stream time, seconds; None when
+    the source gives none), ``captured`` the wall clock when it was decoded (the start of the
+    capture-to-event latency), ``index`` its number in the source (0, 1, ... as decoded)."""
+
+    source_id: str
+    index: int
+    pts_s: float | None
+    captured: float
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    tensor: np.ndarray | None = None  # preprocessed in the source thread, for ``tensor_key``
+    tensor_key: object = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Lane:
+    queue: deque
+    live: bool
+    capacity: int
+    metrics: StreamMetrics
+
+
+class FrameMuxer:
+    def __init__(self, max_batch: int, max_wait_s: float, drop: str = "oldest") -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.drop = drop
+        self._lanes: dict[str, _Lane] = {}
+        self._order: list[str] = []
+        self._cursor = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.taken = 0  # frames handed out by next_batch (the pipeline settles each one)
+
+    def add(self, source_id: str, metrics: StreamMetrics, live: bool, capacity: int) -> None:
+        with self._cond:
+            self._lanes[source_id] = _Lane(deque(), live, max(1, capacity), metrics)
+            self._order.append(source_id)
+
+    def remove(self, source_id: str) -> None:
+        with self._cond:
+            self._lanes.pop(source_id, None)
+            if source_id in self._order:
+                self._order.remove(source_id)
+            self._cond.notify_all()
+
+    def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
+        """Queue a frame; False when the source was removed or the muxer closed (stop reading)."""
+        with self._cond:
+            lane = self._lanes.get(frame.source_id)
+            if lane is None or self._closed:
+                return False
+            if lane.live:
+                if len(lane.queue) >= lane.capacity:
+                    lane.metrics.count("dropped")
+                    if self.drop == "newest":
+                        return True
+                    lane.queue.popleft()
+                lane.queue.append(frame)
+                self._cond.notify_all()
+                return True
+            while len(lane.queue) >= lane.capacity:
+                if self._closed or (stop is not None and stop.is_set()) or frame.source_id not in self._lanes:
+                    return False
+                self._cond.wait(0.1)
+            lane.queue.append(frame)
+            self._cond.notify_all()
+            return True
+
+    def _take(self, limit: int) -> list[Frame]:
+        out: list[Frame] = []
+        while len(out) < limit:
+            took = False
+            for _ in range(len(self._order)):
+                sid = self._order[self._cursor % len(self._order)]
+                self._cursor += 1
+                lane = self._lanes[sid]
+                if lane.queue:
+                    out.append(lane.queue.popleft())
+                    took = True
+                    if len(out) >= limit:
+                        break
+            if not took:
+                break
+        return out
+
+    def next_batch(self, timeout_s: float = 0.5) -> list[Frame]:
+        """Up to ``max_batch`` frames; [] when none came within ``timeout_s`` (or closed)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not any(lane.queue for lane in self._lanes.values()):
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
+                    return []
+                self._cond.wait(left)
+            batch = self._take(self.max_batch)
+            fill_by = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch and not self._closed:
+                left = fill_by - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+                batch.extend(self._take(self.max_batch - len(batch)))
+            self.taken += len(batch)
+            self._cond.notify_all()  # room for waiting file sources
+            return batch
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(len(lane.queue) for lane in self._lanes.values())
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
