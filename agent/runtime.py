@@ -19,9 +19,9 @@ end (an HTTP/REST server, video pipelines) is one more entry in ``_components()`
 Device work. ``deploy``, ``benchmark``, ``calibrate``, ``switch`` and ``rollback`` are what the
 fleet daemon (``agent.fleet.daemon``) asks of the device once it has downloaded and verified the
 artifacts; they return ``fleet_pb2.Report`` messages and run one at a time while live inference
-goes on. Known gap, left for the slot-durability work: a deploy through the fleet path hands
-the slots the manifest as a message, and the slot state (``slots.json``) records only a manifest
-*path*, so a model restored after a restart has no manifest unless one lies beside its ONNX file.
+goes on. The slot state (``slots/slots.json``, written atomically by ``agent.slots``) records
+each slot's resolved manifest, backend, precision, calibration folder and engine key, so a
+restarted agent serves the same model under the same name and version.
 """
 
 from __future__ import annotations

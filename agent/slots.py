@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.backends.base import Engine
+from agent.durable import atomic_write
 from agent.engine_cache import EngineCache
 from agent.engines import BuiltEngine, build_engine
 from agent.errors import AgentError, HealthCheckFailed, ModelNotFound, ModelNotReady
@@ -31,8 +32,11 @@ from agent.evaluate import evaluate
 from agent.model_spec import resolve_model
 from agent.preprocess import ImageFolder, Preprocessor, feeds_for
 from protos import artifact_pb2, fleet_pb2
+from protos.manifest import ManifestError, manifest_from_json, manifest_to_json
 
 log = logging.getLogger(__name__)
+STATE_FILE = "slots.json"
+STATE_SCHEMA = 2
 
 EventSink = Callable[[str, str, dict], None]  # (event, model_version, details)
 
@@ -173,11 +177,14 @@ class ModelSlots:
                              device=device, calib_dir=calib_dir, threads=self.threads)  # fmt: skip
         source = {
             "onnx": str(Path(onnx_path).resolve()),
-            "manifest": str(Path(manifest).resolve()) if isinstance(manifest, str | Path) else None,
+            # the resolved manifest itself (name, version, preprocessing): a fleet deploy gets it as
+            # a message, and a restart must serve the same model under the same name
+            "manifest_json": manifest_to_json(built.model.manifest),
             "backend": built.backend,
             "precision": built.precision,
             "device": built.key.device,
             "calib_dir": str(calib_dir) if calib_dir else None,
+            "engine_key": str(built.key),
         }
         return LoadedModel(built=built, backend=built.backend, precision=built.precision, source=source)
 
@@ -216,9 +223,12 @@ class ModelSlots:
                 self.on_event("deploy_failed", version, {"reason": str(exc), "kind": type(exc).__name__})
                 with self._lock:
                     self._candidate = None
+                    self._save_state()
                 return DeployResult(ok=False, model_version=version, reason=str(exc))
             with self._lock:
                 self._candidate = candidate
+                if not activate:
+                    self._save_state()  # a gated candidate waits in its slot across a restart
             result = DeployResult(
                 ok=True,
                 model_version=version,
@@ -274,33 +284,58 @@ class ModelSlots:
 
     # -- survive restarts
     def _save_state(self) -> None:
+        """Record every slot (what ``restore`` needs to serve the same models again), atomically."""
         if self.state_dir is None:
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {
+            "schema": STATE_SCHEMA,
             "active": self._active.source if self._active else None,
+            "candidate": self._candidate.source if self._candidate else None,
             "previous": self._previous.source if self._previous else None,
         }
-        tmp = self.state_dir / "slots.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-        tmp.replace(self.state_dir / "slots.json")
+        atomic_write(self.state_dir / STATE_FILE, json.dumps(state, indent=2))
+
+    def _restore_one(self, slot: str, src: dict) -> LoadedModel:
+        manifest: artifact_pb2.Manifest | str | None
+        if src.get("manifest_json"):
+            try:
+                manifest = manifest_from_json(src["manifest_json"])
+            except ManifestError as exc:
+                raise AgentError(f"saved manifest of the {slot} model: {exc}") from exc
+        else:  # schema 1 saved only a manifest path, when there was one
+            manifest = src.get("manifest")
+        loaded = self._load(src["onnx"], manifest, src["backend"], src["precision"],
+                            src.get("calib_dir"), src.get("device"))  # fmt: skip
+        if src.get("engine_key") and str(loaded.built.key) != src["engine_key"]:
+            log.warning("restored %s model %s under engine %s (saved: %s)", slot, loaded.version,
+                        loaded.built.key, src["engine_key"])  # fmt: skip
+        return loaded
 
     def restore(self) -> LoadedModel | None:
-        """Reload the active (and previous) model recorded by the last switch, if any."""
-        if self.state_dir is None or not (self.state_dir / "slots.json").is_file():
+        """Reload the models recorded by the last change of slots (active, candidate, previous):
+        same manifest, name, version, backend, precision, calibration and engine."""
+        path = self.state_dir / STATE_FILE if self.state_dir is not None else None
+        if path is None or not path.is_file():
             return None
-        state = json.loads((self.state_dir / "slots.json").read_text(encoding="utf-8"))
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # atomic writes make this a foreign or damaged file
+            log.error("slot state %s is unreadable (%s); serving nothing until the next deploy", path, exc)
+            return None
         loaded = {}
-        for slot in ("previous", "active"):
+        for slot in ("previous", "candidate", "active"):
             src = state.get(slot)
             if not src:
                 continue
             try:
-                loaded[slot] = self._load(src["onnx"], src.get("manifest"), src["backend"], src["precision"],
-                                          src.get("calib_dir"), src.get("device"))  # fmt: skip
-            except AgentError as exc:
+                loaded[slot] = self._restore_one(slot, src)
+            except (AgentError, KeyError, TypeError) as exc:
                 log.warning("could not restore the %s model: %s", slot, exc)
         with self._lock:
             self._active = loaded.get("active")
+            self._candidate = loaded.get("candidate")
             self._previous = loaded.get("previous")
+        if self._active is not None:
+            log.info("restored %s (%s %s) as the active model", self._active.version,
+                     self._active.backend, self._active.precision)  # fmt: skip
         return self._active

@@ -141,6 +141,7 @@ class Device(DeviceBase, table=True):
     agent_version: str = Field(default="", max_length=64)
     active_version: str = Field(default="", max_length=200)
     candidate_version: str = Field(default="", max_length=200)
+    previous_version: str = Field(default="", max_length=200)  # what a rollback returns to
     revoked: bool = False
     connected: bool = False  # the gRPC control stream is open
     telemetry_state: str = Field(default="unknown", max_length=16)  # MQTT retained state
@@ -157,6 +158,7 @@ class DevicePublic(DeviceBase):
     agent_version: str
     active_version: str
     candidate_version: str
+    previous_version: str
     revoked: bool
     connected: bool
     telemetry_state: str

@@ -118,7 +118,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., artifact_signing_public_key: _Optional[bytes] = ..., mqtt_url: _Optional[str] = ..., telemetry_prefix: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("timestamp", "active_version", "candidate_version", "metrics")
+    __slots__ = ("timestamp", "active_version", "candidate_version", "metrics", "previous_version")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,11 +130,13 @@ class Heartbeat(_message.Message):
     ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     timestamp: float
     active_version: str
     candidate_version: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, timestamp: _Optional[float] = ..., active_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    previous_version: str
+    def __init__(self, timestamp: _Optional[float] = ..., active_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., previous_version: _Optional[str] = ...) -> None: ...
 
 class CommandStatus(_message.Message):
     __slots__ = ("command_id", "state", "message", "progress", "kind", "model_version")

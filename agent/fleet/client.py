@@ -195,7 +195,7 @@ class FleetClient:
             )
         )
 
-    def _outgoing(self, hello: fleet_pb2.Hello, state_fn: Callable[[], tuple[str, str]]) -> Iterator:
+    def _outgoing(self, hello: fleet_pb2.Hello, state_fn: Callable[[], tuple[str, ...]]) -> Iterator:
         generation = self._generation
         yield fleet_pb2.AgentMessage(hello=hello)
         interval = self.credentials.heartbeat_interval_s if self.credentials else 10
@@ -215,19 +215,18 @@ class FleetClient:
             if msg is not False:
                 yield msg
             if time.monotonic() >= next_beat:
-                active, candidate = state_fn()
+                active, candidate, previous = (*state_fn(), "")[:3]
                 yield fleet_pb2.AgentMessage(
-                    heartbeat=fleet_pb2.Heartbeat(
-                        timestamp=time.time(), active_version=active, candidate_version=candidate
-                    )
-                )
+                    heartbeat=fleet_pb2.Heartbeat(timestamp=time.time(), active_version=active,
+                                                  candidate_version=candidate, previous_version=previous)
+                )  # fmt: skip
                 next_beat = time.monotonic() + interval
 
     def connect_once(
         self,
         on_command: Callable[[fleet_pb2.ControllerCommand], None],
         hello_fn: Callable[[], fleet_pb2.Hello],
-        state_fn: Callable[[], tuple[str, str]],
+        state_fn: Callable[[], tuple[str, ...]],
     ) -> None:
         """One control stream until it breaks; commands are handed to ``on_command`` in order."""
         call = self.stub.Connect(self._outgoing(hello_fn(), state_fn), metadata=self.metadata)
@@ -245,7 +244,7 @@ class FleetClient:
         self,
         on_command: Callable[[fleet_pb2.ControllerCommand], None],
         hello_fn: Callable[[], fleet_pb2.Hello],
-        state_fn: Callable[[], tuple[str, str]],
+        state_fn: Callable[[], tuple[str, ...]],
         *,
         max_backoff_s: float = 30.0,
     ) -> None:

@@ -84,9 +84,10 @@ class FleetAgent:
             cached_artifacts=st.cached,
         )
 
-    def slot_versions(self) -> tuple[str, str]:
+    def slot_versions(self) -> tuple[str, str, str]:
+        """(active, candidate, previous) for the heartbeat."""
         st = self.device.state()
-        return st.active, st.candidate
+        return st.active, st.candidate, st.previous
 
     def on_command(self, command: fleet_pb2.ControllerCommand) -> None:
         with self._lock:

@@ -240,7 +240,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 kind = msg.WhichOneof("body")
                 if kind == "heartbeat":
                     hb = msg.heartbeat
-                    self.ctx.hub.note_heartbeat(device_id, hb.active_version, hb.candidate_version)
+                    self.ctx.hub.note_heartbeat(
+                        device_id, hb.active_version, hb.candidate_version, hb.previous_version
+                    )
                 elif kind == "status":
                     try:
                         await self._db(fleet.record_status, device_id=device_id, status=msg.status)

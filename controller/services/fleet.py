@@ -137,6 +137,7 @@ def record_connected(
         device.agent_version = hello.agent_version or device.agent_version
         device.active_version = hello.active_version
         device.candidate_version = hello.candidate_version
+        device.previous_version = hello.previous_version
     session.add(device)
     session.flush()
     return crud.open_commands_for_device(session=session, device_id=device_id) if connected else []
@@ -162,7 +163,10 @@ def record_status(*, session: Session, device_id: str, status: fleet_pb2.Command
     ):
         device = crud.get_device(session=session, device_id=device_id)
         if status.model_version or command.kind != CommandKind.rollback:
-            device.active_version = status.model_version or command.model_version
+            active = status.model_version or command.model_version
+            if active and active != device.active_version:
+                device.previous_version = device.active_version
+                device.active_version = active
         session.add(device)
     session.flush()
     return command
@@ -245,6 +249,7 @@ def flush_heartbeats(*, session: Session, seen: dict[str, HeartbeatSeen]) -> Non
                 last_seen=datetime.fromtimestamp(hb.ts, timezone.utc),
                 active_version=hb.active_version,
                 candidate_version=hb.candidate_version,
+                previous_version=hb.previous_version,
             )
         )
 

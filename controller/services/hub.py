@@ -25,6 +25,7 @@ class HeartbeatSeen:
     ts: float
     active_version: str
     candidate_version: str
+    previous_version: str = ""
 
 
 class SessionHub:
@@ -73,9 +74,9 @@ class SessionHub:
         with self._lock:
             return set(self._sessions)
 
-    def note_heartbeat(self, device_id: str, active: str, candidate: str) -> None:
+    def note_heartbeat(self, device_id: str, active: str, candidate: str, previous: str = "") -> None:
         with self._lock:
-            self._heartbeats[device_id] = HeartbeatSeen(time.time(), active, candidate)
+            self._heartbeats[device_id] = HeartbeatSeen(time.time(), active, candidate, previous)
 
     def drain_heartbeats(self) -> dict[str, HeartbeatSeen]:
         with self._lock:
