@@ -235,3 +235,45 @@ def test_label_efficiency_benchmark_runs(tmp_path, capsys) -> None:
     assert res["unlabelled_images"] == train - 6  # one labelled image per class at 10 %
     printed = capsys.readouterr().out
     assert "| 50 % | " in printed and "NOT MEANINGFUL (--quick)" in printed
+
+
+def test_backbone_survives_sigkill(tiny_data: Path, unlabeled: Path, tmp_path) -> None:
+    """Killed mid-run (SIGKILL, after at least one epoch), the backbone on disk is a whole one
+    from a finished epoch: it is replaced atomically, never written in place."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    results = tmp_path / "runs"
+    args = [
+        f"dataset.root={tiny_data}",
+        f"dataset.unlabeled_root={unlabeled}",
+        f"results_dir={results}",
+        "dataset.image_size=32",
+        "train.device=cpu",
+        "train.num_workers=0",
+        *[f"ssl.{k}={v}" for k, v in {**TINY_SSL, "epochs": 1000, "max_steps_per_epoch": 1}.items()],
+    ]
+    spec = Path(__file__).resolve().parents[2] / "trainer" / "specs" / "classification.yaml"
+    code = (
+        "import sys, torch; torch.set_num_threads(1); from trainer.jobs import run_action; "
+        f"run_action('classification', 'ssl', {str(spec)!r}, sys.argv[1:])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env)
+    status = results / "ssl" / "status.json"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if status.is_file() and sum('"epoch": ' in line for line in status.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the ssl run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = torch.load(results / "ssl" / "backbone.pth", map_location="cpu", weights_only=True)
+    assert "layer4.1.conv2.weight" in state and all(isinstance(v, torch.Tensor) for v in state.values())
