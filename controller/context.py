@@ -18,6 +18,7 @@ from controller.metrics import Metrics
 from controller.services.fleet import TokenCache
 from controller.services.hub import SessionHub
 from controller.services.signing import Signer
+from controller.services.storage import ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class ControllerContext:
     """The controller's shared state once its database, key and broker are up.
 
     ``mqtt_url`` is the broker telemetry uses ("" when telemetry is off); agents are told it at
-    Register (without its credentials). ``wakeup`` is set by whoever changed something the
+    Register (without its credentials). ``store`` is where agents may fetch artifact bytes by
+    URL besides gRPC (``controller/services/storage.py``; None = gRPC only). ``wakeup`` is set by whoever changed something the
     rollout engine must look at (a status, a report, a new or paused rollout)."""
 
     settings: Settings
@@ -35,6 +37,7 @@ class ControllerContext:
     hub: SessionHub = field(default_factory=SessionHub)
     tokens: TokenCache = field(default_factory=TokenCache)
     mqtt_url: str = ""
+    store: ArtifactStore | None = None
     wakeup: threading.Event = field(default_factory=threading.Event)
 
     def wake(self) -> None:

@@ -75,6 +75,7 @@ class InProcessAPI:
                 session=session,
                 signer=self.ctx.signer,
                 store_dir=self.ctx.settings.artifacts_dir,
+                store=self.ctx.store,
                 onnx_src=Path(onnx_path),
                 manifest_json=text,
                 source=source,
@@ -92,6 +93,7 @@ class InProcessAPI:
                 session=session,
                 signer=self.ctx.signer,
                 store_dir=self.ctx.settings.artifacts_dir,
+                store=self.ctx.store,
                 src=Path(tar_path),
                 name=name or Path(tar_path).name,
             )

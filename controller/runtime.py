@@ -29,6 +29,7 @@ from controller.main import create_app
 from controller.metrics import Metrics
 from controller.services import fleet, jobs
 from controller.services.signing import load_or_create_signer
+from controller.services.storage import store_from_settings
 from controller.telemetry import TelemetryIngest
 from controller.workers import run_job_runner, run_rollout_engine
 
@@ -60,7 +61,8 @@ class Controller(InProcessAPI):
         signer = load_or_create_signer(s.keys_dir)
         metrics = Metrics()
         mqtt_url = self._start_telemetry(engine, metrics) if telemetry else ""
-        ctx = ControllerContext(settings=s, engine=engine, signer=signer, metrics=metrics, mqtt_url=mqtt_url)
+        ctx = ControllerContext(settings=s, engine=engine, signer=signer, metrics=metrics, mqtt_url=mqtt_url,
+                                store=store_from_settings(s))  # fmt: skip
         self._ctx = ctx
         self.grpc = GrpcServer(ctx, s.grpc_host, s.grpc_port).start()
         self._spawn("rollout-engine", lambda: run_rollout_engine(ctx, self._stop))

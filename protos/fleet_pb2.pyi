@@ -179,7 +179,7 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status: _Optional[_Union[CommandStatus, _Mapping]] = ...) -> None: ...
 
 class ArtifactRef(_message.Message):
-    __slots__ = ("artifact_id", "model_version", "sha256", "size_bytes", "signature", "manifest_json", "kind")
+    __slots__ = ("artifact_id", "model_version", "sha256", "size_bytes", "signature", "manifest_json", "kind", "url", "url_expires_at")
     ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,8 @@ class ArtifactRef(_message.Message):
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    URL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     artifact_id: str
     model_version: str
     sha256: str
@@ -194,7 +196,9 @@ class ArtifactRef(_message.Message):
     signature: bytes
     manifest_json: str
     kind: str
-    def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[bytes] = ..., manifest_json: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+    url: str
+    url_expires_at: int
+    def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[bytes] = ..., manifest_json: _Optional[str] = ..., kind: _Optional[str] = ..., url: _Optional[str] = ..., url_expires_at: _Optional[int] = ...) -> None: ...
 
 class Deploy(_message.Message):
     __slots__ = ("artifact", "backend", "precision", "activate", "accuracy_floor", "rollout_id", "calibration", "evaluation")

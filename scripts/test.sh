@@ -19,6 +19,12 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v ap
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null) \
     || echo "could not install mosquitto; tests use the embedded amqtt broker"
 fi
+# nginx for the artifact-URL tests (tests/controller/test_artifact_urls.py starts its own on a free
+# port with deploy/nginx/edgeloop-artifacts.conf; they skip without it).
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
+    || echo "could not install nginx; the artifact-URL tests are skipped"
+fi
 # Headless Chromium for the dashboard test (tests/controller/test_dashboard.py skips without it).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

@@ -1,7 +1,9 @@
 """``edgeloop agent run``: the fleet daemon, a thin loop from controller commands to device work.
 
 It enrols with the controller (``--controller HOST:PORT``, enrollment token), keeps the control
-stream, and for each command: downloads and verifies the artifacts it names, asks the device to
+stream, and for each command: downloads and verifies the artifacts it names (from the URL the
+controller put in the reference when there is one, ``agent.fleet.http_fetch``, else or when that
+fails, with the reason in the command's message, over gRPC), asks the device to
 do the work (``DeviceWork``: the ``AgentRuntime`` on a device, a scripted stand-in in the
 controller's tests), sends the measured reports and a final status. Commands are idempotent by
 id: a command seen again after a reconnect (the controller resends what it has not seen finish)
@@ -26,6 +28,7 @@ import grpc
 from agent.config import AgentSettings
 from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
 from agent.fleet.download import ArtifactRejected, DownloadInterrupted, download_artifact
+from agent.fleet.http_fetch import UrlFetcher, UrlGivenUp
 from agent.probe import capabilities
 from agent.runtime import AgentRuntime, SlotState
 from agent.shards import Shards
@@ -72,6 +75,8 @@ class FleetAgent:
         if self.journal_path.exists():
             self._journal = OrderedDict(json.loads(self.journal_path.read_text(encoding="utf-8")))
         self._lock = threading.Lock()
+        self._urls: UrlFetcher | None = None  # made on the first URL (an HTTP client and its pool)
+        self._url_notes: list[str] = []  # why a URL was given up for gRPC, for the command's message
 
     # -- stream callbacks
     def hello(self) -> fleet_pb2.Hello:
@@ -97,6 +102,7 @@ class FleetAgent:
                 return
             kind = command.WhichOneof("body") or ""
             self.client.send_status(command.command_id, "accepted", kind=kind)
+            self._url_notes = []
             try:
                 version, message = getattr(self, f"_do_{kind}")(command)
                 final = {"state": "succeeded", "message": message, "kind": kind, "model_version": version}
@@ -115,6 +121,8 @@ class FleetAgent:
                     "kind": kind,
                     "model_version": "",
                 }
+            if self._url_notes:
+                final["message"] += "; " + "; ".join(self._url_notes)
             final["progress"] = 1.0
             self._remember(command.command_id, final)
             self.client.send_status(command.command_id, **final)
@@ -150,12 +158,32 @@ class FleetAgent:
     # -- artifacts
     def fetch(self, ref: fleet_pb2.ArtifactRef, command_id: str = "") -> Path:
         creds = self.client.credentials
+        url_given_up = not ref.url
 
         def once() -> Path:
+            nonlocal url_given_up
+
             def progress(done: int, total: int) -> None:
                 if command_id and total:
                     self.client.send_status(command_id, "running", "downloading", progress=0.5 * done / total)
 
+            if not url_given_up:
+                try:
+                    if self._urls is None:
+                        self._urls = UrlFetcher()
+                    return self._urls.fetch(
+                        ref,
+                        self.artifacts_dir,
+                        creds.public_key if creds else b"",
+                        on_progress=progress if command_id else None,
+                    ).path
+                except UrlGivenUp as exc:
+                    url_given_up = True
+                    note = f"{ref.kind or 'model'} {ref.artifact_id} over gRPC: URL failed ({exc})"
+                    log.warning("%s", note)
+                    self._url_notes.append(note)
+                    if command_id:
+                        self.client.send_status(command_id, "running", note[:500])
             return download_artifact(
                 self.client.stub,
                 ref,
@@ -226,7 +254,11 @@ class FleetAgent:
 
     # -- run
     def run(self) -> None:
-        self.client.serve_forever(self.on_command, self.hello, self.slot_versions)
+        try:
+            self.client.serve_forever(self.on_command, self.hello, self.slot_versions)
+        finally:
+            if self._urls is not None:
+                self._urls.close()
 
 
 def device_identity(settings: AgentSettings, profile: fleet_pb2.HardwareProfile) -> AgentIdentity:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     rollout_tick_s: float = 0.5
     deploy_timeout_s: float = 600.0
     start_broker: bool = True  # when mqtt_url is unset, start a local one (else no telemetry)
+    # artifact bytes over HTTP(S) (controller/services/storage.py, docs/deploy.md): "local" = the
+    # artifacts dir, served by nginx when artifact_url_base is set; "s3" = an S3-compatible bucket
+    artifact_store: Literal["local", "s3"] = "local"
+    artifact_url_base: str | None = None  # e.g. https://artifacts.example.com/artifacts (nginx)
+    artifact_url_secret: str | None = None  # nginx secure_link_md5 secret (deploy/nginx/)
+    artifact_url_ttl_s: int = Field(default=600, ge=10)  # how long a URL in a command stays valid
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None  # MinIO, Ceph RGW, ...; unset = AWS
+    s3_region: str | None = None
 
     @field_validator("db_url")
     @classmethod
@@ -65,6 +75,21 @@ class Settings(BaseSettings):
                 value = getattr(self, name)
                 if value is None or value.strip().lower() in PLACEHOLDER_SECRETS:
                     raise ValueError(f"EDGELOOP_{name.upper()} must be set to a real secret in production")
+        return self
+
+    @model_validator(mode="after")
+    def _artifact_store_complete(self) -> Settings:
+        if bool(self.artifact_url_base) != bool(self.artifact_url_secret):
+            raise ValueError("EDGELOOP_ARTIFACT_URL_BASE and EDGELOOP_ARTIFACT_URL_SECRET go together")
+        secret = (self.artifact_url_secret or "").strip().lower()
+        if (
+            self.artifact_url_base
+            and self.environment == Environment.production
+            and secret in PLACEHOLDER_SECRETS
+        ):
+            raise ValueError("EDGELOOP_ARTIFACT_URL_SECRET must be set to a real secret in production")
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError("EDGELOOP_ARTIFACT_STORE=s3 needs EDGELOOP_S3_BUCKET")
         return self
 
     @property

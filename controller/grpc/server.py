@@ -36,6 +36,7 @@ from controller.errors import (
 from controller.services import fleet
 from controller.services.commands import command_to_proto
 from controller.services.hub import StreamSession
+from controller.services.storage import stamp_urls
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.chunks import encode_chunk
 
@@ -221,7 +222,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 command = await session.queue.get()
                 if command is None:
                     break
-                yield command
+                yield self._with_urls(device_id, command)
         finally:
             self.ctx.metrics.streams.dec()
             if reader is not None:
@@ -259,6 +260,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             log.exception("control stream of %s failed", device_id)
         finally:
             session.queue.put_nowait(None)
+
+    def _with_urls(self, device_id: str, command: fleet_pb2.ControllerCommand) -> fleet_pb2.ControllerCommand:
+        """Fresh expiring URLs for the artifacts the command names, for this device only, made as
+        the command goes onto its stream (never stored; a resent command gets new ones)."""
+        if self.ctx.store is None:
+            return command
+        return stamp_urls(
+            command, self.ctx.store, device_id=device_id, ttl_s=self.ctx.settings.artifact_url_ttl_s
+        )
 
     def _artifact_file(self, session: Session, artifact_id: str) -> _ArtifactFile:
         art = crud.get_artifact(session=session, artifact_id=artifact_id)

@@ -3,8 +3,9 @@
 Bytes are copied into the content-addressed store ``<data_dir>/artifacts/<sha256>.<ext>`` while
 hashing; a manifest whose sha256 disagrees with the bytes is refused. A foreign manifest may leave
 ``sha256``, ``inputs``, ``outputs``, ``opset`` and ``size_bytes`` empty: they are filled from the
-file. Every stored artifact is signed with the controller's key. A failure leaves neither a row
-nor a stray file behind.
+file. Every stored artifact is signed with the controller's key, and published to the artifact
+store agents fetch URLs from, when there is one (``services.storage``; an S3 bucket uploads it).
+A failure leaves neither a row nor a stray file behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from controller import crud
 from controller.errors import Conflict, InvalidInput
 from controller.models import Artifact, ArtifactKind, ModelVersion
 from controller.services.signing import Signer
+from controller.services.storage import ArtifactStore
 from protos import artifact_pb2, fleet_pb2
 from protos.manifest import ManifestError, manifest_from_json, manifest_to_json
 
@@ -105,6 +107,7 @@ def import_model(
     onnx_src: BinaryIO | Path,
     manifest_json: str,
     source: str = "import",
+    store: ArtifactStore | None = None,
 ) -> ModelVersion:
     """Store, check, sign and register one model version. Raises InvalidInput or Conflict."""
     try:
@@ -160,6 +163,8 @@ def import_model(
         )
         session.add(mv)
         session.flush()
+        if store is not None:
+            store.publish(path)
         return mv
     except BaseException:
         if created:
@@ -168,7 +173,13 @@ def import_model(
 
 
 def import_shard(
-    *, session: Session, signer: Signer, store_dir: Path, src: BinaryIO | Path, name: str
+    *,
+    session: Session,
+    signer: Signer,
+    store_dir: Path,
+    src: BinaryIO | Path,
+    name: str,
+    store: ArtifactStore | None = None,
 ) -> Artifact:
     """A .tar of images (calibration or evaluation shard)."""
     path, sha, size, created = _store(src, store_dir, "tar")
@@ -185,6 +196,8 @@ def import_shard(
         )
         session.add(artifact)
         session.flush()
+        if store is not None:
+            store.publish(path)
         return artifact
     except BaseException:
         if created:

@@ -37,6 +37,7 @@ def import_model(
         session=session,
         signer=ctx.signer,
         store_dir=ctx.settings.artifacts_dir,
+        store=ctx.store,
         onnx_src=onnx.file,
         manifest_json=text,
         source=source,
@@ -93,6 +94,7 @@ def upload_shard(
         session=session,
         signer=ctx.signer,
         store_dir=ctx.settings.artifacts_dir,
+        store=ctx.store,
         src=file.file,
         name=name or file.filename or "",
     )
