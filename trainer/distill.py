@@ -1,18 +1,21 @@
-"""Knowledge distillation: logit KL with temperature plus TAO-style feature bindings.
+"""Feature distillation, shared by every task: TAO-style bindings between teacher and student modules.
 
 A binding names a teacher module and a student module (``teacher_module_name`` /
-``student_module_name``, dotted names as in ``model.named_modules()``), a criterion (L1, L2 or
-KL over channels) and a weight. Forward hooks capture both outputs; when channel counts differ
-a trainable 1x1 projection (conv for feature maps, linear for vectors) maps the student's
-features to the teacher's width, and feature maps are resized to the teacher's spatial size.
-The projections train with the student and are dropped afterwards: the saved student is the
-plain model. The teacher runs in eval mode under ``no_grad``.
+``student_module_name``, dotted names as in ``model.named_modules()``), a criterion (L1, L2, or KL
+over channels) and a weight. Forward hooks capture both outputs; when channel counts differ a
+trainable projection (1x1 conv for feature maps, linear for vectors) maps the student's features
+to the teacher's width, and feature maps are resized to the teacher's spatial size. The
+projections train with the student and are dropped afterwards: the saved student is the plain
+model. Each task adds its own prediction terms (classification: logit KL,
+``trainer.tasks.classification.distill``; detection: matched queries,
+``trainer.tasks.detection.distill``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +25,27 @@ from trainer.models.backbones import get_submodule
 
 
 class DistillationMismatchError(ValueError):
-    pass
+    """Teacher and student cannot be distilled as configured (classes, feature ranks, shapes)."""
 
 
 @dataclass
 class Binding:
     teacher_module_name: str
     student_module_name: str
-    criterion: str = "L2"
+    criterion: str = "L2"  # L1 | L2 | KL
     weight: float = 1.0
+
+
+def tensor_of(output: Any) -> torch.Tensor:
+    """The feature tensor of a module's output (a tensor, the first of a tuple, or a
+    transformers output's ``last_hidden_state``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if hasattr(output, "last_hidden_state"):
+        return output.last_hidden_state
+    raise DistillationMismatchError(f"cannot distil a module output of type {type(output).__name__}")
 
 
 class _Capture:
@@ -39,10 +54,11 @@ class _Capture:
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, _m, _inp, out) -> None:
-        self.value = out[0] if isinstance(out, (tuple, list)) else out
+        self.value = tensor_of(out)
 
 
-def _project(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
+def projection(s_shape: torch.Size, t_shape: torch.Size, *, bias: bool = False) -> nn.Module:
+    """Identity when the channel counts agree, else a trainable map student -> teacher width."""
     if len(s_shape) != len(t_shape):
         raise DistillationMismatchError(
             f"binding feature ranks differ: student {tuple(s_shape)} vs teacher {tuple(t_shape)}"
@@ -50,86 +66,67 @@ def _project(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
     if s_shape[1] == t_shape[1]:
         return nn.Identity()
     if len(s_shape) == 4:
-        return nn.Conv2d(s_shape[1], t_shape[1], kernel_size=1, bias=False)
+        return nn.Conv2d(s_shape[1], t_shape[1], kernel_size=1, bias=bias)
     if len(s_shape) == 2:
-        return nn.Linear(s_shape[1], t_shape[1], bias=False)
+        return nn.Linear(s_shape[1], t_shape[1], bias=bias)
     raise DistillationMismatchError(f"cannot project features of shape {tuple(s_shape)}")
 
 
-class Distiller(nn.Module):
-    """Wraps teacher + student; ``loss(images, targets)`` is the training objective."""
+class FeatureBindings(nn.Module):
+    """The hooks and projections of a list of bindings; ``loss()`` after a teacher and a student
+    forward pass gives the weighted feature terms.
+
+    Call :meth:`build_projections` once after a probe forward of both models (it sizes the
+    projections from the captured shapes). ``relative=True`` divides each term by the teacher
+    feature's energy (mean |t| for L1, mean t^2 for L2), so a term is O(1) whatever the layer's
+    scale (used by detection, whose encoder features are large)."""
 
     def __init__(
         self,
         teacher: nn.Module,
         student: nn.Module,
-        example: torch.Tensor,
+        bindings: Sequence[Binding],
         *,
-        bindings: Sequence[Binding] = (),
-        temperature: float = 4.0,
-        logit_weight: float = 0.7,
-        label_smoothing: float = 0.0,
+        bias: bool = False,
+        relative: bool = False,
     ):
         super().__init__()
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.student = student
-        self.temperature = temperature
-        self.logit_weight = logit_weight
-        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.bindings = list(bindings)
-        self._t_caps = [_Capture(get_submodule(teacher, b.teacher_module_name)) for b in self.bindings]
-        self._s_caps = [_Capture(get_submodule(student, b.student_module_name)) for b in self.bindings]
-        # one dry run to size the projections and check that logits agree
-        with torch.no_grad():
-            was = student.training
-            student.eval()
-            t_out = teacher(example)
-            s_out = student(example)
-            student.train(was)
-        if t_out.shape != s_out.shape:
-            raise DistillationMismatchError(
-                f"teacher logits {tuple(t_out.shape)} and student logits {tuple(s_out.shape)} differ: "
-                "teacher and student must be trained on the same classes"
-            )
-        self.projections = nn.ModuleList(
-            _project(s.value.shape, t.value.shape) for s, t in zip(self._s_caps, self._t_caps, strict=True)
-        )
+        self.bias, self.relative = bias, relative
+        self._t = [_Capture(get_submodule(teacher, b.teacher_module_name)) for b in self.bindings]
+        self._s = [_Capture(get_submodule(student, b.student_module_name)) for b in self.bindings]
+        self.projections = nn.ModuleList()
+
+    def build_projections(self) -> None:
+        for s, t in zip(self._s, self._t, strict=True):
+            if s.value is None or t.value is None:
+                raise DistillationMismatchError("a bound module did not run in the probe forward pass")
+            self.projections.append(projection(s.value.shape, t.value.shape, bias=self.bias))
+        self.clear()
+
+    def clear(self) -> None:
+        for cap in [*self._t, *self._s]:
+            cap.value = None
 
     def remove_hooks(self) -> None:
-        for cap in [*self._t_caps, *self._s_caps]:
+        for cap in [*self._t, *self._s]:
             cap.handle.remove()
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Student logits, or the distillation loss when ``targets`` is given (so DDP, which
-        only synchronises through ``forward``, sees the loss computation)."""
-        if targets is None:
-            return self.student(images)
-        return self.loss(images, targets)
-
-    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            self.teacher.eval()
-            t_logits = self.teacher(images)
-        s_logits = self.student(images)
-        T = self.temperature
-        kd = F.kl_div(
-            F.log_softmax(s_logits.float() / T, dim=1),
-            F.softmax(t_logits.float() / T, dim=1),
-            reduction="batchmean",
-        ) * (T * T)
-        total = self.logit_weight * kd + (1 - self.logit_weight) * self.ce(s_logits, targets)
-        for b, proj, s_cap, t_cap in zip(
-            self.bindings, self.projections, self._s_caps, self._t_caps, strict=True
-        ):
-            s = proj(s_cap.value)
-            t = t_cap.value.detach()
+    def loss(self) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for b, proj, s_cap, t_cap in zip(self.bindings, self.projections, self._s, self._t, strict=True):
+            if s_cap.value is None or t_cap.value is None:
+                raise DistillationMismatchError(
+                    f"binding {b.student_module_name!r} did not run in this forward pass"
+                )
+            s = proj(s_cap.value.float() if not isinstance(proj, nn.Identity) else s_cap.value).float()
+            t = t_cap.value.detach().float()
             if s.dim() == 4 and s.shape[-2:] != t.shape[-2:]:
                 s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
-            s, t = s.float(), t.float()
             if b.criterion == "L1":
                 f = F.l1_loss(s, t)
+                if self.relative:
+                    f = f / t.abs().mean().clamp(min=1e-6)
             elif b.criterion == "KL":
                 f = F.kl_div(
                     F.log_softmax(s.flatten(2) if s.dim() == 4 else s, dim=1),
@@ -138,5 +135,10 @@ class Distiller(nn.Module):
                 )
             else:
                 f = F.mse_loss(s, t)
-            total = total + b.weight * f
+                if self.relative:
+                    f = f / t.pow(2).mean().clamp(min=1e-6)
+            total = b.weight * f if total is None else total + b.weight * f
+        self.clear()
+        if total is None:
+            return torch.zeros(())
         return total

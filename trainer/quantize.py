@@ -1,13 +1,13 @@
 """INT8 post-training quantization of an FP32 ONNX model with ONNX Runtime (static, Q/DQ).
 
-The recipe defaults are the ones measured fastest for ONNX Runtime on x86 CPUs (DESIGN.md):
+The recipe defaults are the ones measured fastest for ONNX Runtime on x86 CPUs (docs/trainer.md):
 Q/DQ format, uint8 activations, int8 per-channel weights. (TensorRT wants symmetric int8 Q/DQ
 instead; that is why the fleet also gets the FP32 model and a calibration shard and each device
 quantizes for its own backend.) The graph is first run through ORT's ``quant_pre_process``
 (shape inference + graph optimisation), which folds BatchNorm and makes better Q/DQ placement.
 
-Quantization-aware training is not done here: only NVIDIA ModelOpt produced a working QAT Q/DQ
-ONNX (DESIGN.md), see ``qat_modelopt`` (optional, imported lazily).
+Quantization-aware training is not done here (``quantize.mode=qat`` is refused by the spec):
+only NVIDIA ModelOpt produced a working QAT Q/DQ ONNX in our checks, and it is not a dependency.
 """
 
 from __future__ import annotations
@@ -90,19 +90,3 @@ def quantize_static_qdq(
             extra_options=extra,
         )
     return out_path
-
-
-def qat_modelopt(*args, **kwargs):  # pragma: no cover - optional dependency, not installed here
-    """QAT through NVIDIA ModelOpt (``pip install nvidia-modelopt``): the only route that exported
-    a working QAT Q/DQ ONNX in our checks. Not wired into the pipeline: see docs/trainer.md."""
-    try:
-        import modelopt.torch.quantization  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError(
-            "quantize.mode=qat needs NVIDIA ModelOpt (pip install nvidia-modelopt), which is not installed; "
-            "use quantize.mode=ptq (ONNX Runtime static Q/DQ)"
-        ) from exc
-    raise NotImplementedError(
-        "quantize.mode=qat: ModelOpt is installed but the QAT flow is not implemented in edgeloop yet; "
-        "use quantize.mode=ptq"
-    )

@@ -148,7 +148,18 @@ class QuantizeSpec(Section):
     activation_type: str = Field("uint8", pattern="^(uint8|int8)$")
     weight_type: str = Field("int8", pattern="^(uint8|int8)$")
     evaluate: bool = Field(True, description="measure INT8 accuracy on the test split with ONNX Runtime")
-    qat_epochs: int = Field(1, ge=1, description="fine-tuning epochs for mode=qat (needs nvidia-modelopt)")
+
+    @field_validator("mode")
+    @classmethod
+    def _no_qat(cls, v: QuantMode) -> QuantMode:
+        # refused here, before any work, rather than failing at run time: see docs/trainer.md
+        if v is QuantMode.qat:
+            raise ValueError(
+                "mode=qat is not available: the only route that exported a working QAT Q/DQ ONNX is "
+                "NVIDIA ModelOpt, which is not a dependency of edgeloop; use mode=ptq (ONNX Runtime "
+                "static Q/DQ, calibrated on real images)"
+            )
+        return v
 
 
 def _allowed_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:

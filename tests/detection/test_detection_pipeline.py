@@ -139,12 +139,17 @@ def test_export_quantize_and_on_device_map(run, trained, data: Path) -> None:
     assert qm.precision == "int8-qdq" and qm.lineage.quantization == "int8-qdq-ptq"
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(q.onnx_path)).graph.node)
     assert "map_drop_points" in q.metrics
+    # same inputs as classification's quantize: a .pth is exported first (model_fp32.onnx)
     qc = run(
         "quantize",
-        f"quantize.checkpoint={exp.onnx_path}",
+        f"quantize.checkpoint={trained.model_path}",
         "quantize.scope=conv_only",
         "quantize.evaluate=false",
     )
+    assert (qc.output_dir / "model_fp32.onnx").is_file()
+    qcm = load_manifest(qc.manifest_path)
+    assert qcm.precision == "int8-qdq" and list(qcm.labels) == list(m.labels)
+    assert qcm.detection.logits_output == "logits"
     ops = {n.op_type for n in onnx.load(str(qc.onnx_path)).graph.node if n.op_type != "QuantizeLinear"}
     assert "QLinearMatMul" not in ops
 

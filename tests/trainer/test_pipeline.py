@@ -14,6 +14,7 @@ import torch
 
 from trainer.jobs import run_action
 from trainer.models.checkpoint import load_checkpoint
+from trainer.spec import SpecError
 
 
 def _status(out: Path) -> list[dict]:
@@ -173,12 +174,14 @@ def test_quantize_straight_from_pth(trained, tmp_path):
     assert (q.output_dir / "model_fp32.onnx").is_file() and q.onnx_path.is_file()
 
 
-def test_qat_mode_is_refused_clearly(trained):
+def test_qat_mode_is_refused_by_the_spec(trained):
+    """quantize.mode=qat is refused before any work (nothing written), with the reason."""
     spec, _ = trained
-    with pytest.raises(RuntimeError, match="ModelOpt"):
+    out = Path(spec["results_dir"]) / "quantize"
+    before = sorted(out.rglob("*")) if out.exists() else []
+    with pytest.raises(SpecError, match=r"quantize\.mode.*ModelOpt.*mode=ptq"):
         run_action("classification", "quantize", spec, ["quantize.mode=qat"])
-    status = _status(Path(spec["results_dir"]) / "quantize")
-    assert status[-1]["status"] == "failed" and "ModelOpt" in status[-1]["reason"]
+    assert (sorted(out.rglob("*")) if out.exists() else []) == before
 
 
 def test_other_backbone_trains(tiny_data, tmp_path, make_spec):

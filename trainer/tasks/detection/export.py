@@ -23,8 +23,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.tasks.detection.data import CocoDetection, CocoSplit
+from trainer.export import (
+    ManifestInfo,
+    default_version,
+    export_onnx,
+    ort_session,
+    write_labels,
+    write_manifest,
+)
+from trainer.models.checkpoint import count_params
+from trainer.tasks.detection.data import CocoDetection, CocoSplit, open_split
 from trainer.tasks.detection.metrics import sigmoid
+from trainer.tasks.detection.model import load_detector
 from trainer.tasks.detection.spec import DetectionSpec
 
 log = logging.getLogger(__name__)
@@ -83,6 +93,80 @@ def _set_detection_fields(manifest_path: Path, category_ids: list[int]) -> None:
     m.lineage.details["category_ids"] = ",".join(str(c) for c in category_ids)
     m.lineage.details["decoding"] = "top-k over sigmoid(logits) of all (query, class) pairs; no NMS"
     save_manifest(m, manifest_path)
+
+
+def export_detector(
+    spec: DetectionSpec, ckpt: Path, out_dir: Path, *, onnx_name: str = "model.onnx"
+) -> tuple[Path, Path, dict[str, Any]]:
+    """Export the detection checkpoint ``ckpt`` to ``out_dir/onnx_name`` with ``manifest.json`` and
+    ``labels.txt`` beside it, parity-checked on real val images; returns (onnx, manifest, metrics)."""
+    loaded = load_detector(ckpt)
+    model = ExportWrapper(loaded.model.eval())
+    val = open_split(spec, "val")
+    if loaded.config.image_size != spec.dataset.image_size:
+        spec = spec.model_copy(deep=True)
+        spec.dataset.image_size = loaded.config.image_size
+    example, _ = _images(spec, val, 2)
+    onnx_path = out_dir / onnx_name
+    dynamic = spec.export.batch_size == -1
+    if not dynamic:
+        example, _ = _images(spec, val, spec.export.batch_size)
+    export_onnx(
+        model,
+        example,
+        onnx_path,
+        opset=spec.export.opset,
+        dynamic_batch=dynamic,
+        input_names=(INPUT,),
+        output_names=OUTPUTS,
+    )
+    sess = ort_session(onnx_path)
+    parity: dict[str, float] = {}
+    for n in (1, 3) if dynamic else (spec.export.batch_size,):
+        batch, _ = _images(spec, val, n, offset=2)
+        with torch.no_grad():
+            t_logits, t_boxes = (v.numpy() for v in model(batch))
+        o_logits, o_boxes = sess.run(list(OUTPUTS), {INPUT: batch.numpy()})
+        parity[f"parity_max_diff_b{n}"] = matched_difference(t_logits, t_boxes, o_logits, o_boxes)
+    worst = max(parity.values())
+    if worst > spec.export.parity_atol:
+        raise RuntimeError(
+            f"ONNX differs from PyTorch by {worst:.2e} > export.parity_atol={spec.export.parity_atol}"
+        )
+    cat_ids = [val.label_to_cat[i] for i in range(len(val.labels))]
+    lineage = dict(loaded.lineage)
+    history = [*lineage.get("history", []), "export"]
+    info = ManifestInfo(
+        name=spec.export.name,
+        version=spec.export.version or default_version(spec.export.name, "export"),
+        task="detection",
+        labels=loaded.labels,
+        image_size=loaded.config.image_size,
+        mean=loaded.mean,
+        std=loaded.std,
+        precision="fp32",
+        opset=spec.export.opset,
+        backbone=loaded.config.backbone,
+        metrics={k: v for k, v in loaded.metrics.items() if isinstance(v, (int, float))},
+        lineage={
+            "action": "export",
+            "teacher": lineage.get("teacher", ""),
+            "history": history,
+            "details": {"num_queries": loaded.config.num_queries, "checkpoint": str(ckpt)},
+        },
+        complexity={"params": float(count_params(loaded.model))},
+    )
+    manifest_path = write_manifest(onnx_path, info)
+    _set_detection_fields(manifest_path, cat_ids)
+    write_labels(out_dir / "labels.txt", loaded.labels)
+    metrics = {
+        **parity,
+        "onnx_bytes": onnx_path.stat().st_size,
+        "opset": spec.export.opset,
+        "dynamic_batch": dynamic,
+    }
+    log.info("exported %s (%s)", onnx_path, metrics)
+    return onnx_path, manifest_path, metrics
 
 
 # ------------------------------------------------------------------ quantize

@@ -1,4 +1,5 @@
-"""``quantize``: INT8 Q/DQ ONNX of an exported model, calibrated on real images; mAP drop reported."""
+"""``quantize``: INT8 Q/DQ ONNX of an exported model.onnx or of a .pth (exported first, as
+``model_fp32.onnx``), calibrated on real images; mAP drop reported."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from protos.manifest import load_manifest, save_manifest, sha256_file
 from trainer.runtime import ActionOutput, RunContext
 from trainer.tasks.detection.data import calibration_array, open_split
-from trainer.tasks.detection.export import quantize_qdq
+from trainer.tasks.detection.export import export_detector, quantize_qdq
 from trainer.tasks.detection.predict import evaluate_onnx
 from trainer.tasks.detection.spec import DetectionSpec
 
@@ -17,13 +18,9 @@ from trainer.tasks.detection.spec import DetectionSpec
 def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
     """INT8 Q/DQ ONNX with real calibration images; mAP drop reported."""
     cfg = spec.quantize
-    if cfg.mode.value != "ptq":
-        raise ValueError("quantize.mode=qat is not available for detection (needs nvidia-modelopt); use ptq")
     fp32 = Path(cfg.checkpoint or ctx.default_checkpoint("export", "model.onnx"))
-    if fp32.suffix != ".onnx":
-        raise ValueError(
-            f"quantize.checkpoint must be an exported model.onnx (with manifest.json), got {fp32}"
-        )
+    if fp32.suffix != ".onnx":  # a detection model.pth: export it first, as the export action does
+        fp32, _, _ = export_detector(spec, fp32, ctx.out_dir, onnx_name="model_fp32.onnx")
     src_manifest = load_manifest(fp32.with_name("manifest.json"))
     if src_manifest.preprocessing.height != spec.dataset.image_size:
         spec = spec.model_copy(deep=True)
@@ -76,6 +73,6 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
         )
         m.metrics["map"], m.metrics["map50"] = q_metrics["map"], q_metrics["map50"]
         save_manifest(m, manifest_path)
-    if (fp32.parent / "labels.txt").is_file():
+    if fp32.parent != ctx.out_dir and (fp32.parent / "labels.txt").is_file():
         shutil.copy(fp32.parent / "labels.txt", ctx.out_dir / "labels.txt")
     return ActionOutput(metrics=metrics, onnx_path=out, manifest_path=manifest_path)

@@ -1,4 +1,5 @@
-"""train and retrain: fit a classifier (fresh, transfer-learned, or a pruned model) on dataset.root.
+"""One classification training run on the shared loop (:func:`trainer.engine.fit`), used by
+train, retrain and distill: a fresh, transfer-learned or pruned model fitted on dataset.root.
 
 Writes ``model.pth`` (the best epoch by validation accuracy), ``last.pth`` (latest epoch with
 optimizer/scheduler state, what ``train.resume`` reads) and ``history.json``.
@@ -20,9 +21,6 @@ from trainer.tasks.classification.common import (
     TrainData,
     checkpoint_from,
     classification_metrics,
-    new_model,
-    resolve,
-    seed_everything,
     train_data,
     write_json,
 )
@@ -140,29 +138,3 @@ def run_training(
             )
             save_checkpoint(ck, ctx.out_dir / "model.pth")
     return ActionOutput(metrics=metrics, model_path=ctx.out_dir / "model.pth")
-
-
-def train(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
-    """Train a classifier from model.backbone (optionally model.pretrained_path)."""
-    from trainer.datasets.folder import class_names
-
-    seed_everything(spec.seed)
-    classes = class_names(Path(spec.dataset.root), "train")
-    model = new_model(spec, len(classes))
-    lineage = {"action": "train", "history": [f"train:{spec.model.backbone}"], "parent_version": ""}
-    return run_training(spec, ctx, model=model, classes=classes, base=None, lineage=lineage)
-
-
-def retrain(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
-    """Fine-tune a pruned model (retrain.checkpoint, default <results_dir>/prune/model.pth)."""
-    seed_everything(spec.seed)
-    path = resolve(spec.retrain.checkpoint, ctx.default_checkpoint("prune"))
-    base = load_checkpoint(path)
-    from trainer.tasks.classification.common import check_checkpoint_classes
-
-    check_checkpoint_classes(base, spec, f"retrain.checkpoint {path}")
-    lineage = dict(base.lineage)
-    lineage["action"] = "retrain"
-    lineage["history"] = [*lineage.get("history", []), "retrain"]
-    lineage["parent_version"] = str(path)
-    return run_training(spec, ctx, model=base.model, classes=base.labels, base=base, lineage=lineage)
