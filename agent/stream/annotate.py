@@ -14,16 +14,20 @@ from agent.stream.infer import Detections
 _FONT = ImageFont.load_default()
 
 
+# bright colours that stand out on boards, belts and scenes alike (black text reads on all)
+_PALETTE = [(0, 255, 255), (255, 255, 0), (0, 255, 0), (255, 128, 0), (255, 0, 255), (128, 192, 255),
+            (255, 160, 160), (160, 255, 160)]  # fmt: skip
+
+
 def _colour(key: str) -> tuple[int, int, int]:
-    h = zlib.crc32(key.encode())
-    return 64 + (h & 0x7F) + 64, 64 + ((h >> 8) & 0x7F), 64 + ((h >> 16) & 0x7F) + 32
+    return _PALETTE[zlib.crc32(key.encode()) % len(_PALETTE)]
 
 
 def annotate(image: np.ndarray, det: Detections, caption: str = "") -> Image.Image:
     """A copy of ``image`` with the detections drawn."""
     out = Image.fromarray(image)
     draw = ImageDraw.Draw(out)
-    width = max(1, round(min(out.size) / 240))
+    width = max(2, round(min(out.size) / 240))
     for i in range(len(det.scores)):
         x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
         tid = int(det.track_ids[i]) if det.track_ids is not None else -1
@@ -31,16 +35,17 @@ def annotate(image: np.ndarray, det: Detections, caption: str = "") -> Image.Ima
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
         text = (f"#{tid} " if tid >= 0 else "") + f"{det.labels[i]} {float(det.scores[i]):.2f}"
         tw = draw.textlength(text, font=_FONT)
-        ty = max(0.0, y0 - 12)
+        ty = y0 - 12 if y0 >= 26 else y0 + width  # above the box, or inside it at the top of the frame
         draw.rectangle([x0, ty, x0 + tw + 4, ty + 12], fill=colour)
         draw.text((x0 + 2, ty), text, fill=(0, 0, 0), font=_FONT)
     line = caption
     if det.frame_label is not None:
         line = f"{det.frame_label} {float(det.frame_score or 0):.2f}  {caption}".strip()
-    if line:
+    if line:  # bottom left, clear of the boxes' labels
         tw = draw.textlength(line, font=_FONT)
-        draw.rectangle([0, 0, tw + 6, 13], fill=(0, 0, 0))
-        draw.text((3, 0), line, fill=(255, 255, 255), font=_FONT)
+        top = out.height - 13
+        draw.rectangle([0, top, tw + 6, out.height], fill=(0, 0, 0))
+        draw.text((3, top), line, fill=(255, 255, 255), font=_FONT)
     return out
 
 

@@ -108,6 +108,7 @@ class Source:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{spec.id}", daemon=True)
         self._index = 0
+        self._lost = False  # a live source lost its stream and has not given a frame since
 
     def start(self) -> Source:
         self._thread.start()
@@ -161,6 +162,10 @@ class Source:
             if emitted == 0:
                 self.metrics.nominal_fps = rate
                 self.metrics.set_state("running")
+                if self._lost:  # counted when frames flow again, not when the stream later ends
+                    self._lost = False
+                    self.metrics.count("reconnects")
+                    log.info("source %s: reconnected", self.spec.id)
             if not self._emit(image, pts):
                 self._stop.set()
                 break
@@ -171,15 +176,11 @@ class Source:
         spec = self.spec
         backoff = spec.reconnect.initial_backoff_s
         attempts = 0
-        lost = False
         while not self._stop.is_set():
             try:
                 emitted = self._play_once()
-                if emitted and lost:
-                    self.metrics.count("reconnects")
-                    log.info("source %s: reconnected", spec.id)
                 if emitted:
-                    lost, attempts, backoff = False, 0, spec.reconnect.initial_backoff_s
+                    attempts, backoff = 0, spec.reconnect.initial_backoff_s
                 if self._stop.is_set():
                     break
                 if not self.live:
@@ -195,7 +196,7 @@ class Source:
                     self.metrics.set_state("failed", reason)
                     return
             # a live source was lost (or never opened): back off, try again
-            lost = True
+            self._lost = True
             attempts += 1
             if spec.reconnect.max_attempts and attempts > spec.reconnect.max_attempts:
                 self.metrics.set_state("failed", f"{reason} (gave up after {attempts - 1} attempts)")

@@ -1,0 +1,39 @@
+"""``edgeloop agent stream -e PIPELINE.yaml key=value ...`` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from stream_testkit import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stream(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "edgeloop.cli", "agent", "stream", "-e", "agent/specs/pipeline.yaml",
+           "--agent-dir", str(tmp_path / "agent"), "--threads", "1", *overrides]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})  # fmt: skip
+
+
+def test_runs_a_file_to_its_end(clip, detector, tmp_path: Path) -> None:
+    video, gt = clip
+    out = tmp_path / "events.jsonl"
+    run = _stream(tmp_path, f"sources.0.uri={video}", f"model.path={detector}", f"sinks.jsonl.path={out}",
+                  "--stats-json", str(tmp_path / "stats.json"))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert len(read_jsonl(out)) == len(gt["frames"])
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["sources"][0]["processed"] == len(gt["frames"]) and stats["model_version"] == "lanes:1"
+
+
+def test_refuses_an_unknown_key_and_names_a_failed_source(clip, detector, tmp_path: Path) -> None:
+    run = _stream(tmp_path, "batching.max_bach=4")
+    assert run.returncode == 1 and "unknown key 'batching.max_bach'" in run.stderr
+    video, _ = clip
+    run = _stream(tmp_path, f"sources.0.uri={video}", "sources.1.id=gone", f"sources.1.uri={tmp_path}/gone.mp4",
+                  f"model.path={detector}")  # fmt: skip
+    assert run.returncode == 1 and "error: source gone: file not found" in run.stderr
