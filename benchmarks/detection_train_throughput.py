@@ -31,10 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.ema import ModelEMA  # noqa: E402
-from trainer.engine import TrainStep  # noqa: E402
+from trainer.engine import TrainStep, make_optimizer  # noqa: E402
 from trainer.runtime import amp_dtype  # noqa: E402
 from trainer.tasks.detection.criterion import install  # noqa: E402
 from trainer.tasks.detection.model import DetectorConfig, build_detector  # noqa: E402
+from trainer.tasks.detection.spec import DetectionTrainSpec  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -81,8 +82,9 @@ def our_loop(model, x, targets, device, lr, *, channels_last: bool):
     install(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, fused=device.type == "cuda")
-    ema = ModelEMA(model, 0.999, 100).to(device)
+    cfg = DetectionTrainSpec(lr=lr)
+    opt = make_optimizer(model.parameters(), cfg, fused=device.type == "cuda")  # as fit() builds it
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmup_steps).to(device, fmt)
 
     def loss_fn(m, images, tgts):
         return m(pixel_values=images, labels=tgts).loss

@@ -112,6 +112,24 @@ def select_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: torch.device, world_size: int = 1) -> int:
+    """Loader processes when the spec leaves them unset: on a GPU, every core of this process's
+    share but one (the main process feeds the GPU), at most 16; on a CPU, where the model needs
+    the cores itself, at most 2."""
+    per_process = max(1, cpu_cores() // max(1, world_size))
+    if device.type == "cuda":
+        return max(2, min(16, per_process - 1))
+    return max(0, min(2, per_process - 1))
+
+
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """bf16 where the GPU supports it (no loss scaling needed), else fp16; None on CPU."""
     if not enabled or device.type != "cuda":

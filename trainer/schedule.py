@@ -37,6 +37,7 @@ class Budget:
         self.time_limit_s = float(time_limit_s)
         self.clock = clock
         self.t0: float | None = None
+        self.steps_done = 0  # counted by the caller's loss (for checks outside the scheduler)
 
     def start(self) -> None:
         if self.t0 is None:

@@ -298,3 +298,53 @@ def test_agent_bench_cli_reports_map(run, trained, data: Path, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert {"map", "map50", "map75"} <= set(report["accuracy"]) and 0 <= report["accuracy"]["map"] <= 1
+
+
+def test_budget_ends_the_run_and_the_ema_weights_are_exported(run, data: Path) -> None:
+    """train.budget_images=8 at batch 4 is 2 steps of an epoch of 3: the schedule decays inside
+    them and the run stops in that epoch (validated, kept); model.pth holds the EMA weights (not
+    the trained ones, which travel in last.pth for resume) and export turns exactly those into ONNX."""
+    import onnxruntime as ort
+
+    from trainer.tasks.detection.data import CocoDetection, open_split
+    from trainer.tasks.detection.model import load_detector
+    from trainer.tasks.detection.spec import DetectionSpec
+
+    t = run(
+        "train",
+        "train.epochs=50",
+        "train.budget_images=8",
+        "train.max_steps_per_epoch=3",
+        "train.warmup_epochs=1",
+        "train.ema_decay=0.9",
+        "train.ema_warmup_steps=1",
+        "results_dir=" + str(run.results / "budget"),
+    )
+    assert t.metrics["stopped_by_budget"] and t.metrics["steps"] == 2 and t.metrics["epochs"] == 1
+    assert t.metrics["ema"] and t.metrics["history"][-1]["lr"] < 0.05 * 2e-4  # decayed to the floor
+    assert "val_map" in t.metrics["history"][-1]  # the cut-short epoch was validated
+    last = torch.load(t.output_dir / "last.pth", map_location="cpu", weights_only=False)
+    ema_state, raw_state = last["state_dict"], last["train_state_dict"]
+    key = "model.decoder.class_embed.0.weight"
+    assert not torch.allclose(ema_state[key], raw_state[key])
+    best = load_detector(t.model_path)
+    assert torch.equal(best.model.state_dict()[key], ema_state[key])
+
+    exp = run("export", f"export.checkpoint={t.model_path}", "results_dir=" + str(run.results / "budget"))
+    spec = DetectionSpec.model_validate({"dataset": {"root": str(data), "image_size": 64}})
+    x = torch.stack([CocoDetection(open_split(spec, "val"), 64, spec.dataset.mean, spec.dataset.std)[0][0]])
+    sess = ort.InferenceSession(str(exp.onnx_path), providers=["CPUExecutionProvider"])
+    onnx_boxes = dict(
+        zip(
+            [o.name for o in sess.get_outputs()],
+            sess.run(None, {sess.get_inputs()[0].name: x.numpy()}),
+            strict=True,
+        )
+    )["boxes"]
+    raw = load_detector(t.model_path).model
+    raw.load_state_dict(raw_state)
+    with torch.no_grad():
+        ema_boxes = best.model.eval()(pixel_values=x).pred_boxes.numpy()
+        raw_boxes = raw.eval()(pixel_values=x).pred_boxes.numpy()
+    assert np.abs(np.sort(onnx_boxes, axis=1) - np.sort(ema_boxes, axis=1)).max() < 1e-3
+    assert np.abs(np.sort(onnx_boxes, axis=1) - np.sort(raw_boxes, axis=1)).max() > 1e-3

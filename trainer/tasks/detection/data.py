@@ -348,16 +348,43 @@ def open_split(spec: DetectionSpec, split: str) -> CocoSplit:
     )
 
 
-def loader(spec: DetectionSpec, split: CocoSplit, *, train: bool, batch_size: int, distributed: bool = False):
-    """A DataLoader of ``split`` (augmented and shuffled when ``train``; a DistributedSampler under DDP)."""
+def loader(
+    spec: DetectionSpec,
+    split: CocoSplit,
+    *,
+    train: bool,
+    batch_size: int,
+    distributed: bool = False,
+    persistent: bool | None = None,
+):
+    """A DataLoader of ``split`` (augmented and shuffled when ``train``; a DistributedSampler
+    under DDP). Undecodable images are skipped or refused by ``dataset.corrupt_images``;
+    decoded images are cached in shared memory within ``dataset.cache_mb``; workers default to
+    the cores (:func:`trainer.runtime.auto_workers`)."""
+    from trainer.runtime import auto_workers
+
     tf = train_transforms(spec.dataset.image_size, spec.dataset.augmentation) if train else None
-    ds = CocoDetection(split, spec.dataset.image_size, spec.dataset.mean, spec.dataset.std, tf, train=train)
+    ds = CocoDetection(
+        split,
+        spec.dataset.image_size,
+        spec.dataset.mean,
+        spec.dataset.std,
+        tf,
+        train=train,
+        corrupt_images=spec.dataset.corrupt_images.value,
+        cache_mb=spec.dataset.cache_mb,
+    )
     sampler = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(
             ds, shuffle=True, seed=spec.seed, drop_last=True
         )
     workers = spec.train.num_workers
+    if workers is None:
+        cuda = torch.cuda.is_available() and spec.train.device.value != "cpu"
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        workers = auto_workers(torch.device("cuda" if cuda else "cpu"), world)
+    keep = (train if persistent is None else persistent) and workers > 0
     return torch.utils.data.DataLoader(
         ds,
         batch_size=batch_size,
@@ -366,7 +393,8 @@ def loader(spec: DetectionSpec, split: CocoSplit, *, train: bool, batch_size: in
         num_workers=workers,
         collate_fn=collate,
         drop_last=train and len(ds) > batch_size,
-        persistent_workers=workers > 0 and train,
+        persistent_workers=keep,
+        prefetch_factor=4 if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
     )
 

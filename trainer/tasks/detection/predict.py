@@ -24,6 +24,8 @@ def predict_torch(
     model.eval()
     dets, ids = [], []
     for images, targets in dl:
+        if not targets:  # the whole batch was undecodable (skipped, counted by the dataset)
+            continue
         out = model(pixel_values=images.to(device))
         sizes = np.stack([t["orig_size"].numpy() for t in targets])
         dets += decode(
@@ -48,6 +50,21 @@ def evaluate_model(
     conf_threshold: float = 0.0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     dl = loader(spec, split, train=False, batch_size=batch_size)
+    return evaluate_predictions(
+        model, split, dl, device, max_detections=max_detections, conf_threshold=conf_threshold
+    )
+
+
+def evaluate_predictions(
+    model: nn.Module,
+    split: CocoSplit,
+    dl,
+    device: torch.device,
+    *,
+    max_detections: int = 100,
+    conf_threshold: float = 0.0,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """COCO mAP of ``model`` over a loader of ``split`` (the validator keeps one loader)."""
     dets, ids = predict_torch(model, dl, device, max_detections=max_detections, conf_threshold=conf_threshold)
     results = to_coco_results(dets, ids, split.label_to_cat)
     return coco_map(split.coco, results), results

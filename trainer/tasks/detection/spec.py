@@ -84,6 +84,9 @@ class DatasetSpec(Section):
     corrupt_images: CorruptPolicy = CorruptPolicy.skip
     bad_boxes: BadBoxPolicy = BadBoxPolicy.fix
     augmentation: DetectionAugmentation = DetectionAugmentation()
+    cache_mb: int = Field(
+        4096, ge=0, description="decoded images kept in shared memory when a split fits (0 = off)"
+    )
     unlabeled_root: str | None = Field(
         None, description="folder of images, searched recursively, for the ssl action (labels unused)"
     )
@@ -100,12 +103,30 @@ class DetectionTrainSpec(TrainSpec):
     optimizer: Optimizer = Optimizer.adamw
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(16, ge=1, description="per process")
+    batch_size: int | None = Field(
+        None, ge=1, description="per process; null = from the GPU's memory (16 on CPU)"
+    )
+    num_workers: int | None = Field(None, ge=0, description="loader processes; null = from the CPU cores")
     epochs: int = Field(50, ge=1)
     val_interval: int = Field(1, ge=1, description="epochs between mAP measurements on val")
     time_limit_s: float = Field(
-        0, ge=0, description="stop after this many seconds (0 = none); finished epochs are kept"
+        0,
+        ge=0,
+        description="training budget in seconds (0 = none): the schedule's warmup and decay fit inside it, "
+        "then the epoch in progress is validated and the run stops",
     )
+    budget_images: int = Field(
+        0,
+        ge=0,
+        description="training budget in images seen (0 = none), like time_limit_s; the first to end wins",
+    )
+    backbone_lr_mult: float = Field(
+        1.0, gt=0, le=1, description="the backbone's lr = lr x this (0.1 for a pretrained backbone)"
+    )
+    ema_decay: float = Field(
+        0.999, ge=0, lt=1, description="EMA of the weights, validated and exported (0 = off)"
+    )
+    ema_warmup_steps: int = Field(200, ge=1, description="EMA decay ramps up over about this many steps")
 
 
 class EvaluateSpec(Section):
