@@ -46,6 +46,15 @@ def _threads(text: str) -> int | None:
     return number or None  # 0 = not set: the environment's, else every core
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"batch sizes must be comma-separated integers, got {text!r}"
+        ) from exc
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_threads, help="CPU threads (default: EDGELOOP_AGENT_THREADS or all)")
 
@@ -75,6 +84,19 @@ def _serving_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--metrics-interval", dest="metrics_interval_s", type=float,
                    help="seconds between telemetry metrics (default 10)")  # fmt: skip
+    p.add_argument("--http-port", dest="http_port", type=int,
+                   help="Open Inference Protocol HTTP/REST and /metrics (default 8000; 0 = a free one; -1 = off)")  # fmt: skip
+    p.add_argument("--serve-token-file", dest="serve_token_file", type=Path,
+                   help="file holding the bearer token the inference ports demand "
+                        "(default: EDGELOOP_SERVE_TOKEN_FILE, else EDGELOOP_SERVE_TOKEN; unset = open)")  # fmt: skip
+    p.add_argument("--max-request-batch", dest="max_request_batch", type=int,
+                   help="largest batch one request may carry (default 64; a manifest's max_batch lowers it)")  # fmt: skip
+    p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int,
+                   help="largest request (tensor bytes; default 64 MiB)")  # fmt: skip
+    p.add_argument("--model-repository", dest="model_repository", type=Path, metavar="DIR",
+                   help="models the repository extension may load: DIR/NAME/model.onnx (+ manifest.json)")  # fmt: skip
+    p.add_argument("--preferred-batch-sizes", dest="preferred_batch_sizes", type=_sizes,
+                   help="dynamic batching: comma-separated batch sizes that run at once when reached")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--server-latency-ms", type=float, help="server p99 bound (default 3x single-stream p99)")
     b.add_argument("--log-dir", type=Path, help="keep LoadGen's logs here")
 
-    s = sub.add_parser("serve", help="serve live inference (Open Inference Protocol gRPC), standalone")
+    # no abbreviated flags: `--serve-token SECRET` must fail, not be read as --serve-token-file
+    s = sub.add_parser("serve", help="serve live inference (Open Inference Protocol gRPC + HTTP/REST), standalone",
+                       allow_abbrev=False)  # fmt: skip
     _model_args(s)
-    s.add_argument("--host", dest="serve_host", help="address to listen on (default 0.0.0.0)")
+    s.add_argument("--host", dest="serve_host",
+                   help="address to listen on (default: EDGELOOP_SERVE_HOST or 127.0.0.1; 0.0.0.0 opens it)")  # fmt: skip
     s.add_argument("--port", dest="serve_port", type=int, help="gRPC port (default 8001; 0 = a free one)")
     s.add_argument("--eval", type=Path, metavar="DIR", help="labelled images for the health check")
     s.add_argument("--accuracy-floor", type=float, default=0.0)
@@ -105,7 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="telemetry broker (default: EDGELOOP_MQTT_URL; unset = no telemetry)")  # fmt: skip
     _serving_args(s)
 
-    r = sub.add_parser("run", help="the fleet daemon: register with the controller and follow its commands")
+    r = sub.add_parser("run", help="the fleet daemon: register with the controller and follow its commands",
+                       allow_abbrev=False)  # fmt: skip
     r.add_argument(
         "--controller",
         help="HOST:PORT of the controller's gRPC (default: EDGELOOP_CONTROLLER or 127.0.0.1:50051)",
@@ -120,6 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common_args(r)
     r.add_argument("--mqtt", dest="mqtt_url",
                    help="telemetry broker (default: EDGELOOP_MQTT_URL, else the one the controller names)")  # fmt: skip
+    r.add_argument("--serve-host", dest="serve_host",
+                   help="address of the inference ports (default: EDGELOOP_SERVE_HOST or 127.0.0.1; 0.0.0.0 opens it)")  # fmt: skip
     r.add_argument("--serve-port", dest="serve_port", type=int,
                    help="live inference (Open Inference Protocol gRPC; default 8001); -1 = off")  # fmt: skip
     _serving_args(r)
@@ -244,8 +272,9 @@ def cmd_serve(args) -> int:
         if active is None or runtime.grpc_server is None:
             print("error: the runtime started without a served model", file=sys.stderr)
             return 1
+        http = f", HTTP/REST :{runtime.http_server.port}" if runtime.http_server else ""
         print(f"serving {active.name} ({active.version}, {active.backend}/{active.precision}) "
-              f"on {settings.serve_host}:{runtime.grpc_server.port} - Open Inference Protocol gRPC",
+              f"on {settings.serve_host}:{runtime.grpc_server.port} - Open Inference Protocol gRPC{http}",
               flush=True)  # fmt: skip
         _wait_for_a_stop_signal()
     finally:

@@ -17,7 +17,11 @@ from typing import Any
 
 DEFAULT_PREFIX = "edgeloop"
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
-DEFAULT_SERVE_PORT = 8001
+DEFAULT_SERVE_PORT = 8001  # Triton's: gRPC 8001, HTTP/REST 8000
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_SERVE_HOST = "127.0.0.1"  # loopback unless the operator opens it (--host / --serve-host)
+DEFAULT_MAX_REQUEST_BATCH = 64
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 def default_agent_dir() -> Path:
@@ -58,10 +62,19 @@ class AgentSettings:
     name: str = ""  # device name at registration; "" = the hostname
     tags: tuple[str, ...] = ()  # EDGELOOP_AGENT_TAGS
     # live inference (agent serve, agent run)
-    serve_host: str = "0.0.0.0"
+    serve_host: str = DEFAULT_SERVE_HOST  # EDGELOOP_SERVE_HOST: address of the gRPC and HTTP ports
     serve_port: int = DEFAULT_SERVE_PORT  # Open Inference Protocol gRPC; 0 = a free port, -1 = off
+    http_port: int = DEFAULT_HTTP_PORT  # Open Inference Protocol HTTP/REST + /metrics; 0 = free, -1 = off
+    # bearer token the inference ports demand (EDGELOOP_SERVE_TOKEN, or read from serve_token_file
+    # = EDGELOOP_SERVE_TOKEN_FILE / --serve-token-file); never a command-line value (ps shows argv)
+    serve_token: str | None = field(default=None, repr=False)
+    serve_token_file: Path | None = None
+    max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH  # largest batch one request may carry
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # largest request body / tensor data
     batch_delay_ms: float = 0.0  # dynamic batching window; 0 = off (each request runs alone)
     max_batch: int = 8  # the largest batch dynamic batching merges
+    preferred_batch_sizes: tuple[int, ...] = ()  # dynamic batching runs as soon as one is reached
+    model_repository: Path | None = None  # <dir>/<name>/model.onnx the repository extension loads
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -70,6 +83,14 @@ class AgentSettings:
             raise ValueError(
                 f"serve port must be 0-65535 (0 = a free one) or -1 (off), got {self.serve_port}"
             )
+        if self.http_port < -1 or self.http_port > 65535:
+            raise ValueError(f"http port must be 0-65535 (0 = a free one) or -1 (off), got {self.http_port}")
+        if self.max_request_batch < 1:
+            raise ValueError(f"max request batch must be >= 1, got {self.max_request_batch}")
+        if self.max_request_bytes < 1024:
+            raise ValueError(f"max request bytes must be >= 1024, got {self.max_request_bytes}")
+        if any(b < 1 for b in self.preferred_batch_sizes):
+            raise ValueError(f"preferred batch sizes must be >= 1, got {list(self.preferred_batch_sizes)}")
         if self.batch_delay_ms < 0:
             raise ValueError(f"batch delay must be >= 0 ms, got {self.batch_delay_ms}")
         if self.max_batch < 1:
@@ -88,6 +109,24 @@ class AgentSettings:
     @property
     def serves_grpc(self) -> bool:
         return self.serve_port >= 0
+
+    @property
+    def serves_http(self) -> bool:
+        return self.http_port >= 0
+
+    def inference_token(self) -> str | None:
+        """The bearer token the inference ports demand (None = open): the token file's first
+        line when a file is named, else ``serve_token``. A named file that is missing or empty is
+        an error, not an open port."""
+        if self.serve_token_file is None:
+            return self.serve_token or None
+        try:
+            token = self.serve_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"serve token file {self.serve_token_file}: {exc.strerror}") from exc
+        if not token:
+            raise ValueError(f"serve token file {self.serve_token_file} is empty")
+        return token
 
     def override(self, **values: Any) -> AgentSettings:
         """These settings with each field given a value that is not None replaced (the command
@@ -108,4 +147,9 @@ class AgentSettings:
             controller=env.get("EDGELOOP_CONTROLLER") or DEFAULT_CONTROLLER,
             enrollment_token=env.get("EDGELOOP_ENROLLMENT_TOKEN") or None,
             tags=parse_tags(env.get("EDGELOOP_AGENT_TAGS", "")),
+            serve_host=env.get("EDGELOOP_SERVE_HOST") or DEFAULT_SERVE_HOST,
+            serve_token=env.get("EDGELOOP_SERVE_TOKEN") or None,
+            serve_token_file=Path(env["EDGELOOP_SERVE_TOKEN_FILE"]).expanduser()
+            if env.get("EDGELOOP_SERVE_TOKEN_FILE")
+            else None,
         )

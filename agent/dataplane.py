@@ -7,6 +7,7 @@ gRPC: errors are ``agent.errors`` types, mapped to status codes by the protocol 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -14,10 +15,11 @@ import numpy as np
 
 import agent
 from agent.backends.base import TensorInfo
-from agent.batching import DynamicBatcher
-from agent.errors import InvalidInput
+from agent.batching import DynamicBatcher, run_timed
+from agent.errors import InvalidInput, ModelNotFound
+from agent.repository import ModelIndex, ModelRepository
 from agent.slots import ModelSlots
-from agent.stats import RequestStats
+from agent.stats import ModelStatistics, RequestStats
 
 # Open Inference Protocol datatypes <-> numpy
 DATATYPE_OF = {
@@ -36,7 +38,42 @@ DATATYPE_OF = {
 }
 DTYPE_OF = {v: k for k, v in DATATYPE_OF.items()}
 SERVER_NAME = "edgeloop-agent"
+# Triton's extension names, as its server metadata lists them
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration"]
 PLATFORM = "edgeloop_{backend}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the agent, checked before anything is allocated: the largest
+    batch (the manifest's ``max_batch`` lowers it per model) and the largest tensor data."""
+
+    max_batch: int = 64
+    max_bytes: int = 64 * 1024 * 1024
+
+
+def tensor_bytes(
+    name: str, datatype: str, shape: list[int] | tuple[int, ...], limits: Limits
+) -> tuple[np.dtype, int]:
+    """The numpy dtype and byte size of a declared tensor, checked with Python integers (no int64
+    overflow) against ``limits`` before a byte is read: the one size check of both protocols."""
+    dtype = DTYPE_OF.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}")
+    dims = list(shape)
+    if any(not isinstance(d, int) or isinstance(d, bool) for d in dims):
+        raise InvalidInput(f"input {name!r}: shape {dims} must hold integers")
+    if any(d < 0 for d in dims):
+        raise InvalidInput(f"input {name!r}: negative dimension in shape {dims}")
+    if dims and dims[0] > limits.max_batch:
+        raise InvalidInput(f"input {name!r}: batch {dims[0]} exceeds this agent's maximum {limits.max_batch}")
+    nbytes = math.prod(dims) * dtype.itemsize
+    if nbytes > limits.max_bytes:
+        raise InvalidInput(
+            f"input {name!r}: shape {dims} of {datatype} is {nbytes} bytes, over this agent's "
+            f"maximum request of {limits.max_bytes}"
+        )
+    return dtype, nbytes
 
 
 @dataclass
@@ -91,17 +128,34 @@ def _check_input(spec: TensorInfo, tensor: Tensor, batch_limit: int | None) -> N
             )
     if batch_limit is not None and tensor.shape and tensor.shape[0] > batch_limit:
         raise InvalidInput(
-            f"input {spec.name!r}: batch {tensor.shape[0]} exceeds the engine's maximum {batch_limit}"
+            f"input {spec.name!r}: batch {tensor.shape[0]} exceeds the model's maximum {batch_limit}"
         )
 
 
 class DataPlane:
     def __init__(
-        self, slots: ModelSlots, stats: RequestStats | None = None, batcher: DynamicBatcher | None = None
+        self,
+        slots: ModelSlots,
+        stats: RequestStats | None = None,
+        batcher: DynamicBatcher | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.slots = slots
         self.stats = stats or RequestStats()
         self.batcher = batcher  # dynamic batching across requests; None = each request runs alone
+        self.limits = limits or Limits()
+        self.model_stats = ModelStatistics()  # the statistics extension and /metrics read it
+        self.repository = ModelRepository(slots)  # the runtime replaces it with its own settings
+
+    def make_batcher(
+        self, max_batch: int, max_delay_s: float, preferred_batch_sizes: tuple[int, ...] = ()
+    ) -> DynamicBatcher:
+        """A dynamic batcher whose executions count in this dataplane's model statistics."""
+        return DynamicBatcher(max_batch, max_delay_s, preferred_batch_sizes, on_batch=self._executed)
+
+    def _executed(self, tag: object, batch: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        name, version = tag if isinstance(tag, tuple) else ("", "")
+        self.model_stats.execution(name, version, batch, input_ns, infer_ns, output_ns)
 
     def live(self) -> bool:
         return True
@@ -117,7 +171,7 @@ class DataPlane:
         return True
 
     def server_metadata(self) -> tuple[str, str, list[str]]:
-        return SERVER_NAME, agent.__version__, []
+        return SERVER_NAME, agent.__version__, list(EXTENSIONS)
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self.slots.get(name, version)
@@ -137,9 +191,65 @@ class DataPlane:
             ],
         )
 
+    def model_config(self, name: str, version: str = "") -> dict:
+        """Triton's model configuration (JSON form) of the active model: what clients read to
+        learn the batch limit and whether dynamic batching is on."""
+        model = self.slots.get(name, version)
+
+        def io(t: TensorInfo) -> dict:
+            dims = list(t.shape[1:]) if not model.engine.fixed_batch else list(t.shape)
+            return {
+                "name": t.name,
+                "data_type": "TYPE_" + DATATYPE_OF.get(np.dtype(t.dtype), "INVALID"),
+                "dims": dims,
+            }
+
+        config = {
+            "name": model.name,
+            "platform": PLATFORM.format(backend=model.backend),
+            "backend": model.backend,
+            "max_batch_size": 0 if model.engine.fixed_batch else self._batch_limit(model),
+            "input": [io(t) for t in model.engine.inputs],
+            "output": [io(t) for t in model.engine.outputs],
+        }
+        if self.batcher is not None:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": sorted(self.batcher.preferred),
+                "max_queue_delay_microseconds": int(self.batcher.max_delay_s * 1e6),
+            }
+        return config
+
+    def statistics(self, name: str = "", version: str = "") -> list:
+        """The statistics extension: every model's, or ``name``'s (NOT_FOUND when never loaded)."""
+        found = self.model_stats.snapshot(name, version)
+        if name and not found:
+            try:
+                model = self.slots.get(name, version)
+            except Exception as exc:
+                raise ModelNotFound(f"no statistics for model {name!r}: it is not loaded") from exc
+            return self.model_stats.snapshot(model.name, model.version) or [
+                self.model_stats.empty(model.name, model.version)
+            ]
+        return found
+
+    def repository_index(self, ready_only: bool = False) -> list[ModelIndex]:
+        return self.repository.index(ready_only)
+
+    def load_model(self, name: str) -> None:
+        self.repository.load(name)
+
+    def unload_model(self, name: str) -> None:
+        self.repository.unload(name)
+
+    def _batch_limit(self, model) -> int:
+        """The agent's limit, lowered by the manifest's ``max_batch`` and the engine's own."""
+        limits = [self.limits.max_batch, model.manifest.max_batch, model.engine.max_batch]
+        return min(n for n in limits if n)
+
     def infer(self, request: InferRequest) -> InferResponse:
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         images = 0
+        model = None
         try:
             model = self.slots.get(request.model_name, request.model_version)  # one reference for the request
             engine = model.engine
@@ -153,7 +263,7 @@ class DataPlane:
                 raise InvalidInput(
                     f"inputs do not match the model: unknown {unknown}, missing {missing} (the model takes {sorted(wanted)})"
                 )
-            batch_limit = None if engine.fixed_batch else engine.max_batch
+            batch_limit = None if engine.fixed_batch else self._batch_limit(model)
             batches = set()
             for spec in engine.inputs:
                 _check_input(spec, given[spec.name], batch_limit)
@@ -168,7 +278,13 @@ class DataPlane:
                     raise InvalidInput(f"requested outputs {bad} do not exist (the model has {out_names})")
                 out_names = list(request.outputs)
             feeds = {name: t.data for name, t in given.items()}
-            results = self.batcher.run(engine, feeds) if self.batcher else engine.run(feeds)
+            tag = (model.name, model.version)
+            if self.batcher is not None:
+                results, timing = self.batcher.run_timed(engine, feeds, tag)
+            else:
+                results, timing = run_timed(engine, feeds)
+                self._executed(tag, timing.batch, 0, timing.infer_ns, 0)
+            wrapped = time.perf_counter_ns()
             outputs = [
                 Tensor(
                     n, DATATYPE_OF.get(results[n].dtype, str(results[n].dtype)), results[n].shape, results[n]
@@ -176,7 +292,14 @@ class DataPlane:
                 for n in out_names
             ]
         except Exception:
-            self.stats.record(time.perf_counter() - start, images, ok=False)
+            elapsed = time.perf_counter_ns() - start
+            self.stats.record(elapsed / 1e9, images, ok=False)
+            if model is not None:  # only a loaded model's counters: a made-up name allocates nothing
+                self.model_stats.request(model.name, model.version, ok=False, total_ns=elapsed)
             raise
-        self.stats.record(time.perf_counter() - start, images)
+        elapsed = time.perf_counter_ns() - start
+        self.stats.record(elapsed / 1e9, images)
+        self.model_stats.request(model.name, model.version, ok=True, total_ns=elapsed, images=images,
+                                 queue_ns=timing.queue_ns, input_ns=timing.input_ns, infer_ns=timing.infer_ns,
+                                 output_ns=timing.output_ns + time.perf_counter_ns() - wrapped)  # fmt: skip
         return InferResponse(model.name, model.version, request.id, outputs)

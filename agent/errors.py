@@ -38,3 +38,7 @@ class ArtifactError(AgentError):
 
 class HealthCheckFailed(AgentError):
     """A candidate model that loaded but did not pass its health check."""
+
+
+class Refused(AgentError):
+    """A request the agent's state does not allow now (unload the only model it serves)."""

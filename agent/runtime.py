@@ -12,9 +12,9 @@ publishes state and events (a deploy's ``built`` and ``switched``), the metrics 
 ``start()``.
 
 Served components answer clients from the runtime's one ``DataPlane`` (the model slots, request
-statistics and the batcher): today the Open Inference Protocol gRPC server. Adding another front
-end (an HTTP/REST server, video pipelines) is one more entry in ``_components()``: anything with
-``start()`` and ``stop()`` (``Served``).
+statistics, the model repository and the batcher): the Open Inference Protocol gRPC server and
+its HTTP/REST twin (with ``/metrics``). Adding another front end (video pipelines) is one more
+entry in ``_components()``: anything with ``start()`` and ``stop()`` (``Served``).
 
 Device work. ``deploy``, ``benchmark``, ``calibrate``, ``switch`` and ``rollback`` are what the
 fleet daemon (``agent.fleet.daemon``) asks of the device once it has downloaded and verified the
@@ -33,16 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from agent.batching import DynamicBatcher
 from agent.bench import BenchConfig, PeakMemory, benchmark_engine
 from agent.config import AgentSettings
-from agent.dataplane import DataPlane
+from agent.dataplane import DataPlane, Limits
 from agent.engine_cache import EngineCache
 from agent.engines import build_engine, record_engine
 from agent.errors import AgentError, ArtifactError, HealthCheckFailed
 from agent.evaluate import evaluate
+from agent.http_server import HttpInferenceServer
 from agent.model_spec import ResolvedModel, resolve_model
 from agent.probe import probe_hardware
+from agent.repository import ModelRepository
 from agent.server import InferenceServer
 from agent.shards import Shards, extract_shard
 from agent.slots import ModelSlots
@@ -104,8 +105,10 @@ class AgentRuntime:
                                 state_dir=settings.slots_dir if remember_slots else None,
                                 on_event=self._event)  # fmt: skip
         self.stats = RequestStats()
-        self.dataplane = DataPlane(self.slots, self.stats)
+        self.dataplane = DataPlane(self.slots, self.stats, limits=Limits(
+            max_batch=settings.max_request_batch, max_bytes=settings.max_request_bytes))  # fmt: skip
         self.deploy_bench = deploy_bench
+        self._work_lock = threading.Lock()  # device work runs one command at a time
         self.shard_root = settings.agent_dir / "shards"
         self.telemetry: Telemetry | None = None
         # video pipelines (docs/stream.md): on the slots' engines, events through telemetry, kept on disk
@@ -113,18 +116,26 @@ class AgentRuntime:
                                      build=lambda spec: build_fixed_engine(spec, self.profile, self.cache, settings.threads),
                                      state_dir=settings.agent_dir / "pipelines" if remember_slots else None)  # fmt: skip
         self.grpc_server: InferenceServer | None = None
+        self.http_server: HttpInferenceServer | None = None
+        self.dataplane.repository = ModelRepository(self.slots, settings.model_repository,
+                                                    lock=self._work_lock)  # fmt: skip
         self.served: list[Served] = []  # started, in start order
         self.started = False
-        self._work_lock = threading.Lock()  # device work runs one command at a time
 
     # -- lifecycle
     def _components(self) -> Iterator[Served]:
         """The served components, built when started (building one may bind its port)."""
+        token = self.settings.inference_token()
         if self.settings.serves_grpc:
             self.grpc_server = InferenceServer(
-                self.dataplane, host=self.settings.serve_host, port=self.settings.serve_port
+                self.dataplane, host=self.settings.serve_host, port=self.settings.serve_port, token=token
             )
             yield self.grpc_server
+        if self.settings.serves_http:
+            self.http_server = HttpInferenceServer(
+                self.dataplane, host=self.settings.serve_host, port=self.settings.http_port, token=token
+            )
+            yield self.http_server
 
     def start(self) -> AgentRuntime:
         if self.started:
@@ -134,8 +145,10 @@ class AgentRuntime:
             self.slots.restore()
             self.streams.restore()
             if self.settings.batch_delay_ms > 0:
-                self.dataplane.batcher = DynamicBatcher(
-                    self.settings.max_batch, self.settings.batch_delay_ms / 1000
+                self.dataplane.batcher = self.dataplane.make_batcher(
+                    self.settings.max_batch,
+                    self.settings.batch_delay_ms / 1000,
+                    self.settings.preferred_batch_sizes,
                 )
             for component in self._components():
                 component.start()
@@ -144,7 +157,13 @@ class AgentRuntime:
             self.close()
             raise
         if self.grpc_server is not None:
-            log.info("live inference on %s:%d", self.settings.serve_host, self.grpc_server.port)
+            log.info("live inference on %s:%d (gRPC)", self.settings.serve_host, self.grpc_server.port)
+        if self.http_server is not None:
+            log.info(
+                "live inference on %s:%d (HTTP/REST, /metrics)",
+                self.settings.serve_host,
+                self.http_server.port,
+            )
         self._start_metrics()
         return self
 

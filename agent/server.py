@@ -2,7 +2,8 @@
 
 Each servicer method only translates: protobuf -> dataplane types -> protobuf. Domain errors
 become status codes in one place (``STATUS_OF`` + ``_grpc_errors``); a malformed request gets
-INVALID_ARGUMENT with a message and the server stays up. Tensors travel as raw bytes
+INVALID_ARGUMENT with a message and the server stays up. Triton's statistics and model
+repository extensions answer from the same dataplane as ``agent.http_server``. Tensors travel as raw bytes
 (``raw_input_contents``/``raw_output_contents``, what tritonclient sends), typed ``contents``
 are accepted too. Works with unmodified tritonclient / KServe clients.
 """
@@ -16,14 +17,17 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from agent.dataplane import DTYPE_OF, DataPlane, InferRequest, Tensor
+from agent.auth import BearerToken, TokenInterceptor
+from agent.dataplane import DataPlane, InferRequest, Limits, Tensor, tensor_bytes
 from agent.errors import (
     AgentError,
     ArtifactError,
     BackendUnavailable,
+    HealthCheckFailed,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
+    Refused,
 )
 from protos import inference_pb2, inference_pb2_grpc
 
@@ -36,6 +40,8 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (BackendUnavailable, grpc.StatusCode.FAILED_PRECONDITION),
     (ArtifactError, grpc.StatusCode.FAILED_PRECONDITION),
+    (HealthCheckFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (Refused, grpc.StatusCode.FAILED_PRECONDITION),
     (AgentError, grpc.StatusCode.INTERNAL),
 )
 
@@ -79,22 +85,17 @@ def _grpc_errors(method):
     return wrapper
 
 
-def decode_request(pb: inference_pb2.ModelInferRequest) -> InferRequest:
+def decode_request(pb: inference_pb2.ModelInferRequest, limits: Limits) -> InferRequest:
     """Protobuf -> dataplane request; every size and type mismatch is ``InvalidInput``."""
     raw = list(pb.raw_input_contents)
     if raw and len(raw) != len(pb.inputs):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(pb.inputs)} inputs")
     inputs = []
     for i, t in enumerate(pb.inputs):
-        dtype = DTYPE_OF.get(t.datatype)
-        if dtype is None:
-            raise InvalidInput(f"input {t.name!r}: unsupported datatype {t.datatype!r}")
         shape = tuple(int(d) for d in t.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"input {t.name!r}: negative dimension in shape {list(shape)}")
-        count = int(np.prod(shape)) if shape else 1
+        dtype, expected = tensor_bytes(t.name, t.datatype, shape, limits)
+        count = expected // dtype.itemsize
         if raw:
-            expected = count * dtype.itemsize
             if len(raw[i]) != expected:
                 raise InvalidInput(
                     f"input {t.name!r}: {len(raw[i])} raw bytes, shape {list(shape)} of {t.datatype} needs {expected}"
@@ -162,7 +163,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_grpc_errors
     def ModelInfer(self, request, context):
-        response = self.dataplane.infer(decode_request(request))
+        response = self.dataplane.infer(decode_request(request, self.dataplane.limits))
         out = inference_pb2.ModelInferResponse(
             model_name=response.model_name, model_version=response.model_version, id=response.id
         )
@@ -171,19 +172,73 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             out.raw_output_contents.append(np.ascontiguousarray(t.data).tobytes())
         return out
 
+    @_grpc_errors
+    def ModelStatistics(self, request, context):
+        return statistics_pb(self.dataplane.statistics(request.name, request.version))
+
+    @_grpc_errors
+    def RepositoryIndex(self, request, context):
+        out = inference_pb2.RepositoryIndexResponse()
+        for m in self.dataplane.repository_index(request.ready):
+            out.models.add(name=m.name, version=m.version, state=m.state, reason=m.reason)
+        return out
+
+    @_grpc_errors
+    def RepositoryModelLoad(self, request, context):
+        self.dataplane.load_model(request.model_name)
+        return inference_pb2.RepositoryModelLoadResponse()
+
+    @_grpc_errors
+    def RepositoryModelUnload(self, request, context):
+        self.dataplane.unload_model(request.model_name)
+        return inference_pb2.RepositoryModelUnloadResponse()
+
+
+def _duration(pb, d) -> None:
+    pb.count, pb.ns = d.count, d.ns
+
+
+def statistics_pb(models) -> inference_pb2.ModelStatisticsResponse:
+    """``ModelStats`` -> Triton's ``ModelStatisticsResponse`` (the HTTP twin: stats.statistics_json)."""
+    out = inference_pb2.ModelStatisticsResponse()
+    for m in models:
+        pb = out.model_stats.add(name=m.name, version=m.version, last_inference=m.last_inference_ms,
+                                 inference_count=m.inference_count, execution_count=m.execution_count)  # fmt: skip
+        st = pb.inference_stats
+        for part in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+            _duration(getattr(st, part), getattr(m, part))
+        for size, b in sorted(m.batches.items()):
+            bs = pb.batch_stats.add(batch_size=size)
+            for part in ("compute_input", "compute_infer", "compute_output"):
+                _duration(getattr(bs, part), getattr(b, part))
+    return out
+
 
 class InferenceServer:
-    """A running gRPC server on ``host:port`` (port 0 = a free one, see ``.port``)."""
+    """A running gRPC server on ``host:port`` (port 0 = a free one, see ``.port``). ``token``:
+    the bearer token every call but liveness/readiness must carry (None = open). A message
+    larger than the dataplane's request limit (plus room for the protobuf framing) is refused
+    by gRPC itself (RESOURCE_EXHAUSTED) before it is buffered whole."""
 
     def __init__(
-        self, dataplane: DataPlane, *, host: str = "0.0.0.0", port: int = 8001, workers: int = 8
+        self,
+        dataplane: DataPlane,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        workers: int = 8,
+        token: str | None = None,
     ) -> None:
         self.dataplane = dataplane
+        receive = min(dataplane.limits.max_bytes + 64 * 1024, MAX_MESSAGE_BYTES)
         options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+        interceptors = [TokenInterceptor(BearerToken(token))] if token else []
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers), options=options, interceptors=interceptors
+        )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(dataplane), self._server
         )

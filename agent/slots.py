@@ -282,6 +282,15 @@ class ModelSlots:
         log.info("rolled back to %s (from %s): %s", prev.version, old.version if old else None, reason)
         return prev
 
+    def drop_previous(self, reason: str = "") -> LoadedModel | None:
+        """Forget the previous slot (an unloaded model is not switched back to); returns it."""
+        with self._lock:
+            prev, self._previous = self._previous, None
+            self._save_state()
+        if prev is not None:
+            self.on_event("unloaded", prev.version, {"reason": reason})
+        return prev
+
     # -- survive restarts
     def _save_state(self) -> None:
         """Record every slot (what ``restore`` needs to serve the same models again), atomically."""

@@ -78,7 +78,7 @@ class DetectionOutput(_message.Message):
     def __init__(self, boxes_output: _Optional[str] = ..., logits_output: _Optional[str] = ..., box_format: _Optional[str] = ..., normalized: _Optional[bool] = ..., score_activation: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("schema_version", "name", "version", "task", "labels", "inputs", "outputs", "preprocessing", "metrics", "lineage", "sha256", "onnx_file", "created_at", "precision", "opset", "detection", "backbone", "size_bytes", "complexity")
+    __slots__ = ("schema_version", "name", "version", "task", "labels", "inputs", "outputs", "preprocessing", "metrics", "lineage", "sha256", "onnx_file", "created_at", "precision", "opset", "detection", "backbone", "size_bytes", "complexity", "max_batch")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class Manifest(_message.Message):
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPLEXITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     name: str
     version: str
@@ -131,4 +132,5 @@ class Manifest(_message.Message):
     backbone: str
     size_bytes: int
     complexity: _containers.ScalarMap[str, float]
-    def __init__(self, schema_version: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., sha256: _Optional[str] = ..., onnx_file: _Optional[str] = ..., created_at: _Optional[str] = ..., precision: _Optional[str] = ..., opset: _Optional[int] = ..., detection: _Optional[_Union[DetectionOutput, _Mapping]] = ..., backbone: _Optional[str] = ..., size_bytes: _Optional[int] = ..., complexity: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    max_batch: int
+    def __init__(self, schema_version: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., lineage: _Optional[_Union[Lineage, _Mapping]] = ..., sha256: _Optional[str] = ..., onnx_file: _Optional[str] = ..., created_at: _Optional[str] = ..., precision: _Optional[str] = ..., opset: _Optional[int] = ..., detection: _Optional[_Union[DetectionOutput, _Mapping]] = ..., backbone: _Optional[str] = ..., size_bytes: _Optional[int] = ..., complexity: _Optional[_Mapping[str, float]] = ..., max_batch: _Optional[int] = ...) -> None: ...

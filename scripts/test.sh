@@ -5,14 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 ensure_venv dev
-# tritonclient for the "unmodified Triton client" test. It pins protobuf < 7 and registers its own
-# `inference` protos, so it lives in its own --target folder that only that test's subprocess sees.
+# tritonclient for the "unmodified Triton client" tests (gRPC and HTTP). It pins protobuf < 7 and
+# registers its own `inference` protos, so it lives in its own --target folder that only those
+# tests' subprocesses see. The stamp names the extras, so an older gRPC-only folder is refreshed.
 TRITON_DIR="$VENV/tritonclient"
-if [ ! -f "$TRITON_DIR/.installed" ]; then
-  "$VENV/bin/python" -m pip install -q --target "$TRITON_DIR" "tritonclient[grpc]>=2.40" \
-    && touch "$TRITON_DIR/.installed" || echo "could not install tritonclient; its test is skipped"
+if [ ! -f "$TRITON_DIR/.installed-grpc-http" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade --target "$TRITON_DIR" "tritonclient[grpc,http]>=2.40" \
+    && touch "$TRITON_DIR/.installed-grpc-http" || echo "could not install tritonclient; its tests are skipped"
 fi
-[ -f "$TRITON_DIR/.installed" ] && export EDGELOOP_TRITONCLIENT_PATH="$TRITON_DIR"
+[ -f "$TRITON_DIR/.installed-grpc-http" ] && export EDGELOOP_TRITONCLIENT_PATH="$TRITON_DIR"
 # A real broker for the MQTT tests: Mosquitto from Debian when we may install it; the fixtures
 # fall back to the pure-Python amqtt broker when it is absent.
 if ! command -v mosquitto >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

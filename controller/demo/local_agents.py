@@ -124,6 +124,7 @@ class LocalFleet:
             "--hardware-class", cls.name,
             "--threads", str(cls.threads),
             "--serve-port", "-1",
+            "--http-port", "-1",
         ]  # fmt: skip
         with log_path.open("ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -28,7 +28,7 @@ QUICK = BenchConfig(scenarios=("singlestream",), duration_ms=100, min_queries=8)
 @pytest.fixture
 def executor(tmp_path):
     runtime = AgentRuntime(
-        AgentSettings(agent_dir=tmp_path / "agent", threads=1, serve_port=0), deploy_bench=QUICK
+        AgentSettings(agent_dir=tmp_path / "agent", threads=1, serve_port=0, http_port=-1), deploy_bench=QUICK
     )
     yield runtime.start()
     runtime.close()
@@ -123,11 +123,11 @@ def test_nothing_runs_before_start_and_nothing_after_close(tmp_path) -> None:
     port = free_port()
     threads = threading.active_count()
     runtime = AgentRuntime(AgentSettings(agent_dir=tmp_path / "a", threads=1, serve_host="127.0.0.1",
-                                         serve_port=port, batch_delay_ms=5), deploy_bench=None)  # fmt: skip
+                                         serve_port=port, http_port=0, batch_delay_ms=5), deploy_bench=None)  # fmt: skip
     assert not _listening(port) and threading.active_count() == threads
     assert runtime.served == [] and runtime.dataplane.batcher is None
     with runtime:
-        assert _listening(port) and runtime.served == [runtime.grpc_server]
+        assert _listening(port) and runtime.served == [runtime.grpc_server, runtime.http_server]
         assert runtime.dataplane.batcher is not None
     assert not _listening(port) and runtime.served == [] and runtime.dataplane.batcher is None
 
@@ -138,7 +138,7 @@ def test_a_port_in_use_fails_start_and_leaves_nothing_running(tmp_path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         runtime = AgentRuntime(AgentSettings(agent_dir=tmp_path / "a", serve_host="127.0.0.1", serve_port=port,
-                                             batch_delay_ms=5), deploy_bench=None)  # fmt: skip
+                                             http_port=-1, batch_delay_ms=5), deploy_bench=None)  # fmt: skip
         with pytest.raises((OSError, RuntimeError), match=str(port)):
             runtime.start()
         assert not runtime.started and runtime.served == [] and runtime.dataplane.batcher is None
@@ -147,7 +147,7 @@ def test_a_port_in_use_fails_start_and_leaves_nothing_running(tmp_path) -> None:
 def test_fleet_mode_batches_concurrent_requests(tmp_path, artifacts) -> None:
     """What only `agent serve` had: dynamic batching, now from the settings of either command."""
     settings = AgentSettings(agent_dir=tmp_path / "a", threads=1, serve_host="127.0.0.1", serve_port=0,
-                             batch_delay_ms=200, max_batch=8)  # fmt: skip
+                             http_port=-1, batch_delay_ms=200, max_batch=8)  # fmt: skip
     with AgentRuntime(settings, deploy_bench=None) as runtime:
         v = make_artifact(artifacts, "fxb", version="colour:fxb")
         runtime.deploy(**_args(v), shards=Shards(), command=fleet_pb2.Deploy(activate=True))
@@ -162,7 +162,7 @@ def test_fleet_mode_batches_concurrent_requests(tmp_path, artifacts) -> None:
 
 
 def test_restart_restores_the_slots(tmp_path, artifacts) -> None:
-    settings = AgentSettings(agent_dir=tmp_path / "a", threads=1, serve_port=-1)
+    settings = AgentSettings(agent_dir=tmp_path / "a", threads=1, serve_port=-1, http_port=-1)
     with AgentRuntime(settings, deploy_bench=None) as runtime:
         v = make_artifact(artifacts, "fxr", version="colour:fxr")
         runtime.deploy(**_args(v), shards=Shards(), command=fleet_pb2.Deploy(activate=True))

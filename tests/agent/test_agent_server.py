@@ -139,6 +139,17 @@ TRITON_CLIENT = textwrap.dedent(
         assert "INVALID_ARGUMENT" in str(exc.status()), exc.status()
     else:
         raise SystemExit("malformed request accepted")
+    stats = client.get_inference_statistics("colour").model_stats[0]  # the statistics extension
+    assert (stats.inference_stats.success.count, stats.inference_stats.fail.count) == (1, 1), stats
+    assert stats.inference_count == 2 and [b.batch_size for b in stats.batch_stats] == [2], stats
+    index = client.get_model_repository_index().models  # the repository extension
+    assert [(m.name, m.state) for m in index] == [("colour", "READY")], index
+    try:
+        client.unload_model("colour")  # the only model: refused
+    except tc.InferenceServerException as exc:
+        assert "FAILED_PRECONDITION" in str(exc.status()) and "only model" in exc.message(), exc
+    else:
+        raise SystemExit("unloaded the only model")
     print("tritonclient ok")
     """
 )

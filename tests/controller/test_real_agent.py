@@ -42,7 +42,7 @@ def _real_agent(target: str, agent_dir: Path, name: str) -> RunningAgent:
     from agent.runtime import AgentRuntime
 
     settings = AgentSettings(agent_dir=agent_dir, threads=1, hardware_class="cpu-1t", name=name,
-                             tags=("real",), serve_port=-1)  # fmt: skip
+                             tags=("real",), serve_port=-1, http_port=-1)  # fmt: skip
     executor = AgentRuntime(settings, deploy_bench=BenchConfig(scenarios=("singlestream", "offline"),
                                                                duration_ms=300, min_queries=16)).start()  # fmt: skip
     client = FleetClient(

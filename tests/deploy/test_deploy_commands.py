@@ -237,6 +237,10 @@ def _start_stack(
         ag_argv = _localise_flag(
             _local_argv(service_argv(ag_service)), "--serve-port", str(stack.inference_ports["agent-compose"])
         )
+        sd_argv = _localise_flag(sd_argv, "--http-port", str(free_port()))
+        ag_argv = _localise_flag(
+            _localise_flag(ag_argv, "--http-port", str(free_port())), "--serve-host", "127.0.0.1"
+        )
         stack.procs.append(Proc("agent-systemd", sd_argv, sd_env, tmp_path, cwd=tmp_path / "agent-systemd"))
         stack.procs.append(Proc("agent-compose", ag_argv, ag_env, tmp_path))
         stack.agent_env = ag_env
