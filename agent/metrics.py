@@ -91,10 +91,10 @@ class _Collector:
         yield memory
         if self.host is not None:
             values = self.host.collect()
-            for name, (key, doc) in HOST_GAUGES.items():
+            for name, (field, doc) in HOST_GAUGES.items():
                 gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
-                if values.get(key) is not None:
-                    gauge.add_metric([], float(values[key]))
+                if values.get(field) is not None:
+                    gauge.add_metric([], float(values[field]))
                 yield gauge
 
 

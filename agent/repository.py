@@ -107,10 +107,11 @@ class ModelRepository:
     def load(self, name: str) -> LoadedModel:
         with self._lock:
             s = self.slots
-            if _matches(s.active, name):
-                return s.active
-            if _matches(s.previous, name):
-                return s.rollback(s.previous.version, reason="repository load")
+            active, previous = s.active, s.previous
+            if active is not None and _matches(active, name):
+                return active
+            if previous is not None and _matches(previous, name):
+                return s.rollback(previous.version, reason="repository load")
             onnx = self._folder(name)
             if onnx is None:
                 raise ModelNotFound(f"model {name!r} is neither loaded nor in this agent's model repository")
@@ -119,7 +120,10 @@ class ModelRepository:
                               precision=self.precision)  # fmt: skip
             if not result.ok:
                 raise HealthCheckFailed(f"model {name!r} was not loaded: {result.reason}")
-            return s.active
+            loaded = s.active
+            if loaded is None:  # a concurrent unload is impossible under the lock; say so if it happens
+                raise HealthCheckFailed(f"model {name!r} loaded but no model is active")
+            return loaded
 
     def unload(self, name: str) -> None:
         with self._lock:
