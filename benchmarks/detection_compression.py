@@ -63,14 +63,12 @@ def cmd_train(args) -> int:
     counts = synthesize(args.data, args.num_images, args.image_size, args.seed, workers=args.workers)
     log.info("data %s in %.1fs", counts, time.time() - t0)
     spec = ROOT / "trainer" / "specs" / "detection.yaml"
+    # the recipe's defaults: bf16 autocast, channels_last, batched loss, EMA, the schedule's
+    # horizon = the time limit; loader workers from the cores
     train = [
-        f"train.batch_size={args.batch_size}",
-        f"train.num_workers={args.workers}",
-        f"train.lr={args.lr}",
         "train.warmup_epochs=1",
-        "train.val_interval=2",
-        "train.amp=false",
-        "train.channels_last=false",
+        f"train.val_interval={args.val_interval}",
+        f"train.ema_decay={args.ema_decay}",
         "evaluate.batch_size=64",
     ]
     base = common_overrides(args) + train
@@ -84,6 +82,8 @@ def cmd_train(args) -> int:
             f"results_dir={args.runs}",
             f"model.backbone={args.teacher}",
             f"model.num_queries={args.teacher_queries}",
+            f"train.batch_size={args.teacher_batch or args.batch_size}",
+            f"train.lr={args.teacher_lr or args.lr}",
             f"train.epochs={args.teacher_epochs}",
             f"train.time_limit_s={args.teacher_time}",
         ],
@@ -101,6 +101,8 @@ def cmd_train(args) -> int:
             f"results_dir={args.runs}",
             f"model.backbone={args.student}",
             f"model.num_queries={args.queries}",
+            f"train.batch_size={args.batch_size}",
+            f"train.lr={args.lr}",
             f"train.epochs={args.student_epochs}",
             f"train.time_limit_s={args.student_time}",
             f"distill.teacher.backbone={args.teacher}",
@@ -113,8 +115,13 @@ def cmd_train(args) -> int:
     parts_dir = Path(args.runs) / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
     files = split_checkpoint(Path(student.model_path), parts_dir, "student")
-    files += split_checkpoint(Path(teacher.model_path), parts_dir, "teacher")
+    if args.send_teacher:  # 43 M parameters are ~80 MB even as zlib'd fp16: over one call's 64 MiB
+        files += split_checkpoint(Path(teacher.model_path), parts_dir, "teacher")
     summary: dict = {"teacher": teacher.metrics, "student": student.metrics, "data": counts}
+    summary["teacher_overrides"] = TEACHER_MODEL + [
+        f"model.backbone={args.teacher}",
+        f"model.num_queries={args.teacher_queries}",
+    ]
     # what fits the transfer budget now goes to --out; the rest stays in parts_dir
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,13 +158,31 @@ def cmd_train(args) -> int:
                 "evaluate.batch_size=32",
             ],
         )
-        summary["teacher_onnx_test"] = {k: ev.metrics[k] for k in ("map", "map50", "ap_per_class")}
+        summary["teacher_onnx_test"] = {k: ev.metrics[k] for k in ("map", "map50", "map75", "ap_per_class")}
     except Exception as exc:  # a cross-check only
         summary["teacher_onnx_test"] = f"failed: {exc}"
     summary["wall_s"] = round(time.time() - t0, 1)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("teacher", "student")}, default=str))
     return 0
+
+
+def same_shape_teacher(args, summary: dict, spec: Path, path: Path) -> Path:
+    """A teacher checkpoint with the trained one's architecture (from the training summary) and
+    fresh weights: ONNX Runtime's time for this NMS-free model does not depend on the weights."""
+    from trainer.spec import load_spec
+    from trainer.tasks.detection.data import open_split
+    from trainer.tasks.detection.model import build_detector, detector_config, save_detector
+    from trainer.tasks.detection.spec import DetectionSpec
+
+    overrides = common_overrides(args) + summary.get("teacher_overrides", TEACHER_MODEL)
+    tspec = load_spec(DetectionSpec, spec, overrides)
+    split = open_split(tspec, "train")
+    model = build_detector(detector_config(tspec, split.labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_detector(
+        model, path, labels=split.labels, mean=list(tspec.dataset.mean), std=list(tspec.dataset.std)
+    )
 
 
 class _Timer:
@@ -215,9 +240,15 @@ def cmd_measure(args) -> int:
         "student_int8": runs / "student" / "quantize" / "model.onnx",
     }
     reuse = args.reuse and all(p.is_file() for p in onnx.values())
+    summary_file = ckpt_dir / "train_summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    teacher_map_from_device = not list(ckpt_dir.glob("teacher.pth.part*"))
     if not reuse:
-        teacher = join_checkpoint(ckpt_dir, "teacher", runs / "teacher" / "model.pth")
         student = join_checkpoint(ckpt_dir, "student", runs / "student" / "model.pth")
+        if teacher_map_from_device:
+            teacher = same_shape_teacher(args, summary, spec, runs / "teacher" / "model.pth")
+        else:
+            teacher = join_checkpoint(ckpt_dir, "teacher", runs / "teacher" / "model.pth")
         for name, ckpt in (("teacher", teacher), ("student", student)):
             r = run_action(
                 "detection",
@@ -241,7 +272,11 @@ def cmd_measure(args) -> int:
         )
         onnx["student_int8"] = Path(q.onnx_path)
     maps = {}
+    if teacher_map_from_device:
+        maps["teacher"] = summary["teacher_onnx_test"]
     for name, path in onnx.items():
+        if name in maps:
+            continue
         metrics_file = runs / name / "evaluate" / "metrics.json"
         if reuse and metrics_file.is_file():
             maps[name] = json.loads(metrics_file.read_text())
@@ -282,11 +317,22 @@ def cmd_measure(args) -> int:
             f"{r['model']:14s} {r['map']:7.4f} {r['map50']:7.4f} {r['images_per_s_b1']:9.2f} "
             f"{r['images_per_s_b8']:9.2f} {r['speedup_b1']:6.2f} {r['speedup_b8']:6.2f} {r['onnx_mb']:7.2f}"
         )
+    if teacher_map_from_device:
+        print(
+            "teacher mAP: its ONNX evaluated on the GPU machine's CPU in the training call (the weights do "
+            "not fit one transfer); its images/s: the same architecture exported here"
+        )
     s8 = rows[-1]
     goal = min(s8["speedup_b1"], s8["speedup_b8"]) >= 3.0 and s8["map_drop_points"] <= 1.0
     print(f"goal (INT8 student >= 3x teacher img/s, mAP drop <= 1.0 point): {'met' if goal else 'MISSED'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "threads": threads, "goal_met": goal}, indent=1))
+        out = {
+            "rows": rows,
+            "threads": threads,
+            "goal_met": goal,
+            "teacher_map_from_device": teacher_map_from_device,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
 
@@ -310,8 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--out-budget-mb", type=float, default=60.0)
     t.add_argument("--out-files", type=int, default=6)
     t.add_argument("--student", default="resnet18")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--batch-size", type=int, default=64, help="the student's")
+    t.add_argument("--lr", type=float, default=4e-4, help="the student's")
+    t.add_argument("--teacher-batch", type=int, default=0, help="default --batch-size")
+    t.add_argument("--teacher-lr", type=float, default=0.0, help="default --lr")
+    t.add_argument("--val-interval", type=int, default=2)
+    t.add_argument("--ema-decay", type=float, default=0.998)
+    t.add_argument("--send-teacher", action="store_true", help="also split the teacher into parts for --out")
     t.add_argument("--teacher-epochs", type=int, default=18)
     t.add_argument("--student-epochs", type=int, default=18)
     t.add_argument("--teacher-time", type=float, default=220)
