@@ -91,6 +91,15 @@ def cmd_train(args) -> int:
     log.info(
         "teacher %s (%.0fs)", {k: v for k, v in teacher.metrics.items() if k != "history"}, time.time() - t0
     )
+    tev = run_action(
+        "detection",
+        "evaluate",
+        spec,
+        common_overrides(args)
+        + [f"results_dir={args.runs}/teacher_eval", f"evaluate.checkpoint={teacher.model_path}"],
+    )
+    teacher_torch_test = {k: tev.metrics[k] for k in ("map", "map50", "map75")}
+    log.info("teacher on test (PyTorch): %s", teacher_torch_test)
     student = run_action(
         "detection",
         "distill",
@@ -118,6 +127,7 @@ def cmd_train(args) -> int:
     if args.send_teacher:  # 43 M parameters are ~80 MB even as zlib'd fp16: over one call's 64 MiB
         files += split_checkpoint(Path(teacher.model_path), parts_dir, "teacher")
     summary: dict = {"teacher": teacher.metrics, "student": student.metrics, "data": counts}
+    summary["teacher_torch_test"] = teacher_torch_test
     summary["teacher_overrides"] = TEACHER_MODEL + [
         f"model.backbone={args.teacher}",
         f"model.num_queries={args.teacher_queries}",
