@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 BLOCK = 1 << 20  # bytes handed to the hashing writer at a time
+PROGRESS_EVERY = 8 << 20  # on_progress at most this often (each becomes a status the controller stores)
 MAX_INTERRUPTIONS = 3  # cuts in a row, each resumed, before the URL is given up for gRPC
 
 
@@ -102,7 +103,7 @@ def fetch_url(
                     )
                 sink = _HashingWriter(fd, digest)
                 pending: list[bytes] = []  # the transport's pieces (64 KiB), handed on per MiB
-                held = 0
+                held, reported = 0, offset
                 try:
                     for data in resp.iter_raw():
                         if ref.size_bytes and offset + held + len(data) > ref.size_bytes:
@@ -112,8 +113,9 @@ def fetch_url(
                         if held >= BLOCK:
                             sink.put(b"".join(pending))
                             offset, received, pending, held = offset + held, received + held, [], 0
-                            if on_progress is not None:
+                            if on_progress is not None and offset - reported >= PROGRESS_EVERY:
                                 on_progress(offset, ref.size_bytes)
+                                reported = offset
                 except httpx.TransportError as exc:
                     raise DownloadInterrupted(
                         f"{_where(ref.url)} broke at {offset + held} bytes: {type(exc).__name__}"
