@@ -74,8 +74,9 @@ class LocalStore:
         if not self.base_url:
             return ""
         uri = f"{urlsplit(self.base_url).path}/{name}"
-        token = secure_link_token(uri, expires_at, device_id, self.secret)
-        return f"{self.base_url}/{name}?md5={token}&expires={expires_at}&device={quote(device_id, safe='')}"
+        device = quote(device_id, safe="")  # nginx's $arg_device is the argument as sent, still encoded
+        token = secure_link_token(uri, expires_at, device, self.secret)
+        return f"{self.base_url}/{name}?md5={token}&expires={expires_at}&device={device}"
 
 
 class S3Store:

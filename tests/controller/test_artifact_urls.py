@@ -76,6 +76,7 @@ def test_signed_url_serves_ranges_and_altered_or_expired_urls_are_refused(served
     assert httpx.get(url.replace(md5, md5[:-1] + ("A" if md5[-1] != "A" else "B"))).status_code == 403
     assert httpx.get(url.split("?")[0]).status_code == 403, "no signature at all"
     assert httpx.get(ref(ttl=-5).url).status_code == 410, "expired"
+    assert httpx.get(ref(device="dev 1/ä&x=y").url).content == data, "an id that needs URL-encoding"
     wrong = LocalStore(Path("."), base_url=ng.base_url, secret="not-the-secret")
     name = url.split("/artifacts/")[1].split("?")[0]
     assert httpx.get(wrong.url(name, device_id="dev-1", expires_at=int(time.time()) + 60)).status_code == 403

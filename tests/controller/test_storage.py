@@ -116,7 +116,9 @@ def test_secure_link_token_is_nginx_md5_base64url() -> None:
     assert url.startswith("https://cdn.example/a/artifacts/x.onnx?md5=") and url.endswith(
         "&expires=5&device=dev%2F1"
     )
-    assert secure_link_token("/a/artifacts/x.onnx", 5, "dev/1", "s3cret") in url
+    assert secure_link_token("/a/artifacts/x.onnx", 5, "dev%2F1", "s3cret") in url, (
+        "over the argument as sent"
+    )
     assert LocalStore(Path(".")).url("x.onnx", device_id="d", expires_at=5) == "", "no nginx: gRPC only"
 
 
