@@ -235,6 +235,42 @@ def test_bad_bytes_on_nginx_fall_back_to_grpc_with_the_reason_recorded(
         ng.stop()
 
 
+def test_a_url_cut_every_time_is_given_up_and_grpc_resumes_from_its_bytes(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Every connection to nginx is cut (a proxy the test controls): the agent resumes with Range
+    until it gives the URL up, then gRPC goes on from the bytes already on disk."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    ng = start_nginx(tmp_path / "nginx", data_dir, SECRET)
+    proxy = CuttingProxy(upstream=ng.port, cut_after=400_000, cut_connections=1000).start()
+    ctl = make_controller(data_dir, sqlite_url, artifact_url_base=f"http://127.0.0.1:{proxy.port}/artifacts",
+                          artifact_url_secret=SECRET)  # fmt: skip
+    agent = None
+    try:
+        mv = ctl.import_model(
+            write_onnx(tmp_path / "m.onnx", "v1", pad_bytes=3 << 20), manifest_json("tiny:1")
+        )
+        agent = start_agent(ctl.grpc_target, tmp_path / "agent", TOKEN)
+        served0 = ctl.ctx.metrics.bytes_served._value.get()
+        done = _deploy(ctl, agent.device_id, "tiny:1")
+        assert done.state == RolloutState.succeeded, (done.reason, [d.message for d in done.deployments])
+        with ctl.session() as s:
+            (command,) = s.exec(select(Command).where(Command.device_id == agent.device_id)).all()
+        assert "over gRPC: URL failed (cut 3 times" in command.message, command.message
+        ranges = [line for line in ng.access_log() if line.startswith("206 ")]
+        assert len(ranges) == 2, ng.access_log()  # the 2nd and 3rd attempts resumed
+        from_grpc = ctl.ctx.metrics.bytes_served._value.get() - served0
+        assert 0 < from_grpc < mv.size_bytes - 2 * 300_000, "gRPC sent only what the URL had not"
+        assert (tmp_path / "agent" / "artifacts" / f"{mv.sha256}.onnx").stat().st_size == mv.size_bytes
+    finally:
+        if agent is not None:
+            agent.stop()
+        ctl.stop()
+        proxy.stop()
+        ng.stop()
+
+
 def test_each_device_gets_its_own_url_and_none_is_stored(tmp_path: Path, sqlite_url: str) -> None:
     """URLs are made as a command goes onto a device's stream: each names that device (nginx
     refuses it for another), and the stored command has none (a resend gets a fresh one)."""
