@@ -8,6 +8,7 @@ gRPC: errors are ``agent.errors`` types, mapped to status codes by the protocol 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -74,6 +75,32 @@ def tensor_bytes(
             f"maximum request of {limits.max_bytes}"
         )
     return dtype, nbytes
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching of one model (Triton's ``dynamic_batching``): ``max_delay_s`` of waiting,
+    up to ``max_batch`` rows, a batch reaching a preferred size runs at once."""
+
+    max_batch: int = 8
+    max_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_delay_s > 0 or bool(self.preferred_batch_sizes)
+
+    def as_json(self) -> dict:
+        return {"max_batch": self.max_batch, "max_delay_s": self.max_delay_s,
+                "preferred_batch_sizes": list(self.preferred_batch_sizes)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Batching:
+        return cls(
+            int(doc["max_batch"]),
+            float(doc["max_delay_s"]),
+            tuple(int(b) for b in doc["preferred_batch_sizes"]),
+        )
 
 
 @dataclass
@@ -146,6 +173,46 @@ class DataPlane:
         self.limits = limits or Limits()
         self.model_stats = ModelStatistics()  # the statistics extension and /metrics read it
         self.repository = ModelRepository(slots)  # the runtime replaces it with its own settings
+        # per model version dynamic batching (a fleet deploy's); others use ``batcher``
+        self.model_batching: dict[str, Batching] = {}
+        self._model_batchers: dict[str, DynamicBatcher] = {}
+        self._batchers_lock = threading.Lock()
+
+    def set_batching(self, version: str, batching: Batching | None) -> None:
+        """Dynamic batching for one model version (None: the agent-wide ``batcher`` again)."""
+        with self._batchers_lock:
+            old = self._model_batchers.pop(version, None)
+            if batching is None:
+                self.model_batching.pop(version, None)
+            else:
+                self.model_batching[version] = batching
+        if old is not None:
+            old.close()
+
+    def batcher_for(self, version: str) -> DynamicBatcher | None:
+        """The batcher requests for ``version`` go through: its own when its deploy set one."""
+        batching = self.model_batching.get(version)
+        if batching is None:
+            return self.batcher
+        if not batching.enabled:
+            return None
+        with self._batchers_lock:
+            batcher = self._model_batchers.get(version)
+            if batcher is None:
+                batcher = self.make_batcher(
+                    batching.max_batch, batching.max_delay_s, batching.preferred_batch_sizes
+                )
+                self._model_batchers[version] = batcher
+            return batcher
+
+    def close_batchers(self) -> None:
+        """Stop every batcher (the runtime's close)."""
+        with self._batchers_lock:
+            batchers, self._model_batchers = [*self._model_batchers.values(), self.batcher], {}
+            self.batcher = None
+        for b in batchers:
+            if b is not None:
+                b.close()
 
     def make_batcher(
         self, max_batch: int, max_delay_s: float, preferred_batch_sizes: tuple[int, ...] = ()
@@ -212,10 +279,11 @@ class DataPlane:
             "input": [io(t) for t in model.engine.inputs],
             "output": [io(t) for t in model.engine.outputs],
         }
-        if self.batcher is not None:
+        batcher = self.batcher_for(model.version)
+        if batcher is not None:
             config["dynamic_batching"] = {
-                "preferred_batch_size": sorted(self.batcher.preferred),
-                "max_queue_delay_microseconds": int(self.batcher.max_delay_s * 1e6),
+                "preferred_batch_size": sorted(batcher.preferred),
+                "max_queue_delay_microseconds": int(batcher.max_delay_s * 1e6),
             }
         return config
 
@@ -279,8 +347,9 @@ class DataPlane:
                 out_names = list(request.outputs)
             feeds = {name: t.data for name, t in given.items()}
             tag = (model.name, model.version)
-            if self.batcher is not None:
-                results, timing = self.batcher.run_timed(engine, feeds, tag)
+            batcher = self.batcher_for(model.version)
+            if batcher is not None:
+                results, timing = batcher.run_timed(engine, feeds, tag)
             else:
                 results, timing = run_timed(engine, feeds)
                 self._executed(tag, timing.batch, 0, timing.infer_ns, 0)

@@ -26,6 +26,7 @@ restarted agent serves the same model under the same name and version.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from typing import Protocol
 
 from agent.bench import BenchConfig, PeakMemory, benchmark_engine
 from agent.config import AgentSettings
-from agent.dataplane import DataPlane, Limits
+from agent.dataplane import Batching, DataPlane, Limits
 from agent.engine_cache import EngineCache
 from agent.engines import build_engine, record_engine
 from agent.errors import AgentError, ArtifactError, HealthCheckFailed
@@ -76,6 +77,14 @@ class SlotState:
     candidate: str = ""
     previous: str = ""
     cached: list[str] = field(default_factory=list)
+
+
+def batching_of(pb: fleet_pb2.DynamicBatching, settings: AgentSettings) -> Batching:
+    """A deploy's ``DynamicBatching`` -> the dataplane's; bounded by the agent's request limit."""
+    preferred = tuple(sorted({int(b) for b in pb.preferred_batch_sizes if b > 0}))
+    largest = pb.max_batch or (max(preferred) if preferred else settings.max_batch)
+    return Batching(max_batch=max(1, min(largest, settings.max_request_batch)),
+                    max_delay_s=max(pb.max_queue_delay_us, 0) / 1e6, preferred_batch_sizes=preferred)  # fmt: skip
 
 
 def _manifest(manifest_json: str) -> artifact_pb2.Manifest | None:
@@ -122,6 +131,32 @@ class AgentRuntime:
         self.served: list[Served] = []  # started, in start order
         self.started = False
 
+    # -- dynamic batching per model (a fleet deploy's, kept across restarts)
+    @property
+    def _batching_file(self) -> Path | None:
+        return self.settings.slots_dir / "batching.json" if self.slots.state_dir is not None else None
+
+    def set_batching(self, version: str, batching: Batching | None) -> None:
+        self.dataplane.set_batching(version, batching)
+        path = self._batching_file
+        if path is not None:
+            doc = {v: b.as_json() for v, b in self.dataplane.model_batching.items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+            tmp.replace(path)
+
+    def _restore_batching(self) -> None:
+        path = self._batching_file
+        if path is None or not path.is_file():
+            return
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for version, b in doc.items():
+                self.dataplane.set_batching(version, Batching.from_json(b))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("per-model batching in %s not restored (%s): the agent's settings apply", path, exc)
+
     # -- lifecycle
     def _components(self) -> Iterator[Served]:
         """The served components, built when started (building one may bind its port)."""
@@ -143,6 +178,7 @@ class AgentRuntime:
         self.started = True
         try:
             self.slots.restore()
+            self._restore_batching()
             self.streams.restore()
             if self.settings.batch_delay_ms > 0:
                 self.dataplane.batcher = self.dataplane.make_batcher(
@@ -171,9 +207,7 @@ class AgentRuntime:
         self.streams.close()
         while self.served:
             self.served.pop().stop()
-        if self.dataplane.batcher is not None:
-            self.dataplane.batcher.close()
-            self.dataplane.batcher = None
+        self.dataplane.close_batchers()
         if self.telemetry is not None:
             self.telemetry.stop()
             self.telemetry = None
@@ -235,6 +269,8 @@ class AgentRuntime:
                                        accuracy_floor=command.accuracy_floor, activate=command.activate)  # fmt: skip
             if not result.ok:
                 raise HealthCheckFailed(result.reason)
+            if command.HasField("batching"):
+                self.set_batching(result.model_version, batching_of(command.batching, self.settings))
             loaded = self.slots.active if result.activated else self.slots.candidate
             if loaded is None:
                 raise HealthCheckFailed("the deployed model is in neither slot after its health check")

@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--evaluation", help="evaluation shard artifact id")
+    p.add_argument("--preferred-batch-sizes", default="",
+                   help="dynamic batching on the devices: comma-separated sizes (default: the agents' settings)")  # fmt: skip
+    p.add_argument("--max-queue-delay-us", type=int, default=0,
+                   help="dynamic batching: longest wait to merge requests, microseconds")  # fmt: skip
     for action in ("pause", "resume", "abort", "rollback"):
         sub.add_parser(action, help=f"{action} a rollout").add_argument("rollout_id")
     p = sub.add_parser("results", help="measured results")
@@ -225,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
                         "max_failure_share": args.max_failure,
                         "max_accuracy_drop": args.max_accuracy_drop,
                         "min_fps_ratio": args.min_fps_ratio,
+                        "preferred_batch_sizes": [
+                            int(b) for b in args.preferred_batch_sizes.split(",") if b.strip()
+                        ],
+                        "max_queue_delay_us": args.max_queue_delay_us,
                     },
                     "evaluation_artifact_id": args.evaluation,
                 }

@@ -265,6 +265,17 @@ class Strategy(SQLModel):
     accuracy_metric: str = Field(default="", max_length=50)  # "" = first metric the report has
     deploy_timeout_s: float = Field(default=600, gt=0)
     rollback_on_abort: bool = True
+    # dynamic batching of the model's live inference on each device (fleet.Deploy.batching);
+    # both left at their defaults = the agent's own settings
+    preferred_batch_sizes: list[int] = Field(default_factory=list, max_length=16)
+    max_queue_delay_us: int = Field(default=0, ge=0, le=1_000_000)
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(not 1 <= b <= 1024 for b in sizes):
+            raise ValueError(f"preferred batch sizes must be 1-1024, got {sizes}")
+        return sorted(set(sizes))
 
 
 class RolloutBase(SQLModel):

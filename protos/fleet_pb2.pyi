@@ -201,7 +201,7 @@ class ArtifactRef(_message.Message):
     def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., signature: _Optional[bytes] = ..., manifest_json: _Optional[str] = ..., kind: _Optional[str] = ..., url: _Optional[str] = ..., url_expires_at: _Optional[int] = ...) -> None: ...
 
 class Deploy(_message.Message):
-    __slots__ = ("artifact", "backend", "precision", "activate", "accuracy_floor", "rollout_id", "calibration", "evaluation")
+    __slots__ = ("artifact", "backend", "precision", "activate", "accuracy_floor", "rollout_id", "calibration", "evaluation", "batching")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,7 @@ class Deploy(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     artifact: ArtifactRef
     backend: str
     precision: str
@@ -218,7 +219,18 @@ class Deploy(_message.Message):
     rollout_id: str
     calibration: ArtifactRef
     evaluation: ArtifactRef
-    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., activate: _Optional[bool] = ..., accuracy_floor: _Optional[float] = ..., rollout_id: _Optional[str] = ..., calibration: _Optional[_Union[ArtifactRef, _Mapping]] = ..., evaluation: _Optional[_Union[ArtifactRef, _Mapping]] = ...) -> None: ...
+    batching: DynamicBatching
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., activate: _Optional[bool] = ..., accuracy_floor: _Optional[float] = ..., rollout_id: _Optional[str] = ..., calibration: _Optional[_Union[ArtifactRef, _Mapping]] = ..., evaluation: _Optional[_Union[ArtifactRef, _Mapping]] = ..., batching: _Optional[_Union[DynamicBatching, _Mapping]] = ...) -> None: ...
+
+class DynamicBatching(_message.Message):
+    __slots__ = ("preferred_batch_sizes", "max_queue_delay_us", "max_batch")
+    PREFERRED_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    preferred_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    max_queue_delay_us: int
+    max_batch: int
+    def __init__(self, preferred_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_delay_us: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class Benchmark(_message.Message):
     __slots__ = ("artifact", "backends", "precisions", "scenarios", "calibration", "evaluation", "duration_ms", "round_id")

@@ -269,6 +269,9 @@ def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d:
         activate=True,
         rollout_id=rollout.id,
     )
+    if strategy.preferred_batch_sizes or strategy.max_queue_delay_us:
+        body.batching.preferred_batch_sizes.extend(strategy.preferred_batch_sizes)
+        body.batching.max_queue_delay_us = strategy.max_queue_delay_us
     if rollout.evaluation_artifact_id:
         body.evaluation.CopyFrom(
             artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.evaluation_artifact_id))

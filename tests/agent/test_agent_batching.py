@@ -135,3 +135,18 @@ def test_static_batch_engine_gets_padded_batches(artifacts, profile, cache) -> N
     for got, want in zip(results, expected, strict=True):
         assert got.shape == (1, 3) and np.allclose(got, want, atol=1e-5)
     assert engine.runs == 2  # 4 rows, then 1 row padded to 4
+
+
+def test_a_preferred_batch_size_runs_without_waiting_out_the_delay(engine) -> None:
+    """Two rows reach the preferred size 2: they run together at once, long before the 120 s
+    queue delay (a batcher that waited would time the futures out)."""
+    executions = []
+    batcher = DynamicBatcher(max_batch=8, max_delay_s=120, preferred_batch_sizes=(2,),
+                             on_batch=lambda tag, *sizes: executions.append((tag, sizes[0])))  # fmt: skip
+    try:
+        futures = [batcher.submit(engine, {"images": solid(c, 0.9)}, tag=("colour", "v")) for c in (0, 2)]
+        outs = [f.result(timeout=60)["logits"] for f in futures]
+        assert [o.argmax() for o in outs] == [2, 0]  # red, blue
+        assert executions == [(("colour", "v"), 2)] and engine.runs == 1
+    finally:
+        batcher.close()

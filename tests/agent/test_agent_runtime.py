@@ -170,3 +170,33 @@ def test_restart_restores_the_slots(tmp_path, artifacts) -> None:
     assert again.state().active == ""  # construction restores nothing ...
     with again:
         assert again.state().active == "colour:fxr" and again.grpc_server is None  # ... start() does
+
+
+def test_a_deploy_sets_the_models_dynamic_batching_and_a_restart_keeps_it(tmp_path, artifacts) -> None:
+    """Fleet mode, per model: the Deploy's batching (not the agent's, which has none) merges
+    concurrent requests; the model configuration says so; a restarted agent keeps it."""
+    settings = AgentSettings(
+        agent_dir=tmp_path / "a", threads=1, serve_host="127.0.0.1", serve_port=0, http_port=-1
+    )
+    command = fleet_pb2.Deploy(activate=True)
+    command.batching.preferred_batch_sizes.extend([4])
+    command.batching.max_queue_delay_us = 30_000_000  # only the preferred size ends a batch
+    v = make_artifact(artifacts, "fxpb", version="colour:fxpb")
+    with AgentRuntime(settings, deploy_bench=None) as runtime:
+        assert runtime.dataplane.batcher is None
+        runtime.deploy(**_args(v), shards=Shards(), command=command)
+        x = np.zeros((1, 3, 16, 16), np.float32)
+        x[:, 1] = 0.9
+        answers = [f.result() for f in [_infer(runtime.grpc_server.port, x) for _ in range(4)]]
+        assert all(
+            np.frombuffer(a.raw_output_contents[0], np.float32).argmax() == 1 for a in answers
+        )  # green
+        (stats,) = runtime.dataplane.statistics("colour")
+        assert stats.execution_count == 1 and list(stats.batches) == [4]  # four requests, one run of 4
+        config = runtime.dataplane.model_config("colour")
+        assert config["dynamic_batching"] == {
+            "preferred_batch_size": [4],
+            "max_queue_delay_microseconds": 30_000_000,
+        }
+    with AgentRuntime(settings, deploy_bench=None) as again:
+        assert again.dataplane.model_config("colour")["dynamic_batching"]["preferred_batch_size"] == [4]

@@ -96,6 +96,7 @@ class ScriptedExecutor:
     fail_versions: set[str] = field(default_factory=set)
     deploy_delay_s: float = 0.0
     calls: list[tuple[str, str]] = field(default_factory=list)
+    deploys: list[fleet_pb2.Deploy] = field(default_factory=list)  # the commands as received
 
     def state(self) -> SlotState:
         return SlotState(active=self.active, previous=self.previous)
@@ -127,6 +128,7 @@ class ScriptedExecutor:
     ) -> fleet_pb2.Report:
         version = command.artifact.model_version
         self.calls.append(("deploy", version))
+        self.deploys.append(command)
         onnx.checker.check_model(onnx.load_model(str(onnx_path)))
         if self.deploy_delay_s:
             time.sleep(self.deploy_delay_s)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ctl_helpers import ScriptedExecutor, make_controller, manifest_json, start_agent, wait_until, write_onnx
 
-from controller.models import DeploymentState, RolloutState
+from controller.models import DeploymentState, RolloutState, Strategy
 
 TOKEN = "test-enrollment-token"
 
@@ -72,6 +72,31 @@ def test_canary_rollout_passes_its_gates(controller, tmp_path: Path) -> None:
         # waves went in order: the canary deployed before anyone else
         times = sorted(done.deployments, key=lambda d: d.updated_at)
         assert times[0].wave == 0
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def test_the_rollout_strategy_carries_dynamic_batching_to_each_device(controller, tmp_path: Path) -> None:
+    agents = _fleet(controller, tmp_path, 2, {"tiny:1": (80.0, 100.0), "tiny:2": (80.0, 100.0)})
+    try:
+        _baseline(controller, tmp_path)
+        r = controller.create_rollout(
+            {
+                "model_version": "tiny:2",
+                "selector": {"tags": ["line-1"]},
+                "strategy": {"canary_share": 0, "waves": 1, "preferred_batch_sizes": [8, 4, 8],
+                             "max_queue_delay_us": 2000},
+            }
+        )  # fmt: skip
+        assert controller.wait_for_rollout(r.id, timeout_s=60).state == RolloutState.succeeded
+        for a in agents:
+            first, second = a.executor.deploys
+            assert not first.HasField("batching")  # the baseline rollout named none: the agent's own
+            assert list(second.batching.preferred_batch_sizes) == [4, 8]
+            assert second.batching.max_queue_delay_us == 2000
+        with pytest.raises(ValueError, match="preferred batch sizes must be 1-1024"):
+            Strategy(preferred_batch_sizes=[0])
     finally:
         for a in agents:
             a.stop()
