@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     ssl = run_action("classification", "ssl", spec)
     res["ssl"] = ssl.metrics
+    res["ssl_history"] = json.loads((ssl.output_dir / "backbone.json").read_text())["history"]
     print(f"ssl: {ssl.metrics}", flush=True)
     dump()
     for pct in a.fractions:

@@ -277,3 +277,14 @@ def test_backbone_survives_sigkill(tiny_data: Path, unlabeled: Path, tmp_path) -
             proc.kill()
     state = torch.load(results / "ssl" / "backbone.pth", map_location="cpu", weights_only=True)
     assert "layer4.1.conv2.weight" in state and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_time_limit_shortens_the_schedule(tiny_data: Path, unlabeled: Path, make_spec, tmp_path) -> None:
+    """ssl.time_limit_s sets the schedule's horizon: a budget smaller than one epoch stops after
+    the first, with the horizon reported in the progress records."""
+    spec = make_spec(tiny_data, tmp_path, ssl={**TINY_SSL, "epochs": 50, "time_limit_s": 0.01})
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    res = run_action("classification", "ssl", spec)
+    assert res.metrics["epochs"] == 1
+    progress = [s for s in _status(res.output_dir) if s["status"] == "progress" and "epoch" in s]
+    assert [p["horizon_epochs"] for p in progress] == [1]

@@ -148,9 +148,12 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         seen, steps, t0 = 0, 0, time.perf_counter()
         lr = momentum = 0.0
         feat_std = float("nan")
+        t_first = t0
         for i, views in enumerate(loader):
             if i >= spe:
                 break
+            if i == 0:
+                t_first = time.perf_counter()  # the first batch waits for the workers to start
             step = epoch * spe + i
             lr = _schedule(cfg, step, total, warm)
             for g in opt.param_groups:
@@ -183,7 +186,10 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"ssl loss is {mean_loss} in epoch {epoch + 1}; lower ssl.lr")
         if cfg.time_limit_s and epoch == 0:
-            fit = int(cfg.time_limit_s // max(time.perf_counter() - started, 1e-6))
+            # epochs after the first take the steady per-step time (no worker start-up)
+            now = time.perf_counter()
+            per_epoch = (now - t_first) * spe / max(1, steps - 1) if steps > 1 else now - started
+            fit = 1 + int(max(0.0, cfg.time_limit_s - (now - started)) // max(per_epoch, 1e-6))
             horizon = max(1, min(cfg.epochs, fit))
             if horizon < cfg.epochs:
                 log.info("ssl.time_limit_s=%s: schedule shortened to %d epochs", cfg.time_limit_s, horizon)
