@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controller.runtime import Controller
+    from protos.redact import redact_url
 
     # the REST API shares the GIL with the gRPC loop streaming artifacts: hand it over more often
     # so API latency stays low during a large rollout (measured in benchmarks/fleet_scale.py)
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"edgeloop controller: gRPC {settings.grpc_host}:{ctl.grpc_port}, "
         f"HTTP http://{settings.http_host}:{settings.http_port} (dashboard /dashboard#token=..., docs /docs)\n"
-        f"  database  {settings.database_url.split('@')[-1]}\n"
-        f"  telemetry {ctl.public_mqtt_url or 'off'}\n"
+        f"  database  {redact_url(settings.database_url)}\n"
+        f"  telemetry {redact_url(ctl.public_mqtt_url) or 'off'}\n"
         f"  API token and enrollment token: EDGELOOP_API_TOKEN / EDGELOOP_ENROLLMENT_TOKEN "
         f"(or the files api_token, enrollment_token in {settings.data_dir})",
         flush=True,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api import errors
-from controller.api.deps import TokenDep
+from controller.api.deps import TokenDep, has_token
 from controller.api.routes import dashboard, devices, jobs, loops, models, results, rollouts
 from controller.context import ControllerContext
 from controller.core.config import VERSION
@@ -48,7 +48,10 @@ def create_app(ctx: ControllerContext, loop_runner: LoopRunner, *, grpc_port: in
         return {"status": "ok", "grpc_port": str(grpc_port)}
 
     @app.get("/metrics", tags=["health"])
-    def metrics() -> Response:
-        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request) -> Response:
+        """Fleet-wide series for anyone; the per-device series (their labels name device ids)
+        only with the API token (Prometheus: ``authorization: {credentials: ...}``)."""
+        registry = ctx.metrics.registry if has_token(ctx, request) else ctx.metrics.public_view()
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -6,6 +6,19 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
+class _WithoutDeviceSeries:
+    """A view of a registry without the families labelled by device id (public /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        for family in self.registry.collect():
+            if any("device_id" in sample.labels for sample in family.samples):
+                continue
+            yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,3 +53,7 @@ class Metrics:
             ["rollout_id", "state"],
             registry=r,
         )
+
+    def public_view(self) -> _WithoutDeviceSeries:
+        """What /metrics shows without the API token: no series that names a device."""
+        return _WithoutDeviceSeries(self.registry)

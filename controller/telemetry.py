@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select, update
 from controller.db import session_scope
 from controller.metrics import Metrics
 from controller.models import Device, DeviceEvent, TelemetryAggregate
+from protos.redact import redact_url
 
 log = logging.getLogger(__name__)
 WINDOW_S = 60
@@ -56,12 +57,16 @@ class TelemetryIngest:
         self._queue: queue.Queue = queue.Queue()
         self._windows: dict[str, _Window] = {}
         self._classes: dict[str, str] = {}
+        self._known: set[str] = set()  # enrolled, not revoked devices: telemetry of others is dropped
+        self._known_at = 0.0
+        self._known_lock = threading.Lock()
+        self.dropped = 0  # messages refused (unknown id, id not the topic's, unparsable)
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.connected = threading.Event()
         parsed = urlparse(self.url)
         if parsed.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
-            raise ValueError(f"unsupported MQTT URL {self.url!r}: use mqtt://host:port")
+            raise ValueError(f"unsupported MQTT URL {redact_url(self.url)!r}: use mqtt://host:port")
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
@@ -77,6 +82,7 @@ class TelemetryIngest:
 
     # -- lifecycle
     def start(self) -> TelemetryIngest:
+        log.info("telemetry from %s", redact_url(self.url))
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
         self._flusher = threading.Thread(target=self._flush_loop, name="telemetry-flush", daemon=True)
@@ -94,12 +100,12 @@ class TelemetryIngest:
     # -- paho callbacks (paho's thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         if reason_code.is_failure:
-            log.warning("MQTT connect to %s refused: %s", self.url, reason_code)
+            log.warning("MQTT connect to %s refused: %s", redact_url(self.url), reason_code)
             return
         for kind, qos in (("state", 1), ("metrics", 0), ("events", 1)):
             client.subscribe(f"{self.prefix}/devices/+/{kind}", qos=qos)
         self.connected.set()
-        log.info("telemetry subscribed on %s under %s/", self.url, self.prefix)
+        log.info("telemetry subscribed on %s under %s/", redact_url(self.url), self.prefix)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self.connected.clear()
@@ -111,12 +117,19 @@ class TelemetryIngest:
         if len(parts) < 3 or parts[-3] != "devices":
             return
         device_id, kind = parts[-2], parts[-1]
+        if not self.is_known(device_id):
+            self.dropped += 1
+            log.debug("telemetry for unknown or revoked device %.64r dropped", device_id)
+            return
         try:
             payload = json.loads(msg.payload.decode("utf-8")) if msg.payload else {}
         except (UnicodeDecodeError, json.JSONDecodeError):
+            self.dropped += 1
             log.warning("unparsable telemetry on %s", msg.topic)
             return
-        if not isinstance(payload, dict):
+        if not isinstance(payload, dict) or payload.get("device_id", device_id) != device_id:
+            # a payload that names another device than its topic is forged (or broken): neither counts
+            self.dropped += 1
             return
         self.metrics.telemetry_messages.labels(kind).inc()
         if kind == "state" and payload.get("hardware_class"):
@@ -125,6 +138,27 @@ class TelemetryIngest:
             self._on_metrics(device_id, payload)
         elif kind in ("state", "events"):
             self._queue.put((kind, device_id, payload))
+
+    def is_known(self, device_id: str) -> bool:
+        """Whether ``device_id`` is an enrolled, not revoked device. The set is re-read from the
+        DB on a miss, at most once a second, so a flood of forged ids costs one query a second
+        and a device enrolled a moment ago is known at its first message."""
+        with self._known_lock:
+            if device_id in self._known:
+                return True
+            if time.monotonic() - self._known_at < 1.0:
+                return False
+            self._known_at = time.monotonic()
+        self.refresh_known()
+        with self._known_lock:
+            return device_id in self._known
+
+    def refresh_known(self) -> None:
+        with session_scope(self.engine) as session:
+            ids = set(session.exec(select(Device.id).where(col(Device.revoked).is_(False))).all())
+        with self._known_lock:
+            self._known = ids
+            self._known_at = time.monotonic()
 
     def _on_metrics(self, device_id: str, m: dict) -> None:
         hw = self._classes.get(device_id, "")
@@ -163,6 +197,7 @@ class TelemetryIngest:
                     with session_scope(self.engine) as session:
                         for device_id, hw in session.exec(select(Device.id, Device.hardware_class)).all():
                             self._classes.setdefault(device_id, hw)
+                    self.refresh_known()  # a revoked device's telemetry stops counting
                     last_classes = time.monotonic()
                 self._flush()
             except Exception:

@@ -57,3 +57,11 @@ def require_token(
 
 
 TokenDep = Depends(require_token)
+
+
+def has_token(ctx: ControllerContext, request: Request) -> bool:
+    """Whether the request carries the API token (for routes that answer less without it)."""
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else ""
+    expected = ctx.settings.api_token or ""
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())

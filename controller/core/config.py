@@ -10,9 +10,12 @@ import secrets
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controller.core.private import private_dir, read_secret, touch_private, write_private
 
 VERSION = "0.1.0"
 PLACEHOLDER_SECRETS = {"changethis", "change-me", "secret", "token", ""}
@@ -31,6 +34,16 @@ def normalise_db_url(url: str) -> str:
     return url
 
 
+def with_password(url: str, password: str) -> str:
+    """``mqtt://user@host`` + password -> ``mqtt://user:password@host`` (the user must be named)."""
+    parts = urlsplit(url)
+    if not parts.username:
+        raise ValueError("the MQTT URL names no user for the password file (mqtt://USER@host:port)")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore")
 
@@ -45,6 +58,14 @@ class Settings(BaseSettings):
     telemetry_prefix: str = "edgeloop"
     api_token: str | None = None
     enrollment_token: str | None = None
+    # secrets from files (kept out of `ps` and shell history); a file wins over nothing, not over a value
+    api_token_file: Path | None = None
+    enrollment_token_file: Path | None = None
+    mqtt_password_file: Path | None = None  # the password for the user of mqtt_url
+    # transport security: TLS with the controller's CA unless insecure (explicit, both sides)
+    insecure: bool = False
+    enroll_port: int | None = None  # TLS enrolment port (server-only TLS); None = grpc_port + 1
+    tls_names: tuple[str, ...] = ()  # extra DNS names / IPs for the gRPC server certificate
     # what agents are told to use for their control stream
     heartbeat_interval_s: int = 10
     artifact_chunk_bytes: int = 4 << 20  # per DownloadArtifact message; 4 MiB costs ~20% less CPU than 1 MiB
@@ -106,22 +127,30 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.artifacts_dir, self.keys_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)
+        if self.database_url.startswith("sqlite:///") and not self.database_url.endswith(":memory:"):
+            touch_private(Path(self.database_url.removeprefix("sqlite:///")))
 
     def resolve_secrets(self) -> None:
-        """Local default: a random token kept in the data dir (0600) when none is configured."""
+        """Tokens from their ``*_file`` settings, else the environment, else a random one kept
+        in the data dir (0600); the MQTT password from its file into the broker URL."""
         self.ensure_dirs()
         for name in ("api_token", "enrollment_token"):
             if getattr(self, name):
                 continue
+            source = getattr(self, f"{name}_file")
+            if source is not None:
+                setattr(self, name, read_secret(source))
+                continue
             path = self.data_dir / name
             if path.exists():
-                setattr(self, name, path.read_text(encoding="utf-8").strip())
+                setattr(self, name, read_secret(path))
             else:
-                value = secrets.token_hex(24)  # never starts with '-' (it is passed on command lines)
-                path.write_text(value + "\n", encoding="utf-8")
-                path.chmod(0o600)
+                value = secrets.token_hex(24)  # never starts with '-'
+                write_private(path, value + "\n")
                 setattr(self, name, value)
+        if self.mqtt_password_file is not None and self.mqtt_url:
+            self.mqtt_url = with_password(self.mqtt_url, read_secret(self.mqtt_password_file))
 
 
 def get_settings(**overrides: Any) -> Settings:

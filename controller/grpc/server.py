@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from sqlmodel import Session
@@ -36,9 +35,11 @@ from controller.errors import (
 from controller.services import fleet
 from controller.services.commands import command_to_proto
 from controller.services.hub import StreamSession
+from controller.services.limits import check_device_message
 from controller.services.storage import stamp_urls
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.chunks import encode_chunk
+from protos.redact import without_credentials
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,16 +74,7 @@ class _ArtifactFile:
 def agent_mqtt_url(url: str) -> str:
     """The broker URL agents are told at Register, without the controller's own user:password
     (each agent authenticates to the broker with its own account)."""
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return without_credentials(url)
 
 
 class ChunkCache:
@@ -147,6 +139,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self.pool = pool
         self._artifacts: dict[str, _ArtifactFile] = {}
         self._chunks = ChunkCache(ctx.settings.artifact_cache_bytes)
+        self._sent: set[tuple[str, str]] = set()  # (device, artifact) pairs a command named
 
     # -- plumbing
     async def _db(self, fn: Callable[..., T], /, **kwargs: object) -> T:
@@ -208,6 +201,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         except (StopAsyncIteration, asyncio.TimeoutError):
             return
         hello = first.hello if first.HasField("hello") else fleet_pb2.Hello()
+        try:
+            check_device_message(hello, "hello")
+        except ControllerError as exc:
+            await self._abort(context, exc)
         loop = asyncio.get_running_loop()
         session = StreamSession(device_id=device_id, loop=loop, queue=asyncio.Queue())
         self.ctx.hub.attach(session)
@@ -241,6 +238,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 kind = msg.WhichOneof("body")
                 if kind == "heartbeat":
                     hb = msg.heartbeat
+                    try:
+                        check_device_message(hb, "heartbeat")
+                    except ControllerError as exc:
+                        log.warning("heartbeat from %s ignored: %s", device_id, exc.message)
+                        continue
                     self.ctx.hub.note_heartbeat(
                         device_id, hb.active_version, hb.candidate_version, hb.previous_version
                     )
@@ -251,9 +253,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                         log.warning("bad status from %s: %s", device_id, exc.message)
                     self.ctx.wake()
                 elif kind == "hello":
-                    await self._db(
-                        fleet.record_connected, device_id=device_id, hello=msg.hello, connected=True
-                    )
+                    try:
+                        await self._db(
+                            fleet.record_connected, device_id=device_id, hello=msg.hello, connected=True
+                        )
+                    except ControllerError as exc:
+                        log.warning("bad hello from %s: %s", device_id, exc.message)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:
@@ -277,7 +282,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def DownloadArtifact(self, request: fleet_pb2.DownloadRequest, context: grpc.aio.ServicerContext):
         """Chunks aligned to ``chunk_size`` boundaries, pre-serialized and kept in an LRU cache, so a
         rollout to many devices reads and encodes each chunk once."""
-        await self._auth(context)
+        device_id = await self._auth(context)
+        if (device_id, request.artifact_id) not in self._sent:
+            sent = await self._db(
+                fleet.artifact_sent_to, device_id=device_id, artifact_id=request.artifact_id
+            )
+            if not sent:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"artifact {request.artifact_id[:64]!r} was not sent to this device",
+                )
+            self._sent.add((device_id, request.artifact_id))
         info = self._artifacts.get(request.artifact_id)
         if info is None:
             try:

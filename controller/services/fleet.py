@@ -24,6 +24,7 @@ from controller.models import (
 )
 from controller.services.commands import mark
 from controller.services.hub import HeartbeatSeen
+from controller.services.limits import check_device_message
 from protos import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def record_connected(
     device.connected = connected
     device.last_seen = utcnow()
     if hello is not None:
+        check_device_message(hello, "hello")
         device.agent_version = hello.agent_version or device.agent_version
         device.active_version = hello.active_version
         device.candidate_version = hello.candidate_version
@@ -144,9 +146,11 @@ def record_connected(
 
 
 def record_status(*, session: Session, device_id: str, status: fleet_pb2.CommandStatus) -> Command | None:
+    """A command's progress, accepted only from the device the command was sent to."""
+    check_device_message(status, "status")
     command = session.get(Command, status.command_id)
     if command is None or command.device_id != device_id:
-        log.warning("status for unknown command %s from %s", status.command_id, device_id)
+        log.warning("status for a command not sent to %s (%.64s) ignored", device_id, status.command_id)
         return None
     if command.state.terminal:  # a resent final status after a reconnect
         return command
@@ -183,10 +187,51 @@ def primary_accuracy(metrics: dict[str, float], preferred: str = "") -> float | 
     return value * 100.0 if all(0.0 <= float(v) <= 1.0 for v in metrics.values()) else value
 
 
+MEASURING_KINDS = (CommandKind.deploy, CommandKind.benchmark, CommandKind.calibrate)
+
+
+def command_for_report(*, session: Session, device_id: str, report: fleet_pb2.Report) -> Command:
+    """The command a report answers. A report is accepted only for a command that measures
+    (deploy, benchmark, calibrate), that was sent to this very device, and about the model
+    version (and artifact) the command named: a device cannot write results for another
+    device's command, nor for models it was never asked to measure."""
+    if not report.command_id:
+        raise PermissionDenied("a report must name the command it answers (command_id)")
+    command = session.get(Command, report.command_id)
+    if command is None or command.device_id != device_id:
+        # the same answer for "no such command" and "another device's": no oracle for ids
+        raise PermissionDenied(f"command {report.command_id!r} was not sent to this device")
+    if command.kind not in MEASURING_KINDS:
+        raise PermissionDenied(f"command {command.id} ({command.kind.value}) does not ask for a report")
+    if command.model_version and report.model_version != command.model_version:
+        raise PermissionDenied(
+            f"command {command.id} is about {command.model_version!r}, not {report.model_version!r}"
+        )
+    if report.artifact_id and report.artifact_id not in command.payload:
+        raise PermissionDenied(f"artifact {report.artifact_id!r} is not the one command {command.id} sent")
+    return command
+
+
+def artifact_sent_to(*, session: Session, device_id: str, artifact_id: str) -> bool:
+    """Whether some command sent to this device named the artifact (model or shard): the only
+    artifacts a device may download."""
+    if not artifact_id or '"' in artifact_id or "\\" in artifact_id:
+        return False
+    quoted = f'"{artifact_id}"'  # an id as a JSON string value in the command's payload
+    row = session.exec(
+        select(Command.id)
+        .where(Command.device_id == device_id)
+        .where(col(Command.payload).contains(quoted, autoescape=True))
+    ).first()
+    return row is not None
+
+
 def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report) -> Result:
+    check_device_message(report, "report")
     if not report.model_version:
         raise InvalidInput("report needs model_version")
     device = crud.get_device(session=session, device_id=device_id)
+    command_for_report(session=session, device_id=device_id, report=report)
     if report.command_id:  # a report resent after a lost acknowledgement is the same report
         same = session.exec(
             select(Result)

@@ -7,12 +7,13 @@ the public key from Register and refuse anything that does not verify.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.core.private import private_dir, write_private
 
 log = logging.getLogger(__name__)
 KEY_FILE = "artifact_signing_ed25519.pem"
@@ -33,7 +34,7 @@ class Signer:
 
 
 def load_or_create_signer(keys_dir: Path) -> Signer:
-    keys_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(keys_dir)
     path = keys_dir / KEY_FILE
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -44,8 +45,6 @@ def load_or_create_signer(keys_dir: Path) -> Signer:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    write_private(path, pem)
     log.info("created artifact signing key %s", path)
     return Signer(key)

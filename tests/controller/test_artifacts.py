@@ -60,6 +60,9 @@ def test_interrupted_download_resumes_from_the_bytes_on_disk(controller, tmp_pat
     )
     agent = start_agent(controller.grpc_target, tmp_path / "agent", TOKEN)
     try:
+        # a device may only download what a command sent it: benchmark the model first
+        command_id = controller.send_benchmark(agent.device_id, {"model_version": "tiny:big"})
+        controller.wait_for_commands([command_id], timeout_s=30)
         with controller.session() as s:
             ref = artifact_ref(crud.get_artifact(session=s, artifact_id=mv.artifact_id), mv.version)
         dest = tmp_path / "dl"

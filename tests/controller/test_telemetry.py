@@ -18,6 +18,7 @@ from sqlmodel import select
 from agent.fleet.client import AgentIdentity, FleetClient
 from controller.models import DeviceEvent, TelemetryAggregate
 
+API = {"Authorization": "Bearer test-api-token"}  # per-device series are shown with the API token only
 PUBLISHER = r"""
 import json, sys, time
 import paho.mqtt.client as mqtt
@@ -72,11 +73,14 @@ def test_online_offline_from_last_will_and_metrics(tmp_path: Path, sqlite_url: s
         )
         wait_until(lambda: _state(ctl, device_id) == ("online", True), 15, "online from the retained state")
         wait_until(
-            lambda: f'device_id="{device_id}"' in httpx.get(f"http://127.0.0.1:{ctl.http_port}/metrics").text,
+            lambda: (
+                f'device_id="{device_id}"'
+                in httpx.get(f"http://127.0.0.1:{ctl.http_port}/metrics", headers=API).text
+            ),
             15,
             "device gauge in /metrics",
         )
-        text = httpx.get(f"http://127.0.0.1:{ctl.http_port}/metrics").text
+        text = httpx.get(f"http://127.0.0.1:{ctl.http_port}/metrics", headers=API).text
         fps_line = next(line for line in text.splitlines() if line.startswith("edgeloop_device_fps{"))
         assert 'hardware_class="cpu-t"' in fps_line and float(fps_line.split()[-1]) >= 120
         assert 'edgeloop_devices{state="online"} 1.0' in text
