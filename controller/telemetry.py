@@ -29,6 +29,7 @@ from protos.redact import redact_url
 
 log = logging.getLogger(__name__)
 WINDOW_S = 60
+LOOKUPS_PER_S = 20  # DB look-ups of ids not known yet, per second (forged ids are dropped)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TelemetryIngest:
         self._windows: dict[str, _Window] = {}
         self._classes: dict[str, str] = {}
         self._known: set[str] = set()  # enrolled, not revoked devices: telemetry of others is dropped
-        self._known_at = 0.0
+        self._lookup_window, self._lookups = 0.0, 0
         self._known_lock = threading.Lock()
         self.dropped = 0  # messages refused (unknown id, id not the topic's, unparsable)
         self._stop = threading.Event()
@@ -140,25 +141,31 @@ class TelemetryIngest:
             self._queue.put((kind, device_id, payload))
 
     def is_known(self, device_id: str) -> bool:
-        """Whether ``device_id`` is an enrolled, not revoked device. The set is re-read from the
-        DB on a miss, at most once a second, so a flood of forged ids costs one query a second
-        and a device enrolled a moment ago is known at its first message."""
+        """Whether ``device_id`` is an enrolled, not revoked device. A miss is looked up in the
+        DB (a device enrolled a moment ago is known at its first message), but at most
+        ``LOOKUPS_PER_S`` misses a second are: a flood of forged ids costs a bounded load."""
+        now = time.monotonic()
         with self._known_lock:
             if device_id in self._known:
                 return True
-            if time.monotonic() - self._known_at < 1.0:
+            if now - self._lookup_window >= 1.0:
+                self._lookup_window, self._lookups = now, 0
+            if self._lookups >= LOOKUPS_PER_S or len(device_id) > 64:
                 return False
-            self._known_at = time.monotonic()
-        self.refresh_known()
-        with self._known_lock:
-            return device_id in self._known
+            self._lookups += 1
+        with session_scope(self.engine) as session:
+            device = session.get(Device, device_id)
+            known = device is not None and not device.revoked
+        if known:
+            with self._known_lock:
+                self._known.add(device_id)
+        return known
 
     def refresh_known(self) -> None:
         with session_scope(self.engine) as session:
             ids = set(session.exec(select(Device.id).where(col(Device.revoked).is_(False))).all())
         with self._known_lock:
             self._known = ids
-            self._known_at = time.monotonic()
 
     def _on_metrics(self, device_id: str, m: dict) -> None:
         hw = self._classes.get(device_id, "")
