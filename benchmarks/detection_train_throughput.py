@@ -89,7 +89,7 @@ def our_loop(model, x, targets, device, lr, *, channels_last: bool):
     def loss_fn(m, images, tgts):
         return m(pixel_values=images, labels=tgts).loss
 
-    step = TrainStep(model, opt, loss_fn, device, True, channels_last)
+    step = TrainStep(model, opt, loss_fn, device, True, channels_last, clip_grad_norm=cfg.clip_grad_norm)
     model.train()
 
     def run(n: int) -> None:

@@ -90,6 +90,7 @@ class TrainStep:
     amp: bool = True
     channels_last: bool = False
     scaler: torch.amp.GradScaler | None = field(default=None)
+    clip_grad_norm: float = 0.0  # > 0: gradients clipped to this total norm (RT-DETR's recipe: 0.1)
 
     def __post_init__(self) -> None:
         self.dtype = amp_dtype(self.device, self.amp)
@@ -114,6 +115,9 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         scaler: torch.amp.GradScaler = self.scaler  # type: ignore[assignment]  # set in __post_init__
         scaler.scale(loss).backward()
+        if self.clip_grad_norm:
+            scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm, foreach=True)
         scaler.step(self.optimizer)
         scaler.update()
         return loss.detach()
@@ -252,7 +256,15 @@ def fit(
         scheduler = make_scheduler(optimizer, cfg, steps, cfg.epochs)
     if ema is not None:
         ema.to(device, fmt)
-    step = TrainStep(train_model, optimizer, loss_fn, device, cfg.amp, fmt == torch.channels_last)
+    step = TrainStep(
+        train_model,
+        optimizer,
+        loss_fn,
+        device,
+        cfg.amp,
+        fmt == torch.channels_last,
+        clip_grad_norm=cfg.clip_grad_norm,
+    )
     state = FitState()
     if resume:
         optimizer.load_state_dict(resume["optimizer"])

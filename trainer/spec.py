@@ -97,6 +97,7 @@ class TrainSpec(Section):
     warmup_epochs: int = Field(0, ge=0)
     step_size: int = Field(10, ge=1, description="epochs between lr drops for scheduler=step")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this total norm (0 = off)")
     num_workers: int = Field(2, ge=0)
     resume: bool | str = Field(
         False, description="true: resume from <results_dir>/<action>/last.pth; or a checkpoint path"

@@ -127,6 +127,9 @@ class DetectionTrainSpec(TrainSpec):
         0.999, ge=0, lt=1, description="EMA of the weights, validated and exported (0 = off)"
     )
     ema_warmup_steps: int = Field(200, ge=1, description="EMA decay ramps up over about this many steps")
+    clip_grad_norm: float = Field(
+        0.1, ge=0, description="total gradient norm clip (RT-DETR's recipe; without it bf16 runs diverged)"
+    )
 
 
 class EvaluateSpec(Section):
