@@ -12,12 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
-from onnx import helper
-
 from agent.errors import ArtifactError
 from protos import artifact_pb2
 from protos.manifest import ManifestError, load_manifest, sha256_file
+from protos.onnx_io import OnnxReadError, graph_specs, load_graph, opset_of, verify_onnx_matches
 
 log = logging.getLogger(__name__)
 
@@ -34,49 +32,6 @@ class ResolvedModel:
     manifest: artifact_pb2.Manifest
     warnings: list[str] = field(default_factory=list)
     manifest_given: bool = True
-
-
-def _dtype_name(elem_type: int) -> str:
-    return str(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else "float32"
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list[int]:
-    dims = []
-    for d in value_info.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1)
-    return dims
-
-
-def guess_layout(shape: list[int]) -> str:
-    """NCHW / NHWC from where the 1- or 3-channel dimension sits; "" when not an image."""
-    if len(shape) != 4:
-        return ""
-    if shape[1] in (1, 3, 4):
-        return "NCHW"
-    if shape[3] in (1, 3, 4):
-        return "NHWC"
-    return "NCHW"
-
-
-def graph_specs(
-    model: onnx.ModelProto,
-) -> tuple[list[artifact_pb2.TensorSpec], list[artifact_pb2.TensorSpec]]:
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [
-        artifact_pb2.TensorSpec(
-            name=v.name,
-            dtype=_dtype_name(v.type.tensor_type.elem_type),
-            shape=_dims(v),
-            layout=guess_layout(_dims(v)),
-        )
-        for v in model.graph.input
-        if v.name not in initializers
-    ]
-    outputs = [
-        artifact_pb2.TensorSpec(name=v.name, dtype=_dtype_name(v.type.tensor_type.elem_type), shape=_dims(v))
-        for v in model.graph.output
-    ]
-    return inputs, outputs
 
 
 def image_size(spec: artifact_pb2.TensorSpec) -> tuple[int, int]:
@@ -133,9 +88,9 @@ def resolve_model(
                 f"{actual_sha[:12]}… (corrupt or truncated artifact; refused)"
             )
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"{onnx_path} is not a valid ONNX model: {exc}") from exc
+        model = load_graph(onnx_path)
+    except OnnxReadError as exc:
+        raise ArtifactError(f"{onnx_path}: {exc}") from exc
     inputs, outputs = graph_specs(model)
     if manifest is None:
         given = False
@@ -150,7 +105,7 @@ def resolve_model(
             else "fp16"
             if inputs and inputs[0].dtype == "float16"
             else "fp32",
-            opset=next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0),
+            opset=opset_of(model),
         )
         warnings.append(
             "no manifest given: inputs/outputs read from the graph, preprocessing assumed "
@@ -159,14 +114,14 @@ def resolve_model(
         )
     else:
         manifest = _copy(manifest)
+        try:
+            verify_onnx_matches(manifest, inputs, outputs)
+        except ManifestError as exc:
+            raise ArtifactError(str(exc)) from exc
     manifest.sha256 = actual_sha
     manifest.size_bytes = onnx_path.stat().st_size
     graph_in = {s.name: s for s in inputs}
-    graph_out = {s.name: s for s in outputs}
     if manifest.inputs:
-        unknown = [t.name for t in manifest.inputs if t.name not in graph_in]
-        if unknown:
-            raise ArtifactError(f"manifest inputs {unknown} are not inputs of the graph ({sorted(graph_in)})")
         for t in manifest.inputs:  # the graph is the truth for dtype; keep the manifest's layout
             if not t.dtype:
                 t.dtype = graph_in[t.name].dtype
@@ -178,13 +133,7 @@ def resolve_model(
         manifest.inputs.extend(s for s in inputs if s.name not in named)  # every graph input is required
     else:
         manifest.inputs.extend(inputs)
-    if manifest.outputs:
-        unknown = [t.name for t in manifest.outputs if t.name not in graph_out]
-        if unknown:
-            raise ArtifactError(
-                f"manifest outputs {unknown} are not outputs of the graph ({sorted(graph_out)})"
-            )
-    else:
+    if not manifest.outputs:
         manifest.outputs.extend(outputs)
     image_inputs = [t for t in manifest.inputs if t.layout in ("NCHW", "NHWC")]
     if not manifest.HasField("preprocessing") and image_inputs:

@@ -19,7 +19,8 @@ Manifest = artifact_pb2.Manifest
 
 
 class ManifestError(ValueError):
-    """A manifest that cannot be parsed or does not match its ONNX file."""
+    """A manifest that cannot be parsed or does not match its ONNX file (see
+    ``protos.onnx_io.verify_onnx_matches``)."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -57,14 +58,3 @@ def save_manifest(manifest: artifact_pb2.Manifest, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(manifest_to_json(manifest) + "\n", encoding="utf-8")
     return path
-
-
-def verify_onnx_matches(manifest: artifact_pb2.Manifest, onnx_path: str | Path) -> None:
-    """Refuse an ONNX file whose bytes are not the ones the manifest describes."""
-    if not manifest.sha256:
-        raise ManifestError("manifest has no sha256; refusing to trust the ONNX file")
-    actual = sha256_file(onnx_path)
-    if actual != manifest.sha256:
-        raise ManifestError(
-            f"sha256 mismatch for {onnx_path}: manifest {manifest.sha256[:12]}…, file {actual[:12]}…"
-        )

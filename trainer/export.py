@@ -68,22 +68,6 @@ def export_onnx(
     return path
 
 
-def onnx_io_specs(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    import onnx
-    from onnx import helper
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    init = {i.name for i in graph.initializer}
-
-    def spec(v) -> dict[str, Any]:
-        tt = v.type.tensor_type
-        dims = [-1 if d.dim_param or not d.dim_value else d.dim_value for d in tt.shape.dim]
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
-        return {"name": v.name, "dtype": dtype, "shape": dims, "layout": "NCHW" if len(dims) == 4 else ""}
-
-    return [spec(v) for v in graph.input if v.name not in init], [spec(v) for v in graph.output]
-
-
 def ort_session(path: str | Path, threads: int = 0):
     import onnxruntime as ort
 
@@ -133,10 +117,11 @@ def write_manifest(
 ) -> Path:
     """Write ``manifest.json`` beside the ONNX file (proto3 JSON of protos/artifact.proto)."""
     from protos.manifest import SCHEMA_VERSION, Manifest, save_manifest, sha256_file
+    from protos.onnx_io import read_specs
 
     onnx_path = Path(onnx_path)
     manifest_path = Path(manifest_path) if manifest_path else onnx_path.with_name("manifest.json")
-    inputs, outputs = onnx_io_specs(onnx_path)
+    inputs, outputs = read_specs(onnx_path)
     m = Manifest(
         schema_version=SCHEMA_VERSION,
         name=info.name,
@@ -151,11 +136,8 @@ def write_manifest(
         backbone=info.backbone,
         size_bytes=onnx_path.stat().st_size,
     )
-    for src, dst in ((inputs, m.inputs), (outputs, m.outputs)):
-        for s in src:
-            t = dst.add()
-            t.name, t.dtype, t.layout = s["name"], s["dtype"], s["layout"]
-            t.shape.extend(s["shape"])
+    m.inputs.extend(inputs)
+    m.outputs.extend(outputs)
     p = m.preprocessing
     p.height = p.width = int(info.image_size)
     p.resize_mode = "stretch"

@@ -13,14 +13,11 @@ Precisions:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ import onnx
 
 from agent.backends.base import Availability, Backend, BuildInfo, BuildOptions, Engine, Precision, TensorInfo
 from agent.errors import BackendUnavailable, BuildError, CalibrationError, InvalidInput
-from protos import artifact_pb2, fleet_pb2
+from protos import artifact_pb2, fleet_pb2, ort_int8
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +77,6 @@ def _providers_for(device: str, precision: Precision = Precision.FP32, cache_dir
     raise BackendUnavailable(f"onnxruntime cannot run on device {device!r}")
 
 
-class _CalibrationReader:
-    """Adapts our calibration feeds to ORT's ``CalibrationDataReader`` protocol."""
-
-    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
-        self._feeds = feeds
-        self.count = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._feeds, None)
-        if batch is not None:
-            self.count += next(iter(batch.values())).shape[0]
-        return batch
-
-    def rewind(self) -> None:  # ORT >= 1.17 may call it; one pass is all we give
-        pass
-
-
-# The TensorRT recipe (what Optimum's TensorRT config does): symmetric int8 everywhere, a Q/DQ pair
-# on every weight and one per consumer (TensorRT places and fuses them by its own rules), bias left
-# in float, only the op types TensorRT runs in INT8.
-TRT_QDQ_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
-               "Add", "Concat", "Resize", "Relu", "Clip", "Reshape", "Transpose", "Flatten"]  # fmt: skip
-TRT_QDQ_OPTIONS = {
-    "ActivationSymmetric": True,
-    "WeightSymmetric": True,
-    "AddQDQPairToWeight": True,
-    "DedicatedQDQPair": True,
-    "QuantizeBias": False,
-}
-
-
 def quantize_qdq(
     src: Path,
     dst: Path,
@@ -120,62 +86,35 @@ def quantize_qdq(
 ) -> tuple[float, int]:
     """Static Q/DQ quantization of ``src`` into ``dst``; returns (seconds, samples seen).
 
-    Default recipe (CPU): uint8 asymmetric activations, int8 symmetric per-channel weights.
-    ``symmetric_activations=True`` gives the int8/int8 symmetric recipe TensorRT wants.
+    The recipe is ``protos.ort_int8`` (shared with the trainer): uint8 asymmetric activations,
+    int8 symmetric per-channel weights; ``symmetric_activations=True`` gives the int8/int8
+    symmetric recipe TensorRT wants.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if options.calibration is None:
         raise CalibrationError(
             "INT8 for a model without Q/DQ nodes needs calibration images (--calib DIR, or a "
             "calibration shard in the deploy command)"
         )
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    if options.calibration_method not in methods:
+    if options.calibration_method not in ort_int8.METHODS:
         raise CalibrationError(
-            f"unknown calibration method {options.calibration_method!r}; {sorted(methods)}"
+            f"unknown calibration method {options.calibration_method!r}; {sorted(ort_int8.METHODS)}"
         )
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeloop-quant-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        try:  # shape inference + graph cleanup the quantizer wants; optional, not fatal
-            quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        except Exception as exc:
-            log.warning("quantization pre-processing skipped (%s); quantizing the model as is", exc)
-            shutil.copyfile(src, prepared)
-        reader = _CalibrationReader(iter(options.calibration()))
-        try:
-            # the quantizer prints progress to stdout; the agent's stdout is for results (JSON, tables)
-            with contextlib.redirect_stdout(sys.stderr):
-                quantize_static(
-                    str(prepared),
-                    str(dst),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    calibrate_method=methods[options.calibration_method],
-                    op_types_to_quantize=TRT_QDQ_OPS if symmetric_activations else None,
-                    extra_options=TRT_QDQ_OPTIONS
-                    if symmetric_activations
-                    else {
-                        "ActivationSymmetric": False,
-                        "WeightSymmetric": True,
-                    },  # fmt: skip
-                )
-        except CalibrationError:
-            raise
-        except Exception as exc:
-            raise BuildError(f"INT8 quantization failed: {exc}") from exc
-    if reader.count == 0:
+    try:
+        count = ort_int8.quantize_static_qdq(
+            src,
+            dst,
+            options.calibration(),
+            method=options.calibration_method,
+            tensorrt=symmetric_activations,
+        )
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        raise BuildError(f"INT8 quantization failed: {exc}") from exc
+    if count == 0:
         raise CalibrationError("the calibration data yielded no samples")
-    return time.perf_counter() - start, reader.count
+    return time.perf_counter() - start, count
 
 
 def convert_fp16(src: Path, dst: Path) -> None:

@@ -11,6 +11,7 @@ A failure leaves neither a row nor a stray file behind.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import tarfile
@@ -63,40 +64,28 @@ def _store(src: BinaryIO | Path, store_dir: Path, ext: str) -> tuple[Path, str, 
 
 
 def _fill_from_onnx(manifest: artifact_pb2.Manifest, path: Path) -> None:
-    """Check the file is an ONNX graph; fill what a foreign manifest left out."""
-    try:
-        import onnx
-    except ImportError:  # the controller extra does not require onnx; then we trust the manifest
-        log.warning("onnx not installed: %s not parsed", path.name)
+    """Check the file is an ONNX graph the manifest does not contradict; fill what a foreign
+    manifest left out (the rules: ``protos.onnx_io``)."""
+    if importlib.util.find_spec("onnx") is None:  # the controller extra does not require onnx
+        log.warning("onnx not installed: %s not parsed", path.name)  # then we trust the manifest
         return
+    from protos.onnx_io import OnnxReadError, graph_specs, load_graph, opset_of, verify_onnx_matches
+
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and friends
-        raise InvalidInput(f"not an ONNX model: {exc}") from exc
-    if not model.graph.node:
-        raise InvalidInput("not an ONNX model: the graph has no nodes")
-
-    def spec(value_info) -> artifact_pb2.TensorSpec:  # noqa: ANN001 - onnx ValueInfoProto
-        t = value_info.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else ""
-        return artifact_pb2.TensorSpec(
-            name=value_info.name, dtype=dtype, shape=dims, layout="NCHW" if len(dims) == 4 else ""
-        )
-
-    initializers = {i.name for i in model.graph.initializer}
-    graph_inputs = [v for v in model.graph.input if v.name not in initializers]
+        model = load_graph(path)
+    except OnnxReadError as exc:
+        raise InvalidInput(str(exc)) from exc
+    inputs, outputs = graph_specs(model)
+    try:
+        verify_onnx_matches(manifest, inputs, outputs)
+    except ManifestError as exc:
+        raise InvalidInput(str(exc)) from exc
     if not manifest.inputs:
-        manifest.inputs.extend(spec(v) for v in graph_inputs)
-    else:
-        names = {v.name for v in graph_inputs}
-        missing = [i.name for i in manifest.inputs if i.name not in names]
-        if missing:
-            raise InvalidInput(f"manifest inputs {missing} are not inputs of the ONNX graph {sorted(names)}")
+        manifest.inputs.extend(inputs)
     if not manifest.outputs:
-        manifest.outputs.extend(spec(v) for v in model.graph.output)
+        manifest.outputs.extend(outputs)
     if not manifest.opset:
-        manifest.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        manifest.opset = opset_of(model)
 
 
 def import_model(

@@ -1,5 +1,4 @@
-"""The exported detection graph and how it is made: ONNX export wrapper, parity, manifest fields,
-and the INT8 Q/DQ recipe used by ``quantize``.
+"""The exported detection graph and how it is made: ONNX export wrapper, parity, manifest fields.
 
 The exported graph has one input ``images`` [N, 3, S, S] (normalised RGB, see the manifest's
 preprocessing) and two NMS-free outputs, described in the manifest's ``detection`` field:
@@ -15,7 +14,6 @@ probabilities + boxes), so a reordering of equal-score queries is not a failure.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -167,66 +165,3 @@ def export_detector(
     }
     log.info("exported %s (%s)", onnx_path, metrics)
     return onnx_path, manifest_path, metrics
-
-
-# ------------------------------------------------------------------ quantize
-class _Reader:
-    """onnxruntime CalibrationDataReader over an array of preprocessed images."""
-
-    def __init__(self, name: str, data: np.ndarray, batch: int = 8):
-        self.name, self.data, self.batch, self._i = name, data, batch, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._i >= len(self.data):
-            return None
-        out = {self.name: self.data[self._i : self._i + self.batch]}
-        self._i += self.batch
-        return out
-
-    def rewind(self) -> None:
-        self._i = 0
-
-
-def quantize_qdq(
-    fp32_path: str | Path,
-    out_path: str | Path,
-    calibration: np.ndarray,
-    *,
-    conv_only: bool = False,
-    method: str = "minmax",
-    per_channel: bool = True,
-    activation_type: str = "uint8",
-    weight_type: str = "int8",
-) -> Path:
-    """INT8 Q/DQ (ONNX Runtime's recipe for x86: uint8 activations, int8 per-channel weights).
-    ``quant_pre_process`` runs with ``skip_symbolic_shape=True`` (its symbolic shape inference
-    fails on this graph)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    out_path = Path(out_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        extra: dict[str, Any] = {"ActivationSymmetric": activation_type == "int8", "WeightSymmetric": True}
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.99
-        quantize_static(
-            str(pre),
-            str(out_path),
-            _Reader(INPUT, calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=types[activation_type],
-            weight_type=types[weight_type],
-            per_channel=per_channel,
-            calibrate_method=methods[method],
-            op_types_to_quantize=["Conv"] if conv_only else None,
-            extra_options=extra,
-        )
-    return out_path

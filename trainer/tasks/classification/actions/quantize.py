@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 import shutil
 
-import onnx
-
 from protos.manifest import load_manifest
+from protos.onnx_io import load_graph, opset_of
+from protos.ort_int8 import array_feeds, first_input_name, quantize_static_qdq
 from trainer.datasets.folder import preprocess_numpy
 from trainer.export import ManifestInfo, default_version, write_labels, write_manifest
 from trainer.models.checkpoint import load_checkpoint
-from trainer.quantize import quantize_static_qdq
 from trainer.runtime import ActionOutput, RunContext
 from trainer.tasks.classification.common import resolve
 from trainer.tasks.classification.export import export_checkpoint, lineage_after, onnx_accuracy, sample_paths
@@ -53,7 +52,8 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     quantize_static_qdq(
         fp32,
         out,
-        calib,
+        array_feeds(first_input_name(fp32), calib),
+        symbolic_shape_inference=True,
         method=q.calibrate_method.value,
         per_channel=q.per_channel,
         activation_type=q.activation_type,
@@ -89,14 +89,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
         if q.evaluate
         else {}
     )
-    opset = next(
-        (
-            o.version
-            for o in onnx.load(str(out), load_external_data=False).opset_import
-            if o.domain in ("", "ai.onnx")
-        ),
-        0,
-    )
+    opset = opset_of(load_graph(out))
     manifest = write_manifest(
         out,
         ManifestInfo(

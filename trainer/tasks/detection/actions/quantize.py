@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from protos.manifest import load_manifest, save_manifest, sha256_file
+from protos.ort_int8 import array_feeds, quantize_static_qdq
 from trainer.runtime import ActionOutput, RunContext
 from trainer.tasks.detection.data import calibration_array, open_split
-from trainer.tasks.detection.export import export_detector, quantize_qdq
+from trainer.tasks.detection.export import INPUT, export_detector
 from trainer.tasks.detection.predict import evaluate_onnx
 from trainer.tasks.detection.spec import DetectionSpec
 
@@ -27,11 +28,12 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
         spec.dataset.image_size = int(src_manifest.preprocessing.height)
     calib = calibration_array(spec, open_split(spec, cfg.calibration_split), cfg.num_calibration_samples)
     out = ctx.out_dir / "model.onnx"
-    quantize_qdq(
+    # symbolic shape inference fails on this graph: ort_int8's default skips it
+    quantize_static_qdq(
         fp32,
         out,
-        calib,
-        conv_only=cfg.scope.value == "conv_only",
+        array_feeds(INPUT, calib),
+        op_types=["Conv"] if cfg.scope.value == "conv_only" else None,
         method=cfg.calibrate_method.value,
         per_channel=cfg.per_channel,
         activation_type=cfg.activation_type,
