@@ -56,6 +56,9 @@ def _store(src: BinaryIO | Path, store_dir: Path, ext: str) -> tuple[Path, str, 
         if final.exists():
             tmp.unlink()
             return final, sha, size, False
+        # readable by the web server that serves the store (nginx's user, not the controller's):
+        # the bytes are signed, not secret; mkstemp made the file 0600
+        tmp.chmod(0o644)
         tmp.replace(final)
         return final, sha, size, True
     except BaseException:

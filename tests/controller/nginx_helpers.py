@@ -63,8 +63,10 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15
     raise RuntimeError(f"nginx did not listen on {port}")
 
 
-def start_nginx(prefix: Path, root: Path, secret: str) -> Nginx:
-    """nginx serving ``root/artifacts/`` with secure_link checked against ``secret``."""
+def start_nginx(prefix: Path, root: Path, secret: str, *, worker_user: str = "root") -> Nginx:
+    """nginx serving ``root/artifacts/`` with secure_link checked against ``secret``. Run as root,
+    its workers run as ``worker_user`` (pytest's tmp dirs are 0700: "root" reaches them; another
+    user, as in a real deployment, needs a ``root`` it can traverse)."""
     assert NGINX is not None
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -83,7 +85,7 @@ def start_nginx(prefix: Path, root: Path, secret: str) -> Nginx:
     temp = {n: prefix / n for n in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for d in temp.values():
         d.mkdir(exist_ok=True)
-    user = "user root root;\n" if os.geteuid() == 0 else ""  # pytest's tmp dirs are 0700
+    user = f"user {worker_user};\n" if os.geteuid() == 0 else ""
     (prefix / "nginx.conf").write_text(
         f"""{user}worker_processes 1;
 daemon off;

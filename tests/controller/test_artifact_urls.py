@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -163,19 +165,42 @@ def _deploy(ctl, device_id: str, version: str) -> object:
     return ctl.wait_for_rollout(r.id, timeout_s=60)
 
 
-def _controller_behind_nginx(tmp_path: Path, sqlite_url: str, nginx_root: Path | None = None):  # noqa: ANN202
+def _controller_behind_nginx(  # noqa: ANN202
+    tmp_path: Path,
+    sqlite_url: str,
+    nginx_root: Path | None = None,
+    data_dir: Path | None = None,
+    **nginx: str,
+):
     """A controller whose artifact dir nginx serves (or a mirror of it at ``nginx_root``)."""
-    data_dir = tmp_path / "data"
+    data_dir = data_dir or tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    ng = start_nginx(tmp_path / "nginx", nginx_root or data_dir, SECRET)
+    ng = start_nginx(tmp_path / "nginx", nginx_root or data_dir, SECRET, **nginx)
     ctl = make_controller(
         data_dir, sqlite_url, artifact_url_base=ng.base_url, artifact_url_secret=SECRET, artifact_url_ttl_s=60
     )
     return ctl, ng
 
 
-def test_fleet_agent_deploys_with_the_bytes_from_nginx(tmp_path: Path, sqlite_url: str) -> None:
-    ctl, ng = _controller_behind_nginx(tmp_path, sqlite_url)
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder other users can traverse (pytest's tmp_path is 0700), for nginx workers that run
+    as another user than the controller, as they do in a deployment."""
+    path = Path(tempfile.mkdtemp(prefix="edgeloop-nginx-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_fleet_agent_deploys_with_the_bytes_from_nginx(
+    tmp_path: Path, sqlite_url: str, shared_dir: Path
+) -> None:
+    """nginx's workers run as ``nobody`` (when the tests run as root): the controller's stored
+    artifacts must be readable by the web server's user, not only by the controller's."""
+    user = "nobody nogroup" if os.geteuid() == 0 else "root"
+    ctl, ng = _controller_behind_nginx(tmp_path, sqlite_url, data_dir=shared_dir / "data", worker_user=user)
     agent = None
     try:
         mv = ctl.import_model(
