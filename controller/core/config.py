@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # artifact bytes over HTTP(S) (controller/services/storage.py, docs/deploy.md): "local" = the
     # artifacts dir, served by nginx when artifact_url_base is set; "s3" = an S3-compatible bucket
     artifact_store: Literal["local", "s3"] = "local"
+    # where artifact bytes are stored; None = <data dir>/artifacts. Served by nginx as another user,
+    # put it outside the data dir (which is 0700): e.g. /var/lib/edgeloop/artifacts
+    artifact_dir: Path | None = None
     artifact_url_base: str | None = None  # e.g. https://artifacts.example.com/artifacts (nginx)
     artifact_url_secret: str | None = None  # nginx secure_link_md5 secret (deploy/nginx/)
     artifact_url_ttl_s: int = Field(default=600, ge=10)  # how long a URL in a command stays valid
@@ -119,15 +122,22 @@ class Settings(BaseSettings):
 
     @property
     def artifacts_dir(self) -> Path:
-        return self.data_dir / "artifacts"
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.artifacts_dir, self.keys_dir):
+        for d in (self.data_dir, self.keys_dir):
             private_dir(d)
+        if self.artifact_url_base:
+            # served by a web server that runs as its own user (nginx): others may read, not write;
+            # the bytes are signed, and nginx checks the URL's signature before it serves one
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            self.artifacts_dir.chmod(0o755)
+        else:
+            private_dir(self.artifacts_dir)
         if self.database_url.startswith("sqlite:///") and not self.database_url.endswith(":memory:"):
             touch_private(Path(self.database_url.removeprefix("sqlite:///")))
 

@@ -73,7 +73,7 @@ def start_nginx(prefix: Path, root: Path, secret: str, *, worker_user: str = "ro
     server = SHIPPED.read_text(encoding="utf-8")
     replacements = {
         "listen 8080;": f"listen 127.0.0.1:{port};",
-        "root /var/lib/edgeloop/controller;": f"root {root};",
+        "root /var/lib/edgeloop;": f"root {root};",
         "include /etc/nginx/edgeloop-url-secret.conf;": f"include {prefix / 'secret.conf'};",
         "access_log /var/log/nginx/edgeloop-artifacts.log;": f"access_log {prefix / 'access.log'} edgeloop;",
     }

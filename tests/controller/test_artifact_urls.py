@@ -166,19 +166,16 @@ def _deploy(ctl, device_id: str, version: str) -> object:
 
 
 def _controller_behind_nginx(  # noqa: ANN202
-    tmp_path: Path,
-    sqlite_url: str,
-    nginx_root: Path | None = None,
-    data_dir: Path | None = None,
-    **nginx: str,
+    tmp_path: Path, sqlite_url: str, nginx_root: Path | None = None, shared: Path | None = None, **nginx: str
 ):
-    """A controller whose artifact dir nginx serves (or a mirror of it at ``nginx_root``)."""
-    data_dir = data_dir or tmp_path / "data"
+    """A controller whose artifact dir nginx serves (or a mirror of it at ``nginx_root``); with
+    ``shared``, the deployment layout: the artifact dir ``shared/artifacts`` outside the private
+    data dir, nginx's root ``shared``."""
+    data_dir = tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    ng = start_nginx(tmp_path / "nginx", nginx_root or data_dir, SECRET, **nginx)
-    ctl = make_controller(
-        data_dir, sqlite_url, artifact_url_base=ng.base_url, artifact_url_secret=SECRET, artifact_url_ttl_s=60
-    )
+    ng = start_nginx(tmp_path / "nginx", nginx_root or shared or data_dir, SECRET, **nginx)
+    ctl = make_controller(data_dir, sqlite_url, artifact_url_base=ng.base_url, artifact_url_secret=SECRET,
+                          artifact_url_ttl_s=60, artifact_dir=shared / "artifacts" if shared else None)  # fmt: skip
     return ctl, ng
 
 
@@ -200,7 +197,7 @@ def test_fleet_agent_deploys_with_the_bytes_from_nginx(
     """nginx's workers run as ``nobody`` (when the tests run as root): the controller's stored
     artifacts must be readable by the web server's user, not only by the controller's."""
     user = "nobody nogroup" if os.geteuid() == 0 else "root"
-    ctl, ng = _controller_behind_nginx(tmp_path, sqlite_url, data_dir=shared_dir / "data", worker_user=user)
+    ctl, ng = _controller_behind_nginx(tmp_path, sqlite_url, shared=shared_dir, worker_user=user)
     agent = None
     try:
         mv = ctl.import_model(

@@ -164,3 +164,19 @@ def test_settings_refuse_half_configured_stores(tmp_path: Path) -> None:
         get_settings(data_dir=tmp_path, artifact_store="ftp")
     local = store_from_settings(get_settings(data_dir=tmp_path))
     assert isinstance(local, LocalStore) and local.url("x", device_id="d", expires_at=1) == ""
+
+
+def test_the_artifact_dir_opens_to_the_web_server_only_when_urls_are_served(tmp_path: Path) -> None:
+    private = get_settings(data_dir=tmp_path / "a")
+    private.ensure_dirs()
+    assert (
+        private.artifacts_dir.stat().st_mode & 0o777 == 0o700
+        and private.artifacts_dir.parent == tmp_path / "a"
+    )
+    served = get_settings(data_dir=tmp_path / "b", artifact_dir=tmp_path / "public",
+                          artifact_url_base="http://h/artifacts", artifact_url_secret="k")  # fmt: skip
+    served.ensure_dirs()
+    assert (
+        served.artifacts_dir == tmp_path / "public" and served.artifacts_dir.stat().st_mode & 0o777 == 0o755
+    )
+    assert served.data_dir.stat().st_mode & 0o777 == 0o700 and served.keys_dir.stat().st_mode & 0o777 == 0o700
