@@ -75,7 +75,8 @@ def test_signed_url_serves_ranges_and_altered_or_expired_urls_are_refused(served
     assert httpx.get(url.replace("device=dev-1", "device=dev-2")).status_code == 403, "another device"
     assert httpx.get(url.replace("expires=", "expires=1")).status_code == 403, "a later expiry, same md5"
     md5 = url.split("md5=")[1].split("&")[0]
-    assert httpx.get(url.replace(md5, md5[:-1] + ("A" if md5[-1] != "A" else "B"))).status_code == 403
+    # the first character (the last carries 4 padding bits a base64 decoder may ignore)
+    assert httpx.get(url.replace(md5, ("A" if md5[0] != "A" else "B") + md5[1:])).status_code == 403
     assert httpx.get(url.split("?")[0]).status_code == 403, "no signature at all"
     assert httpx.get(ref(ttl=-5).url).status_code == 410, "expired"
     assert httpx.get(ref(device="dev 1/ä&x=y").url).content == data, "an id that needs URL-encoding"
