@@ -147,7 +147,7 @@ class Pipeline:
             live = spec.is_live()
             capacity = self.spec.live_policy.queue if live else max(4, 2 * self.spec.batching.max_batch)
             self.muxer.add(spec.id, metrics, live, capacity)
-            source = Source(spec, self.muxer, metrics, self._prepare)
+            source = Source(spec, self.muxer, metrics, self._prepare, self.times)
             self.sources[spec.id] = source
             self.source_specs[spec.id] = spec
             if not _initial and spec not in self.spec.sources:
@@ -231,7 +231,6 @@ class Pipeline:
         return got[1]
 
     def _post_loop(self) -> None:
-        view_or_video = self.view is not None or any(s.wants_image for s in self.sinks)
         while True:
             try:
                 model, batch, dets = self._post.get(timeout=0.2)
@@ -239,9 +238,10 @@ class Pipeline:
                 if self._stop.is_set():
                     return
                 continue
+            draw = self.view is not None or any(s.wants_image for s in self.sinks)
             try:
                 for frame, det in zip(batch, dets, strict=True):
-                    self._publish(model, frame, det, view_or_video)
+                    self._publish(model, frame, det, draw)
             except Exception:
                 log.exception("pipeline %s: publishing failed", self.name)
             finally:

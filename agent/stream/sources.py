@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from agent.preprocess import IMAGE_SUFFIXES
-from agent.stream.metrics import StreamMetrics
+from agent.stream.metrics import StageTimes, StreamMetrics
 from agent.stream.muxer import Frame, FrameMuxer
 from agent.stream.spec import SourceKind, SourceSpec
 
@@ -99,8 +99,10 @@ class Source:
         muxer: FrameMuxer,
         metrics: StreamMetrics,
         prepare: Callable[[Frame], None] | None = None,
+        times: StageTimes | None = None,
     ) -> None:
         self.spec = spec
+        self.times = times
         self.muxer = muxer
         self.metrics = metrics
         self.prepare = prepare
@@ -142,34 +144,48 @@ class Source:
         self._index += 1
         m.count("decoded")
         if self.prepare is not None:
+            t0 = time.perf_counter()
             self.prepare(frame)
+            if self.times is not None:
+                self.times.add("preprocess", time.perf_counter() - t0)
         return self.muxer.put(frame, self._stop)
 
     def _play_once(self) -> int:
         """One opening of the source; returns the frames emitted. Raises on an error."""
         emitted = 0
         start_wall = start_pts = None
-        for image, pts, rate in self._frames():
-            if self._stop.is_set():
-                break
-            if self.spec.pace:
-                t = pts if pts is not None else emitted / (rate or 25.0)
-                if start_wall is None:
-                    start_wall, start_pts = time.monotonic(), t
-                delay = start_wall + (t - start_pts) - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
+        frames = self._frames()
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                if self.times is not None:
+                    self.times.add("decode", time.perf_counter() - t0)
+                if item is None:
                     break
-            if emitted == 0:
-                self.metrics.nominal_fps = rate
-                self.metrics.set_state("running")
-                if self._lost:  # counted when frames flow again, not when the stream later ends
-                    self._lost = False
-                    self.metrics.count("reconnects")
-                    log.info("source %s: reconnected", self.spec.id)
-            if not self._emit(image, pts):
-                self._stop.set()
-                break
-            emitted += 1
+                image, pts, rate = item
+                if self._stop.is_set():
+                    break
+                if self.spec.pace:
+                    t = pts if pts is not None else emitted / (rate or 25.0)
+                    if start_wall is None:
+                        start_wall, start_pts = time.monotonic(), t
+                    delay = start_wall + (t - start_pts) - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                if emitted == 0:
+                    self.metrics.nominal_fps = rate
+                    self.metrics.set_state("running")
+                    if self._lost:  # counted when frames flow again, not when the stream later ends
+                        self._lost = False
+                        self.metrics.count("reconnects")
+                        log.info("source %s: reconnected", self.spec.id)
+                if not self._emit(image, pts):
+                    self._stop.set()
+                    break
+                emitted += 1
+        finally:
+            frames.close()  # the container now, not when collected
         return emitted
 
     def _run(self) -> None:
@@ -183,9 +199,9 @@ class Source:
                     attempts, backoff = 0, spec.reconnect.initial_backoff_s
                 if self._stop.is_set():
                     break
+                if spec.loop and emitted and spec.resolved_kind() in (SourceKind.FILE, SourceKind.IMAGES):
+                    continue  # a file played again (a file played as a camera too: live + pace + loop)
                 if not self.live:
-                    if spec.loop and emitted:
-                        continue
                     self.metrics.set_state("ended")
                     return
                 reason = f"source {spec.id}: stream ended"

@@ -37,3 +37,23 @@ def test_refuses_an_unknown_key_and_names_a_failed_source(clip, detector, tmp_pa
     run = _stream(tmp_path, f"sources.0.uri={video}", "sources.1.id=gone", f"sources.1.uri={tmp_path}/gone.mp4",
                   f"model.path={detector}")  # fmt: skip
     assert run.returncode == 1 and "error: source gone: file not found" in run.stderr
+
+
+def test_bench_stream_scenario_reports_capacity(clip, detector, tmp_path: Path) -> None:
+    video, _ = clip
+    cmd = [sys.executable, "-m", "edgeloop.cli", "agent", "bench", str(detector), "--scenario", "singlestream",
+           "--duration-ms", "300", "--threads", "1", "--cache-dir", str(tmp_path / "engines"),
+           "--stream-clip", str(video), "--streams", "1,2", "--stream-duration", "2",
+           "--json", str(tmp_path / "bench.json")]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "stream scenario (conveyor.mp4, 15 FPS live)" in run.stdout
+    stream = json.loads((tmp_path / "bench.json").read_text())["stream"]
+    steps = stream["steps"]
+    assert stream["stream_fps"] == 15 and 1 <= len(steps) <= 2 and steps[0]["streams"] == 1
+    # the capacity is what the steps measured: the most streams among those that met the rate
+    assert stream["capacity"] == max([s["streams"] for s in steps if s["meets"]], default=0)
+    for s in steps:
+        assert s["meets"] == (s["min_stream_fps"] >= 0.95 * 15)
+        assert s["decoded"] > 0 and s["latency_p99_ms"] >= s["latency_p50_ms"] > 0
