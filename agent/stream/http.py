@@ -49,7 +49,8 @@ class ViewServer:
     @property
     def url(self) -> str:
         host = self._server.server_address[0]
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}/"
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{'127.0.0.1' if name in ('0.0.0.0', '') else name}:{self.port}/"
 
     def start(self) -> ViewServer:
         self._thread = threading.Thread(

@@ -159,10 +159,11 @@ class Inference:
 
     def __call__(self, model: ActiveModel, frames: list[Frame]) -> list[Detections]:
         t0 = time.perf_counter()
-        tensors = []
+        tensors: list[np.ndarray] = []
         for f in frames:
             if f.tensor is None or f.tensor_key != model.preprocess:
                 prepare(f, model)
+            assert f.tensor is not None  # noqa: S101 - prepare() sets it
             tensors.append(f.tensor)
         batch = np.stack(tensors)
         t1 = time.perf_counter()

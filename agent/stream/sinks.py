@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -60,7 +61,7 @@ class MqttSink(Sink):
     """Through the telemetry client of the moment (``telemetry()``: it may be attached later or
     replaced); events while there is none are counted in ``unpublished``."""
 
-    def __init__(self, pipeline: str, telemetry: Callable[[], object]) -> None:
+    def __init__(self, pipeline: str, telemetry: Callable[[], Any]) -> None:
         self.pipeline = pipeline
         self.telemetry = telemetry
         self.published = 0
@@ -112,9 +113,8 @@ class VideoSink(Sink):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             container = av.open(target, "w")
         rate = Fraction(self.fps or fps or 25).limit_denominator(1000)
-        stream = container.add_stream(
-            "libx264" if self.codec in ("h264", "libx264") else self.codec, rate=rate
-        )
+        codec = "libx264" if self.codec in ("h264", "libx264") else self.codec
+        stream: Any = container.add_stream(codec, rate=rate)  # a VideoStream for a video codec
         stream.width, stream.height = image.width - image.width % 2, image.height - image.height % 2
         stream.pix_fmt = "yuv420p"
         if self.codec in ("h264", "libx264"):

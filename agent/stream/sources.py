@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,7 @@ def _open_av(spec: SourceSpec):
     return container
 
 
-def _av_frames(spec: SourceSpec) -> Iterator[tuple[np.ndarray, float | None, float]]:
+def _av_frames(spec: SourceSpec) -> Generator[tuple[np.ndarray, float | None, float], None, None]:
     """(RGB image, pts seconds, nominal fps) of one opening of the source."""
     container = _open_av(spec)
     try:
@@ -73,7 +73,7 @@ def _av_frames(spec: SourceSpec) -> Iterator[tuple[np.ndarray, float | None, flo
         container.close()
 
 
-def _folder_frames(spec: SourceSpec) -> Iterator[tuple[np.ndarray, float | None, float]]:
+def _folder_frames(spec: SourceSpec) -> Generator[tuple[np.ndarray, float | None, float], None, None]:
     root = Path(spec.uri)
     if not root.is_dir():
         raise SourceError(f"source {spec.id}: image folder not found: {root}")
@@ -127,7 +127,7 @@ class Source:
     def join(self, timeout_s: float | None = None) -> None:
         self._thread.join(timeout_s)
 
-    def _frames(self) -> Iterator[tuple[np.ndarray, float | None, float]]:
+    def _frames(self) -> Generator[tuple[np.ndarray, float | None, float], None, None]:
         if self.spec.resolved_kind() is SourceKind.IMAGES:
             return _folder_frames(self.spec)
         return _av_frames(self.spec)
@@ -153,7 +153,8 @@ class Source:
     def _play_once(self) -> int:
         """One opening of the source; returns the frames emitted. Raises on an error."""
         emitted = 0
-        start_wall = start_pts = None
+        start_wall: float | None = None
+        start_pts = 0.0
         frames = self._frames()
         try:
             while True:

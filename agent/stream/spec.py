@@ -46,9 +46,9 @@ class EventRate(str, Enum):
 
 
 class Reconnect(_Strict):
-    initial_backoff_s: float = Field(0.5, gt=0)
-    max_backoff_s: float = Field(10.0, gt=0)
-    max_attempts: int = Field(0, ge=0, description="0 = forever")
+    initial_backoff_s: float = Field(default=0.5, gt=0)
+    max_backoff_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=0, ge=0, description="0 = forever")
 
 
 class SourceSpec(_Strict):
@@ -58,9 +58,11 @@ class SourceSpec(_Strict):
     live: bool | None = None  # None: rtsp, http and v4l2 are live; files and image folders are not
     pace: bool = False  # play a file at its own frame rate (real time) instead of as fast as possible
     loop: bool = False  # start a file again at its end
-    fps: float = Field(0.0, ge=0)  # image folders: timestamps at this rate (and the pace); v4l2: asked rate
+    fps: float = Field(
+        default=0.0, ge=0
+    )  # image folders: timestamps at this rate (and the pace); v4l2: asked rate
     event_rate: EventRate | None = None  # None: the pipeline's events.rate
-    reconnect: Reconnect = Reconnect()
+    reconnect: Reconnect = Field(default_factory=Reconnect)
 
     @field_validator("id")
     @classmethod
@@ -106,8 +108,8 @@ class ModelSpec(_Strict):
 
 
 class Batching(_Strict):
-    max_batch: int = Field(8, ge=1, le=256)
-    max_wait_ms: float = Field(10.0, ge=0)
+    max_batch: int = Field(default=8, ge=1, le=256)
+    max_wait_ms: float = Field(default=10.0, ge=0)
 
 
 class DropPolicy(str, Enum):
@@ -116,13 +118,13 @@ class DropPolicy(str, Enum):
 
 
 class LivePolicy(_Strict):
-    queue: int = Field(2, ge=1, description="frames a live source may have waiting")
+    queue: int = Field(default=2, ge=1, description="frames a live source may have waiting")
     drop: DropPolicy = DropPolicy.OLDEST
 
 
 class Postprocess(_Strict):
-    score_threshold: float = Field(0.5, ge=0, le=1)
-    max_detections: int = Field(100, ge=1)
+    score_threshold: float = Field(default=0.5, ge=0, le=1)
+    max_detections: int = Field(default=100, ge=1)
 
 
 class TrackerKind(str, Enum):
@@ -132,11 +134,11 @@ class TrackerKind(str, Enum):
 
 class TrackerSpec(_Strict):
     kind: TrackerKind = TrackerKind.BYTETRACK  # ignored (off) for classification models
-    lost_track_buffer: int = Field(30, ge=0)
-    track_activation_threshold: float = Field(0.5, ge=0, le=1)
-    minimum_consecutive_frames: int = Field(1, ge=1)
-    minimum_iou_threshold: float = Field(0.1, ge=0, le=1)
-    high_conf_det_threshold: float = Field(0.6, ge=0, le=1)
+    lost_track_buffer: int = Field(default=30, ge=0)
+    track_activation_threshold: float = Field(default=0.5, ge=0, le=1)
+    minimum_consecutive_frames: int = Field(default=1, ge=1)
+    minimum_iou_threshold: float = Field(default=0.1, ge=0, le=1)
+    high_conf_det_threshold: float = Field(default=0.6, ge=0, le=1)
 
 
 class Events(_Strict):
@@ -154,40 +156,40 @@ class JsonlSink(_Strict):
 class Mp4Sink(_Strict):
     path: str | None = None  # annotated video; with several sources, one file each: NAME.<source>.mp4
     codec: str = "h264"
-    fps: float = Field(0.0, ge=0)  # 0: the source's rate, else 25
+    fps: float = Field(default=0.0, ge=0)  # 0: the source's rate, else 25
 
 
 class MjpegSink(_Strict):
-    port: int = Field(-1, ge=-1, le=65535)  # -1 = off, 0 = a free port
+    port: int = Field(default=-1, ge=-1, le=65535)  # -1 = off, 0 = a free port
     host: str = "127.0.0.1"
-    quality: int = Field(80, ge=10, le=95)
-    max_fps: float = Field(15.0, ge=0)  # per viewer; 0 = every frame
+    quality: int = Field(default=80, ge=10, le=95)
+    max_fps: float = Field(default=15.0, ge=0)  # per viewer; 0 = every frame
 
 
 class RtspSink(_Strict):
     url: str | None = None  # rtsp://server/path: push the annotated stream to an RTSP server (H.264)
-    fps: float = Field(0.0, ge=0)
+    fps: float = Field(default=0.0, ge=0)
 
 
 class Sinks(_Strict):
-    mqtt: MqttSink = MqttSink()
-    jsonl: JsonlSink = JsonlSink()
-    mp4: Mp4Sink = Mp4Sink()
-    mjpeg: MjpegSink = MjpegSink()
-    rtsp: RtspSink = RtspSink()
+    mqtt: MqttSink = Field(default_factory=MqttSink)
+    jsonl: JsonlSink = Field(default_factory=JsonlSink)
+    mp4: Mp4Sink = Field(default_factory=Mp4Sink)
+    mjpeg: MjpegSink = Field(default_factory=MjpegSink)
+    rtsp: RtspSink = Field(default_factory=RtspSink)
 
 
 class PipelineSpec(_Strict):
     name: str = "pipeline"
     sources: list[SourceSpec] = Field(default_factory=list)
-    model: ModelSpec = ModelSpec()
-    batching: Batching = Batching()
-    live_policy: LivePolicy = LivePolicy()
-    postprocess: Postprocess = Postprocess()
-    tracker: TrackerSpec = TrackerSpec()
-    events: Events = Events()
-    sinks: Sinks = Sinks()
-    metrics_interval_s: float = Field(5.0, gt=0)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    batching: Batching = Field(default_factory=Batching)
+    live_policy: LivePolicy = Field(default_factory=LivePolicy)
+    postprocess: Postprocess = Field(default_factory=Postprocess)
+    tracker: TrackerSpec = Field(default_factory=TrackerSpec)
+    events: Events = Field(default_factory=Events)
+    sinks: Sinks = Field(default_factory=Sinks)
+    metrics_interval_s: float = Field(default=5.0, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -211,7 +213,11 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        field = (
+            model.model_fields.get(str(part))
+            if isinstance(model, type) and issubclass(model, BaseModel)
+            else None
+        )
         if field is None:
             return []
         ann = field.annotation
@@ -220,7 +226,7 @@ def _allowed_keys(loc: tuple) -> list[str]:
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
         if model is None:
             return []
-    return sorted(model.model_fields) if model is not None else []
+    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
 def _format(exc: ValidationError, origin: str) -> str:

@@ -46,15 +46,14 @@ class SourceTracker:
         if len(tracked) == 0:
             return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), [],
                               track_ids=np.zeros(0, np.int64))  # fmt: skip
-        labels = (
-            list(tracked.data["label"]) if "label" in tracked.data else [str(c) for c in tracked.class_id]
-        )
+        class_ids = tracked.class_id if tracked.class_id is not None else np.zeros(len(tracked), np.int64)
+        labels = list(tracked.data["label"]) if "label" in tracked.data else [str(c) for c in class_ids]
         return Detections(
             tracked.xyxy.astype(np.float32),
             (tracked.confidence if tracked.confidence is not None else np.ones(len(tracked))).astype(
                 np.float32
             ),
-            np.asarray(tracked.class_id, dtype=np.int64),
+            np.asarray(class_ids, dtype=np.int64),
             [str(x) for x in labels],
             track_ids=np.asarray(tracked.tracker_id, dtype=np.int64),
         )
