@@ -67,3 +67,19 @@ def test_ema_tracks_the_average_and_copies_integer_buffers():
     assert torch.allclose(ema.module[0].weight, expected)
     assert int(ema.module[1].num_batches_tracked) == 3
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_batch_size_and_workers_default_from_the_machine(monkeypatch):
+    from trainer import runtime
+    from trainer.tasks.detection.spec import DetectionSpec
+    from trainer.tasks.detection.training import auto_batch_size
+
+    spec = DetectionSpec.model_validate({"dataset": {"root": "x"}})
+    assert spec.train.batch_size is None and spec.train.num_workers is None
+    assert auto_batch_size(spec, torch.device("cpu")) == 16
+    given = DetectionSpec.model_validate({"dataset": {"root": "x"}, "train": {"batch_size": 6}})
+    assert auto_batch_size(given, torch.device("cpu")) == 6
+    monkeypatch.setattr(runtime, "cpu_cores", lambda: 16)
+    assert runtime.auto_workers(torch.device("cuda")) == 15
+    assert runtime.auto_workers(torch.device("cuda"), world_size=2) == 7
+    assert runtime.auto_workers(torch.device("cpu")) == 2
