@@ -2,9 +2,9 @@
 
 A checkpoint becomes zlib-compressed fp16 parts of at most 15 MiB (``<stem>.pth.part<i>``); joining
 them gives back an fp32 checkpoint the trainer loads as usual. Optimizer and scheduler state is
-dropped (nothing resumes from a moved checkpoint). Works for detection checkpoints, plain
-classification ones (state dict) and pruned classification ones (the whole module is pickled,
-see ``trainer/models/checkpoint.py``; it travels in the first part).
+dropped (nothing resumes from a moved checkpoint). Works for every checkpoint of ours: all are
+plain data (a pruned model's ``structure`` travels in the first part, see
+``trainer/models/checkpoint.py``), and parts are read with ``weights_only=True`` only.
 """
 
 from __future__ import annotations
@@ -18,12 +18,7 @@ _RESUME_ONLY = ("optimizer", "scheduler", "scaler")
 
 
 def _load(source, torch):
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception:  # a pruned model pickles its module: our own files only
-        if isinstance(source, io.BytesIO):
-            source.seek(0)
-        return torch.load(source, map_location="cpu", weights_only=False)
+    return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def split_checkpoint(path: Path, out_dir: Path, stem: str) -> list[Path]:
@@ -34,9 +29,6 @@ def split_checkpoint(path: Path, out_dir: Path, stem: str) -> list[Path]:
     for k in _RESUME_ONLY:
         payload.pop(k, None)
     state = payload.pop("state_dict")
-    if payload.get("module") is not None:
-        payload["module"] = payload["module"].half()
-        state = {}  # the module carries its weights; join rebuilds the state dict from it
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     parts, current, size = [], {}, 0
     for k, v in state.items():
@@ -71,9 +63,6 @@ def join_checkpoint(ckpt_dir: Path, stem: str, out: Path) -> Path:
     payload, state = dict(first["meta"]), dict(first["state_dict"])
     for i in range(1, int(first["parts"])):
         state.update(part(i)["state_dict"])
-    if payload.get("module") is not None:
-        payload["module"] = payload["module"].float()
-        state = payload["module"].state_dict()
     payload["state_dict"] = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, out)

@@ -323,7 +323,7 @@ def test_budget_ends_the_run_and_the_ema_weights_are_exported(run, data: Path) -
     assert t.metrics["stopped_by_budget"] and t.metrics["steps"] == 2 and t.metrics["epochs"] == 1
     assert t.metrics["ema"] and t.metrics["history"][-1]["lr"] < 0.05 * 2e-4  # decayed to the floor
     assert "val_map" in t.metrics["history"][-1]  # the cut-short epoch was validated
-    last = torch.load(t.output_dir / "last.pth", map_location="cpu", weights_only=False)
+    last = torch.load(t.output_dir / "last.pth", map_location="cpu", weights_only=True)
     ema_state, raw_state = last["state_dict"], last["train_state_dict"]
     key = "model.decoder.class_embed.0.weight"
     assert not torch.allclose(ema_state[key], raw_state[key])

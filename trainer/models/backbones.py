@@ -162,13 +162,16 @@ def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     )
 
 
-def load_pretrained(model: nn.Module, path: str | Path, backbone: str) -> dict[str, int]:
+def load_pretrained(
+    model: nn.Module, path: str | Path, backbone: str, *, allow_unsafe_pickle: bool = False
+) -> dict[str, int]:
     """Load backbone weights from a local file into ``model``; the head is re-initialised if
-    its shape differs (new classes). Returns counts of loaded / skipped tensors."""
+    its shape differs (new classes). Returns counts of loaded / skipped tensors. The file is
+    read as plain data (``trainer.models.checkpoint.load_file``)."""
+    from trainer.models.checkpoint import load_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained_path not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_file(path, what="model.pretrained_path", allow_unsafe_pickle=allow_unsafe_pickle)
     state = {k.removeprefix("module."): v for k, v in _extract_state_dict(obj).items()}
     own = model.state_dict()
     head = backbone_info(backbone).head + "."

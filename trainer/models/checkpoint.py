@@ -1,19 +1,28 @@
-"""Our checkpoint format (``model.pth``): weights plus everything needed to use them.
+"""Our checkpoint format (``model.pth``): weights plus everything needed to use them, as plain
+data only, so every file loads with ``torch.load(weights_only=True)`` and no file runs code.
 
 A dict saved with ``torch.save``::
 
-    format: "edgeloop.v1", task, backbone, labels, image_size, mean, std,
-    state_dict, module (the whole nn.Module, only when its structure differs from the
-    backbone factory's, i.e. after pruning), lineage {history, prune_ratio, teacher, parent},
-    metrics, and for resume: epoch, optimizer, scheduler, scaler, best_metric.
+    format: "edgeloop.v2", task, backbone, labels, image_size, mean, std,
+    state_dict, structure (pruned models only: {module name: {in_channels, out_channels, groups,
+    in_features, out_features, num_features, normalized_shape, num_channels, num_groups}}),
+    lineage {history, prune_ratio, teacher, parent}, metrics, and for resume: epoch, optimizer,
+    scheduler, scaler, best_metric, history.
 
-A pruned model cannot be rebuilt from its backbone name, so its whole module is pickled; loading
-such a file needs ``weights_only=False`` and therefore trusts the file (only load checkpoints
-you made). Unpruned models load with ``weights_only=True``.
+A pruned model is rebuilt from its backbone name: the factory's module tree, with each module's
+channel counts set from ``structure`` and its tensors resized to the state dict's, then the
+state dict loaded strictly. (Format v1 pickled a pruned model's whole module; such a legacy file
+is refused unless the spec says ``model.allow_unsafe_pickle: true``, see :func:`load_file`.)
+
+Every file goes through :func:`load_file`: a missing, truncated or junk file, or one that would
+run code, is refused with an error naming it.
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,108 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMAT = "edgeloop.v1"
+log = logging.getLogger(__name__)
+
+FORMAT = "edgeloop.v2"
+# the module attributes Torch-Pruning changes; a pruned model is rebuilt from them
+STRUCTURE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_channels",
+    "num_groups",
+)
+UNSAFE_FLAG = "model.allow_unsafe_pickle"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that would run code when loaded (a pickled object, not plain data)."""
+
+
+def load_file(path: str | Path, *, what: str = "checkpoint", allow_unsafe_pickle: bool = False) -> Any:
+    """``torch.load`` of ``path`` with ``weights_only=True``: tensors, dicts, lists, primitives.
+
+    A file that needs more (a pickled module or any other object: loading it runs code from the
+    file) is refused with :class:`UnsafeCheckpointError` unless ``allow_unsafe_pickle``, the
+    spec's ``model.allow_unsafe_pickle: true``, says the user trusts it. A truncated or junk file
+    gives :class:`CheckpointError`; both name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        needs = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if needs is None:  # the weights-only unpickler met bytes that are no pickle at all
+            raise CheckpointError(
+                f"{what} {path} is not a PyTorch checkpoint (junk or corrupt bytes)"
+            ) from None
+        if not allow_unsafe_pickle:
+            raise UnsafeCheckpointError(
+                f"{what} {path} refused: it is not plain data (it pickles {needs.group(1)}), and "
+                f"loading it would run code from the file. If you made this file or trust it, set "
+                f"{UNSAFE_FLAG}: true to load it anyway (this lets the file run any code)"
+            ) from None
+        log.warning("%s: true: loading %s with full pickle (it may run code)", UNSAFE_FLAG, path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, short read, ...
+        raise CheckpointError(
+            f"{what} {path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+
+
+def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The channel counts of every module that has any (plain ints and lists)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        attrs = {}
+        for a in STRUCTURE_ATTRS:
+            v = getattr(module, a, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                attrs[a] = v
+            elif isinstance(v, (tuple, list)) and all(isinstance(x, int) for x in v):
+                attrs[a] = list(v)
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def apply_structure(
+    model: nn.Module, structure: dict[str, dict[str, Any]], state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """Give the factory-built ``model`` the pruned channel counts and tensor shapes of a
+    checkpoint, so that ``state`` loads strictly."""
+    modules = dict(model.named_modules())
+    for name, attrs in structure.items():
+        if name not in modules:
+            raise CheckpointError(f"the checkpoint's structure names a module {name!r} the model lacks")
+        for a, v in attrs.items():
+            setattr(modules[name], a, tuple(v) if isinstance(v, list) else v)
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if module is None:
+            continue
+        if leaf in module._parameters and module._parameters[leaf] is not None:
+            old = module._parameters[leaf]
+            if old.shape != value.shape:
+                module._parameters[leaf] = nn.Parameter(
+                    torch.empty(value.shape, dtype=old.dtype), requires_grad=old.requires_grad
+                )
+        elif leaf in module._buffers and module._buffers[leaf] is not None:
+            old_b = module._buffers[leaf]
+            if old_b.shape != value.shape:
+                module._buffers[leaf] = torch.empty(value.shape, dtype=old_b.dtype)
+    return model
 
 
 @dataclass
@@ -65,54 +175,51 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, **resume_state: Any) -> 
         "mean": list(ckpt.mean),
         "std": list(ckpt.std),
         "state_dict": state,
-        "module": None,
         "lineage": dict(ckpt.lineage),
         "metrics": dict(ckpt.metrics),
         **resume_state,
     }
     if ckpt.structured:
-        import copy
-
-        cpu_module = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
-        payload["module"] = cpu_module
+        payload["structure"] = structure_of(model)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)  # atomic: a crash mid-save never leaves a half-written checkpoint
     return path
 
 
-def read_payload(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # structured (pruned) checkpoints pickle the module: our own files only
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+def read_payload(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, Any]:
+    """The payload dict of one of our checkpoints (see :func:`load_file` for what is refused)."""
+    payload = load_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
     if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("edgeloop"):
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not an edgeloop checkpoint (for torchvision/timm weights use model.pretrained_path)"
         )
+    missing = [k for k in ("state_dict", "labels", "image_size", "mean", "std") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete edgeloop checkpoint: no {', '.join(missing)}")
     return payload
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Checkpoint:
+    """One of our classification checkpoints, its model rebuilt from the backbone factory."""
     from trainer.models.backbones import build_model
 
-    payload = read_payload(path)
-    if payload.get("module") is not None:
+    payload = read_payload(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    structured = False
+    if payload.get("module") is not None:  # format v1, pickled module: loaded only when allowed
         model = payload["module"]
         structured = True
     else:
         model = build_model(payload["backbone"], len(payload["labels"]))
+        if payload.get("structure"):
+            apply_structure(model, payload["structure"], payload["state_dict"])
+            structured = True
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {path} does not fit backbone {payload['backbone']!r}: {exc}"
             ) from None
-        structured = False
     resume = {
         k: payload[k]
         for k in ("epoch", "optimizer", "scheduler", "scaler", "best_metric", "history")

@@ -109,7 +109,12 @@ def train_data(spec: ClassificationSpec, ctx: RunContext, classes: list[str] | N
 def new_model(spec: ClassificationSpec, num_classes: int) -> nn.Module:
     model = build_model(spec.model.backbone, num_classes)
     if spec.model.pretrained_path:
-        stats = load_pretrained(model, spec.model.pretrained_path, spec.model.backbone)
+        stats = load_pretrained(
+            model,
+            spec.model.pretrained_path,
+            spec.model.backbone,
+            allow_unsafe_pickle=spec.model.allow_unsafe_pickle,
+        )
         log.info("loaded %s: %s", spec.model.pretrained_path, stats)
     return model
 
@@ -193,10 +198,10 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input: batch.numpy().astype(np.float32)})[0]
 
 
-def load_predictor(path: Path, device: torch.device) -> Predictor:
+def load_predictor(path: Path, device: torch.device, *, allow_unsafe_pickle: bool = False) -> Predictor:
     if path.suffix == ".onnx":
         return OnnxPredictor(path)
-    return TorchPredictor(load_checkpoint(path), device)
+    return TorchPredictor(load_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle), device)
 
 
 # ------------------------------------------------------------------ metrics

@@ -24,6 +24,11 @@ class ModelSpec(Section):
         "resnet18", description="see trainer.models.backbones.list_backbones() or timm:<name>"
     )
     pretrained_path: str | None = Field(None, description="local torchvision/timm/edgeloop checkpoint")
+    allow_unsafe_pickle: bool = Field(
+        False,
+        description="DANGER: load checkpoints that are not plain data (legacy pickles, e.g. a whole "
+        "pickled module) with full pickle, which runs any code the file contains; only for files you trust",
+    )
 
     @field_validator("backbone")
     @classmethod

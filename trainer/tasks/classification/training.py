@@ -73,7 +73,7 @@ def run_training(
     resume_from = resume_source(spec, ctx)
     resume_state = None
     if resume_from is not None:
-        prev = load_checkpoint(resume_from)
+        prev = load_checkpoint(resume_from, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
         if prev.labels != classes:
             raise ValueError(f"resume checkpoint {resume_from} has classes {prev.labels}, data has {classes}")
         model.load_state_dict(prev.model.state_dict())

@@ -120,15 +120,17 @@ def _state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
     raise ValueError("not a recognised checkpoint (expected a state dict, timm/torchvision or edgeloop file)")
 
 
-def load_pretrained_backbone(model: nn.Module, path: str | Path) -> dict[str, int]:
+def load_pretrained_backbone(
+    model: nn.Module, path: str | Path, *, allow_unsafe_pickle: bool = False
+) -> dict[str, int]:
     """Load a classification checkpoint (ours, torchvision or timm) into the detector's backbone.
 
     Head tensors are ignored; any other shape mismatch, or a checkpoint that covers less than
     half of the backbone, is refused with the keys named."""
+    from trainer.models.checkpoint import load_file
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained_backbone_path not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_file(path, what="model.pretrained_backbone_path", allow_unsafe_pickle=allow_unsafe_pickle)
     state = {k.removeprefix("module."): v for k, v in _state_dict_of(obj).items()}
     # a detection checkpoint's backbone, too
     prefix = "model.backbone.model.body."

@@ -98,7 +98,7 @@ def export_detector(
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Export the detection checkpoint ``ckpt`` to ``out_dir/onnx_name`` with ``manifest.json`` and
     ``labels.txt`` beside it, parity-checked on real val images; returns (onnx, manifest, metrics)."""
-    loaded = load_detector(ckpt)
+    loaded = load_detector(ckpt, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     model = ExportWrapper(loaded.model.eval())
     val = open_split(spec, "val")
     if loaded.config.image_size != spec.dataset.image_size:

@@ -178,19 +178,20 @@ class LoadedDetector:
     payload: dict[str, Any]
 
 
-def load_detector(path: str | Path) -> LoadedDetector:
-    from trainer.models.checkpoint import read_payload
+def load_detector(path: str | Path, *, allow_unsafe_pickle: bool = False) -> LoadedDetector:
+    """A detection checkpoint of ours (plain data; see ``trainer.models.checkpoint.load_file``)."""
+    from trainer.models.checkpoint import CheckpointError, read_payload
 
-    payload = read_payload(path)
+    payload = read_payload(path, allow_unsafe_pickle=allow_unsafe_pickle)
     if payload.get("task") != "detection" or "detector" not in payload:
-        raise ValueError(f"{path} is not a detection checkpoint (task={payload.get('task')!r})")
+        raise CheckpointError(f"{path} is not a detection checkpoint (task={payload.get('task')!r})")
     cfg = DetectorConfig.from_dict(payload["detector"])
     model = build_detector(cfg)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not fit its detector config: {exc}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit its detector config: {exc}") from None
     return LoadedDetector(
         model=model,
         config=cfg,
@@ -226,7 +227,7 @@ def make_model(spec: DetectionSpec, labels: list[str]) -> nn.Module:
     """The model a run starts from: ``model.pretrained_path`` (same classes), else a fresh detector
     with ``model.pretrained_backbone_path`` loaded into its backbone when given."""
     if spec.model.pretrained_path:
-        loaded = load_detector(spec.model.pretrained_path)
+        loaded = load_detector(spec.model.pretrained_path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
         if loaded.labels != labels:
             raise ValueError(
                 f"model.pretrained_path has labels {loaded.labels}, the data set {labels}: start from "
@@ -235,5 +236,7 @@ def make_model(spec: DetectionSpec, labels: list[str]) -> nn.Module:
         return loaded.model
     model = build_detector(detector_config(spec, labels))
     if spec.model.pretrained_backbone_path:
-        load_pretrained_backbone(model, spec.model.pretrained_backbone_path)
+        load_pretrained_backbone(
+            model, spec.model.pretrained_backbone_path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle
+        )
     return model

@@ -28,6 +28,11 @@ class ModelSpec(Section):
     pretrained_backbone_path: str | None = Field(
         None, description="backbone weights: our classification model.pth, or a torchvision/timm state dict"
     )
+    allow_unsafe_pickle: bool = Field(
+        False,
+        description="DANGER: load checkpoints that are not plain data (legacy pickles, e.g. a whole "
+        "pickled module) with full pickle, which runs any code the file contains; only for files you trust",
+    )
     num_queries: int = Field(100, ge=1, le=1000)
     d_model: int = Field(128, ge=16, description="hidden size of the encoder and decoder")
     encoder_ffn_dim: int = Field(512, ge=16)

@@ -152,7 +152,7 @@ def fit_detector(
     if spec.train.resume:
         rpath = Path(spec.train.resume) if isinstance(spec.train.resume, str) else last_path
         if rpath.is_file():
-            loaded = load_detector(rpath)
+            loaded = load_detector(rpath, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
             model.load_state_dict(loaded.model.state_dict())
             keys = ("epoch", "optimizer", "scheduler", "scaler", "best_metric", "history")
             resume = {

@@ -23,7 +23,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     seed_everything(spec.seed)
     d = spec.distill
     teacher_path = Path(d.teacher.checkpoint or "")
-    teacher = load_checkpoint(teacher_path)
+    teacher = load_checkpoint(teacher_path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     if d.teacher.backbone and d.teacher.backbone != teacher.backbone:
         raise DistillationMismatchError(
             f"distill.teacher.backbone={d.teacher.backbone!r} but {teacher_path} holds a {teacher.backbone!r} model"
@@ -31,7 +31,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     classes = class_names(Path(spec.dataset.root), "train")
     check_checkpoint_classes(teacher, spec, f"teacher {teacher_path}")
     if d.student_checkpoint:
-        base = load_checkpoint(d.student_checkpoint)
+        base = load_checkpoint(d.student_checkpoint, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
         if base.labels != teacher.labels:
             raise DistillationMismatchError(
                 f"student {d.student_checkpoint} classes {base.labels} differ from teacher classes {teacher.labels}"

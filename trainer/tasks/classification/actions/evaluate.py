@@ -28,7 +28,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix (JSON + PNG)."""
     path = resolve(spec.evaluate.checkpoint, ctx.default_checkpoint("train"))
     device = select_device(spec.train.device) if path.suffix != ".onnx" else torch.device("cpu")
-    pred = load_predictor(path, device)
+    pred = load_predictor(path, device, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     samples = scan_split(
         Path(spec.dataset.root), spec.evaluate.split, pred.labels, spec.dataset.corrupt_images.value
     )

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     """ONNX (pinned opset, dynamic batch) checked against PyTorch, plus manifest and labels."""
     path = resolve(spec.export.checkpoint, ctx.default_checkpoint("train"))
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     onnx_path, metrics = export_checkpoint(ck, path, spec, ctx.out_dir)
     e = spec.export
     manifest = write_manifest(

@@ -26,7 +26,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     """Predict every image under inference.input_dir; predictions.csv / predictions.json."""
     path = resolve(spec.inference.checkpoint, ctx.default_checkpoint("train"))
     device = select_device(spec.train.device) if path.suffix != ".onnx" else torch.device("cpu")
-    pred = load_predictor(path, device)
+    pred = load_predictor(path, device, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     folder = Path(spec.inference.input_dir) if spec.inference.input_dir else Path(spec.dataset.root) / "test"
     from trainer.datasets.folder import image_ok
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     """Structured channel pruning (Torch-Pruning dependency graph); the head is kept."""
     path = resolve(spec.prune.checkpoint, ctx.default_checkpoint("train"))
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     model = ck.model.eval()
     example = torch.randn(1, 3, ck.image_size, ck.image_size)
     p = spec.prune

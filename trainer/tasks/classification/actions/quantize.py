@@ -40,7 +40,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
         name, backbone, fp32_metrics = m.name, m.backbone, dict(m.metrics)
         cx = dict(m.complexity)
     else:
-        ck = load_checkpoint(src)
+        ck = load_checkpoint(src, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
         labels, size, mean, std = ck.labels, ck.image_size, ck.mean, ck.std
         fp32, fp32_metrics = export_checkpoint(ck, src, spec, ctx.out_dir, onnx_name="model_fp32.onnx")
         lineage = lineage_after(ck, src, "quantize")

@@ -15,7 +15,7 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     """Fine-tune a pruned model (retrain.checkpoint, default <results_dir>/prune/model.pth)."""
     seed_everything(spec.seed)
     path = resolve(spec.retrain.checkpoint, ctx.default_checkpoint("prune"))
-    base = load_checkpoint(path)
+    base = load_checkpoint(path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     check_checkpoint_classes(base, spec, f"retrain.checkpoint {path}")
     lineage = dict(base.lineage)
     lineage["action"] = "retrain"

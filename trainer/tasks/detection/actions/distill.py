@@ -16,7 +16,9 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
         raise ValueError("distill runs on one process (train.num_gpus=1): its projections are outside DDP")
     seed_all(spec.seed)
     labels = open_split(spec, "train").labels
-    teacher = load_detector(spec.distill.teacher.checkpoint)  # type: ignore[arg-type]
+    teacher = load_detector(
+        spec.distill.teacher.checkpoint, allow_unsafe_pickle=spec.model.allow_unsafe_pickle
+    )  # type: ignore[arg-type]
     if spec.distill.teacher.backbone and spec.distill.teacher.backbone != teacher.config.backbone:
         raise ValueError(
             f"distill.teacher.backbone={spec.distill.teacher.backbone!r} but the checkpoint is a "
@@ -25,7 +27,9 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
     if teacher.labels != labels:
         raise ValueError(f"teacher labels {teacher.labels} differ from the data set's {labels}")
     if spec.distill.student_checkpoint:
-        student = load_detector(spec.distill.student_checkpoint).model
+        student = load_detector(
+            spec.distill.student_checkpoint, allow_unsafe_pickle=spec.model.allow_unsafe_pickle
+        ).model
     else:
         student = make_model(spec, labels)
     device = select_device(spec.train.device, ctx.local_rank)

@@ -30,7 +30,7 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
             conf_threshold=cfg.conf_threshold,
         )
     else:
-        loaded = load_detector(ckpt)
+        loaded = load_detector(ckpt, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
         if loaded.labels != split.labels:
             raise ValueError(f"model labels {loaded.labels} differ from the split's {split.labels}")
         device = select_device(spec.train.device)

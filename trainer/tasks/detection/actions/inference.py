@@ -33,7 +33,7 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
         labels, size, mean, std = runner.labels, runner.image_size, runner.mean, runner.std
         label_to_cat = runner.label_to_cat
     else:
-        loaded = load_detector(ckpt)
+        loaded = load_detector(ckpt, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
         model = loaded.model.eval()
         labels, size, mean, std = loaded.labels, loaded.config.image_size, loaded.mean, loaded.std
         label_to_cat = {int(k): int(v) for k, v in (loaded.payload.get("label_to_cat") or {}).items()} or {
