@@ -90,7 +90,9 @@ def test_legacy_pickled_module_needs_the_explicit_flag(tmp_path: Path) -> None:
          "module": model},
         legacy,
     )  # fmt: skip
-    with pytest.raises(UnsafeCheckpointError, match="torchvision.models.resnet.ResNet.*allow_unsafe_pickle: true"):
+    with pytest.raises(
+        UnsafeCheckpointError, match="torchvision.models.resnet.ResNet.*allow_unsafe_pickle: true"
+    ):
         load_checkpoint(legacy)
     ck = load_checkpoint(legacy, allow_unsafe_pickle=True)
     assert ck.structured and ck.labels == list("abc")
