@@ -136,6 +136,8 @@ class S3Store:
         )
 
     def url(self, name: str, *, device_id: str, expires_at: int) -> str:
+        """A SigV4 presigned GET. It cannot name the device (S3 checks no such argument): only
+        the short expiry and its place in that device's command bound it."""
         expires_in = max(1, expires_at - int(time.time()))
         return str(
             self.client.generate_presigned_url(
