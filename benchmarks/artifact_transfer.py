@@ -63,6 +63,28 @@ def make_shard(path: Path, size: int) -> Path:
     return path
 
 
+def send_shard_to(http, device_id: str, shard_id: str, tmp: Path) -> None:  # noqa: ANN001 - httpx.Client
+    """The controller lets a device download only artifacts a command sent it: store a benchmark
+    command for this device that names the shard (this agent holds no stream: it never runs)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "tiny", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save_model(model, str(tmp / "tiny.onnx"))
+    manifest = json.dumps({"name": "tiny", "version": "xfer:1", "task": "classification"})
+    with open(tmp / "tiny.onnx", "rb") as fh:
+        files = {"onnx": ("model.onnx", fh), "manifest": ("manifest.json", manifest)}
+        http.post("/models/import", files=files).raise_for_status()
+    body = {"model_version": "xfer:1", "evaluation_artifact_id": shard_id}
+    http.post(f"/devices/{device_id}/benchmark", json=body).raise_for_status()
+
+
 def raw_tcp_copy(path: Path, dest: Path) -> float:
     port = free_port()
     proc = subprocess.Popen(
@@ -102,6 +124,8 @@ def main() -> int:
             identity = AgentIdentity("bench", probe_hardware(hardware_class="bench"))
             client = FleetClient(ctl.grpc_target, tmp / "agent", identity, ctl.enrollment_token)
             creds = client.register()
+            with ctl.http as http:
+                send_shard_to(http, creds.device_id, art["id"], tmp)
             ref = fleet_pb2.ArtifactRef(
                 artifact_id=art["id"],
                 sha256=art["sha256"],
