@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from agent.fleet.download import (
@@ -38,6 +39,17 @@ TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 BLOCK = 1 << 20  # bytes handed to the hashing writer at a time
 PROGRESS_EVERY = 8 << 20  # on_progress at most this often (each becomes a status the controller stores)
 MAX_INTERRUPTIONS = 3  # cuts in a row, each resumed, before the URL is given up for gRPC
+
+
+def _large_reads() -> None:
+    """httpcore reads an HTTP/1.1 body 64 KiB at a time (``READ_NUM_BYTES``, a class attribute and
+    its only knob); artifact bodies are tens of MB, and 1 MiB reads cost about a third less CPU
+    per byte here (a 128 MB fetch went from 76 to 111 MB/s on the loaded 2-vCPU VM). Only a
+    larger ceiling per read: small answers are unchanged. Left alone if httpcore drops it."""
+    connection = getattr(getattr(httpcore, "_sync", None), "http11", None)
+    cls = getattr(connection, "HTTP11Connection", None)
+    if cls is not None and getattr(cls, "READ_NUM_BYTES", 0) < BLOCK:
+        cls.READ_NUM_BYTES = BLOCK
 
 
 class UrlGivenUp(Exception):
@@ -161,6 +173,7 @@ class UrlFetcher:
     def __init__(
         self, client: httpx.Client | None = None, max_interruptions: int = MAX_INTERRUPTIONS
     ) -> None:
+        _large_reads()
         self.client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=True)
         self.max_interruptions = max_interruptions
 
