@@ -68,6 +68,13 @@ class FrameMuxer:
                 self._order.remove(source_id)
             self._cond.notify_all()
 
+    def has_room(self, source_id: str) -> bool:
+        """Whether a frame queued now would wait behind fewer than ``capacity`` others (a live
+        source preprocesses a frame only then: one that will be dropped is not worth the CPU)."""
+        with self._cond:
+            lane = self._lanes.get(source_id)
+            return lane is not None and len(lane.queue) < lane.capacity
+
     def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
         """Queue a frame; False when the source was removed or the muxer closed (stop reading)."""
         with self._cond:

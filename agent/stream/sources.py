@@ -143,8 +143,8 @@ class Source:
         frame = Frame(self.spec.id, self._index, pts, time.time(), image)
         self._index += 1
         m.count("decoded")
-        if self.prepare is not None:
-            t0 = time.perf_counter()
+        if self.prepare is not None and (not self.live or self.muxer.has_room(self.spec.id)):
+            t0 = time.perf_counter()  # a live source behind the engine leaves it to the engine thread
             self.prepare(frame)
             if self.times is not None:
                 self.times.add("preprocess", time.perf_counter() - t0)
