@@ -7,6 +7,7 @@ dependency or ``db.session_scope``) commits once, so a failure leaves nothing ha
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
@@ -238,6 +239,18 @@ def list_telemetry(*, session: Session, device_id: str, limit: int = 120) -> lis
         .where(TelemetryAggregate.device_id == device_id)
         .order_by(col(TelemetryAggregate.window_start).desc())
         .limit(limit)
+    )
+    return list(session.exec(stmt).all())
+
+
+def telemetry_since(*, session: Session, device_id: str, since: datetime) -> list[TelemetryAggregate]:
+    """The device's one-minute windows from ``since`` on, oldest first (at most a day's)."""
+    stmt = (
+        select(TelemetryAggregate)
+        .where(TelemetryAggregate.device_id == device_id)
+        .where(col(TelemetryAggregate.window_start) >= since)
+        .order_by(col(TelemetryAggregate.window_start))
+        .limit(1440)
     )
     return list(session.exec(stmt).all())
 

@@ -499,8 +499,28 @@ class TelemetryAggregate(SQLModel, table=True):
     latency_p99_ms_max: float | None = None
     cpu_percent_mean: float | None = None
     memory_bytes_max: int | None = Field(default=None, sa_type=BigInteger)
+    temperature_c_max: float | None = None
     requests: int = Field(default=0, sa_type=BigInteger)
     active_version: str = Field(default="", max_length=200)
+
+
+class SeriesPoint(SQLModel):
+    """One one-minute window of a device's telemetry (the dashboard's charts)."""
+
+    t: datetime
+    fps: float | None
+    latency_p99_ms: float | None
+    cpu_percent: float | None
+    memory_bytes: int | None
+    temperature_c: float | None
+    requests: int
+
+
+class DeviceSeries(SQLModel):
+    device_id: str
+    window_s: int
+    since: datetime
+    points: list[SeriesPoint]
 
 
 class TelemetryAggregatePublic(SQLModel):
@@ -511,6 +531,7 @@ class TelemetryAggregatePublic(SQLModel):
     latency_p99_ms_max: float | None
     cpu_percent_mean: float | None
     memory_bytes_max: int | None
+    temperature_c_max: float | None = None
     requests: int
     active_version: str
 

@@ -30,6 +30,7 @@ from protos.redact import redact_url
 log = logging.getLogger(__name__)
 WINDOW_S = 60
 LOOKUPS_PER_S = 20  # DB look-ups of ids not known yet, per second (forged ids are dropped)
+OPEN_WINDOW_WRITE_S = 10  # the window still filling is written this often (upserted), not only when it closes
 
 
 @dataclass
@@ -42,6 +43,7 @@ class _Window:
     cpu_n: int = 0
     p99_max: float | None = None
     mem_max: int | None = None
+    temp_max: float | None = None
     requests: int = 0
     active_version: str = ""
 
@@ -192,14 +194,21 @@ class TelemetryIngest:
             self.metrics.device_latency_p99.labels(device_id, hw).set(p99)
         if mem is not None:
             w.mem_max = int(mem) if w.mem_max is None else max(w.mem_max, int(mem))
+        temp = _num(m.get("temperature_c"))
+        if temp is not None:
+            w.temp_max = temp if w.temp_max is None else max(w.temp_max, temp)
         w.requests = max(w.requests, int(_num(m.get("requests")) or 0))
         w.active_version = str(m.get("active_version") or w.active_version)
 
     # -- writer (flusher thread)
     def _flush_loop(self) -> None:
-        last_classes = 0.0
+        last_classes = last_open = 0.0
         while not self._stop.wait(0.25):
             try:
+                if time.monotonic() - last_open > OPEN_WINDOW_WRITE_S:  # the charts' newest point
+                    for device_id, w in list(self._windows.items()):
+                        self._queue.put(("aggregate", device_id, w))
+                    last_open = time.monotonic()
                 if time.monotonic() - last_classes > 10:
                     with session_scope(self.engine) as session:
                         for device_id, hw in session.exec(select(Device.id, Device.hardware_class)).all():
@@ -265,6 +274,7 @@ class TelemetryIngest:
         row.cpu_percent_mean = w.cpu_sum / w.cpu_n if w.cpu_n else None
         row.latency_p99_ms_max = w.p99_max
         row.memory_bytes_max = w.mem_max
+        row.temperature_c_max = w.temp_max
         row.requests = w.requests
         row.active_version = w.active_version
         session.add(row)

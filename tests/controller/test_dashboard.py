@@ -3,13 +3,17 @@ device class, rendered from live API data (screenshot + DOM check)."""
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from ctl_helpers import ScriptedExecutor, make_controller, manifest_json, start_agent, write_onnx
+
+from controller.models import TelemetryAggregate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = [
@@ -63,6 +67,17 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
             for a in agents
         ] + [ctl.send_benchmark(a.device_id, {"model_version": "tiny:3"}) for a in agents]
         ctl.wait_for_reports(ids, timeout_s=30)
+        # 50 minutes of one-minute telemetry windows, as the MQTT ingest writes them (that path:
+        # tests/controller/test_telemetry.py); the dashboard charts the first online device's
+        now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        with ctl.session() as s:
+            for a in agents:
+                for m in range(50):
+                    s.add(TelemetryAggregate(device_id=a.device_id, window_start=now - timedelta(minutes=49 - m),
+                                             samples=6, fps_mean=100 + 20 * math.sin(m / 5), latency_p99_ms_max=8 + m % 7,
+                                             cpu_percent_mean=30 + m % 20, memory_bytes_max=(200 + m) * 10**6,
+                                             temperature_c_max=45 + m / 10, requests=m * 60))  # fmt: skip
+            s.commit()
 
         url = f"http://127.0.0.1:{ctl.http_port}/dashboard#token=test-api-token"
         shot = tmp_path / "dashboard.png"
@@ -92,6 +107,11 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
         assert not any("tiny:3" in t for t in labels), labels
         assert dom.count('data-labelled="false"') == 2 and dom.count("tiny:3 onnxruntime/fp32") == 2
         assert "cpu-1t" in dom and "cpu-4t" in dom
+        # the per-device time series of the last hour: one line per metric, a point per window
+        assert re.search(r'data-series="[0-9a-f-]+"', dom), "the series never loaded"
+        for metric in ("fps", "latency_p99_ms", "cpu_percent", "memory_bytes", "temperature_c"):
+            assert f'data-metric="{metric}" data-points="50"' in dom, metric
+        assert "50 one-minute windows" in dom
         out = Path(__file__).resolve().parents[2] / "results"
         if out.is_dir():  # keep the screenshot where the docs can point at it (never committed)
             shutil.copy(shot, out / "dashboard.png")

@@ -36,7 +36,7 @@ for i in range(1000):
     c.publish(topic + "metrics", json.dumps({"schema_version": 1, "ts": time.time(), "active_version": "tiny:1",
               "requests": i, "fps": 120.0 + i % 3, "latency_ms": {"p50": 4.0, "p90": 5.0, "p99": 7.5},
               "cpu_percent": 35.0, "memory_bytes": 123456789, "gpu_util_percent": None,
-              "temperature_c": None, "power_w": None}), qos=0)
+              "temperature_c": 51.5 + i % 2, "power_w": None}), qos=0)
     print("published", flush=True)
     time.sleep(0.1)
 """
@@ -100,6 +100,23 @@ def test_online_offline_from_last_will_and_metrics(tmp_path: Path, sqlite_url: s
             headers={"Authorization": "Bearer test-api-token"},
         )
         assert r.status_code == 200 and r.json()[0]["samples"] >= 1
+        series = httpx.get(
+            f"http://127.0.0.1:{ctl.http_port}/api/v1/devices/{device_id}/series?minutes=60",
+            headers={"Authorization": "Bearer test-api-token"},
+        ).json()  # the dashboard's charts: the windows ingested in the last hour, oldest first
+        assert series["window_s"] == 60 and series["points"]
+        last = series["points"][-1]
+        assert last["latency_p99_ms"] == 7.5 and last["memory_bytes"] == 123456789 and last["fps"] >= 120
+        assert last["temperature_c"] in (51.5, 52.5) and last["cpu_percent"] == 35.0
+        ts = [p["t"] for p in series["points"]]
+        assert ts == sorted(ts)
+        for bad in ("minutes=0", "minutes=5000", "minutes=x"):
+            r = httpx.get(f"http://127.0.0.1:{ctl.http_port}/api/v1/devices/{device_id}/series?{bad}",
+                          headers={"Authorization": "Bearer test-api-token"})  # fmt: skip
+            assert r.status_code == 422, bad
+        r = httpx.get(f"http://127.0.0.1:{ctl.http_port}/api/v1/devices/nobody/series",
+                      headers={"Authorization": "Bearer test-api-token"})  # fmt: skip
+        assert r.status_code == 404
 
         # broker outage: the controller's subscriber reconnects and keeps ingesting
         mqtt_broker.restart(down_seconds=0.5)

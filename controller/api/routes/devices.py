@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from fastapi import APIRouter, Query
 
 from controller import crud
@@ -13,13 +15,16 @@ from controller.models import (
     CommandPublic,
     CommandsPublic,
     DevicePublic,
+    DeviceSeries,
     DevicesPublic,
     DeviceUpdate,
     RollbackCreate,
+    SeriesPoint,
     SwitchCreate,
     TelemetryAggregatePublic,
 )
 from controller.services import commands, fleet
+from controller.telemetry import WINDOW_S
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -120,3 +125,19 @@ def device_telemetry(session: SessionDep, device_id: str) -> list[TelemetryAggre
         TelemetryAggregatePublic.model_validate(t)
         for t in crud.list_telemetry(session=session, device_id=device_id)
     ]
+
+
+@router.get("/{device_id}/series", response_model=DeviceSeries)
+def device_series(
+    session: SessionDep, device_id: str, minutes: int = Query(default=60, ge=1, le=1440)
+) -> DeviceSeries:
+    """The last ``minutes`` of the device's telemetry, one point per one-minute window (FPS,
+    latency p99, CPU, memory, temperature): what the dashboard charts."""
+    crud.get_device(session=session, device_id=device_id)
+    since = datetime.now(timezone.utc) - timedelta(minutes=minutes)
+    points = [
+        SeriesPoint(t=w.window_start, fps=w.fps_mean, latency_p99_ms=w.latency_p99_ms_max, cpu_percent=w.cpu_percent_mean,
+                    memory_bytes=w.memory_bytes_max, temperature_c=w.temperature_c_max, requests=w.requests)  # fmt: skip
+        for w in crud.telemetry_since(session=session, device_id=device_id, since=since)
+    ]
+    return DeviceSeries(device_id=device_id, window_s=WINDOW_S, since=since, points=points)
