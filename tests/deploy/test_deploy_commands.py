@@ -183,6 +183,7 @@ def _start_stack(
             ctl_file_env,
             EDGELOOP_DB_URL=db_url or f"sqlite:///{tmp_path / 'controller' / 'edgeloop.db'}",
             EDGELOOP_DATA_DIR=str(tmp_path / "controller"),
+            EDGELOOP_ARTIFACT_DIR=str(tmp_path / "artifacts"),
             EDGELOOP_GRPC_PORT=str(grpc_port),
             EDGELOOP_HTTP_PORT=str(http_port),
             EDGELOOP_MQTT_URL=_mqtt_local(ctl_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials),
