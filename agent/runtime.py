@@ -42,6 +42,7 @@ from agent.engines import build_engine, record_engine
 from agent.errors import AgentError, ArtifactError, HealthCheckFailed
 from agent.evaluate import evaluate
 from agent.http_server import HttpInferenceServer
+from agent.metrics import render_metrics
 from agent.model_spec import ResolvedModel, resolve_model
 from agent.probe import probe_hardware
 from agent.repository import ModelRepository
@@ -51,6 +52,7 @@ from agent.slots import ModelSlots
 from agent.stats import RequestStats
 from agent.stream.infer import build_fixed_engine
 from agent.stream.manager import StreamManager
+from agent.stream.prometheus import render_stream_metrics
 from agent.telemetry import Telemetry, metrics_collector
 from protos import artifact_pb2, fleet_pb2
 from protos.manifest import ManifestError, manifest_from_json
@@ -168,8 +170,9 @@ class AgentRuntime:
             yield self.grpc_server
         if self.settings.serves_http:
             self.http_server = HttpInferenceServer(
-                self.dataplane, host=self.settings.serve_host, port=self.settings.http_port, token=token
-            )
+                self.dataplane, host=self.settings.serve_host, port=self.settings.http_port, token=token,
+                metrics=lambda: render_metrics(self.dataplane) + render_stream_metrics(self.streams),
+            )  # fmt: skip
             yield self.http_server
 
     def start(self) -> AgentRuntime:

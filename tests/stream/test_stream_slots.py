@@ -5,6 +5,7 @@ source or losing its frame count; the agent runtime keeps its pipelines across a
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 from stream_testkit import detector_artifact, read_jsonl
@@ -54,7 +55,7 @@ def test_switch_and_rollback_while_streaming(make_pipeline, clip, detector, prof
 
 def test_runtime_restores_its_pipelines_after_a_restart(clip, detector, tmp_path: Path) -> None:
     video, gt = clip
-    settings = AgentSettings(agent_dir=tmp_path / "agent", serve_port=-1, threads=1)
+    settings = AgentSettings(agent_dir=tmp_path / "agent", serve_port=-1, http_port=0, threads=1)
     out = tmp_path / "events.jsonl"
     spec = load_pipeline_spec({"name": "belt", "sources": [{"id": "cam", "uri": str(video)}]},
                               [f"sinks.jsonl.path={out}"])  # fmt: skip
@@ -62,6 +63,17 @@ def test_runtime_restores_its_pipelines_after_a_restart(clip, detector, tmp_path
         assert runtime.slots.deploy(detector).ok
         runtime.streams.create(spec)
         assert runtime.streams.get("belt").wait(60)
+        assert runtime.http_server is not None  # the agent's /metrics carries the pipeline's numbers
+        page = (
+            urllib.request.urlopen(f"http://127.0.0.1:{runtime.http_server.port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        assert (
+            f'edgeloop_agent_stream_processed_frames_total{{pipeline="belt",source="cam"}} {len(gt["frames"])}.0'
+            in page
+        )
+        assert 'edgeloop_agent_stream_latency_seconds{pipeline="belt",quantile="0.99",source="cam"}' in page
     assert (tmp_path / "agent" / "pipelines" / "belt.json").is_file()
     first = len(read_jsonl(out))
     assert first == len(gt["frames"])
