@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.runtime import ActionResult, dist_env, execute, free_port
+from trainer.runtime import ActionResult, dist_env, execute, free_port, latest_status
 from trainer.spec import SpecError, load_spec, spec_to_dict
 from trainer.tasks.registry import get_task
 
@@ -94,8 +94,8 @@ def _launch_torchrun(task: str, action: str, obj: Any, n: int) -> ActionResult:
         log.info("launching: %s", " ".join(cmd))
         proc = subprocess.run(cmd, env=env, check=False)
     if proc.returncode != 0:
-        reason = "see status.json"
-        status = out_dir / "status.json"
+        status = latest_status(out_dir)
+        reason = f"see {status}"
         if status.is_file():
             for line in status.read_text(encoding="utf-8").splitlines():
                 rec = json.loads(line)

@@ -4,6 +4,11 @@ Every action of every task goes through :func:`execute`: it makes ``<results_dir
 writes the resolved spec (``spec.yaml``), a log file (``log.txt``), a JSON-lines ``status.json``
 (``started`` -> ``progress`` ... -> ``succeeded`` with KPIs, or ``failed`` with the failure kind
 and reason) and the action's ``metrics.json``. Under torchrun only rank 0 writes files.
+
+A re-run never overwrites a good run's records with a failed one: when ``status.json`` ends in
+``succeeded``, the new run writes ``attempt.spec.yaml`` and ``attempt.status.json`` instead, and
+they replace ``spec.yaml`` / ``status.json`` only when it succeeds; a failed attempt leaves them
+beside the good run's records (see :func:`run_records`).
 """
 
 from __future__ import annotations
@@ -78,6 +83,46 @@ class StatusWriter:
 
     def progress(self, **kpis: Any) -> None:
         self.write("progress", **kpis)
+
+
+def _succeeded(status_path: Path) -> bool:
+    try:
+        lines = status_path.read_text(encoding="utf-8").splitlines()
+        return bool(lines) and json.loads(lines[-1]).get("status") == "succeeded"
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """Where a run writes its resolved spec and its status; ``attempt`` when they must replace a
+    good run's records only on success."""
+
+    spec: Path
+    status: Path
+    attempt: bool
+
+    def commit(self, out_dir: Path) -> None:
+        """The run succeeded: its records become the action's records (atomic renames)."""
+        if self.attempt:
+            os.replace(self.spec, out_dir / "spec.yaml")
+            os.replace(self.status, out_dir / "status.json")
+
+
+def run_records(out_dir: Path) -> RunRecords:
+    """The record paths for a new run in ``out_dir`` (stale attempt records are removed)."""
+    for name in ("attempt.spec.yaml", "attempt.status.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    if _succeeded(out_dir / "status.json"):
+        return RunRecords(out_dir / "attempt.spec.yaml", out_dir / "attempt.status.json", True)
+    (out_dir / "status.json").unlink(missing_ok=True)  # one run's status per file
+    return RunRecords(out_dir / "spec.yaml", out_dir / "status.json", False)
+
+
+def latest_status(out_dir: Path) -> Path:
+    """The status file of the latest run in ``out_dir`` (a running or failed attempt's, if any)."""
+    attempt = out_dir / "attempt.status.json"
+    return attempt if attempt.is_file() else out_dir / "status.json"
 
 
 # ------------------------------------------------------------------ distributed
@@ -218,13 +263,12 @@ def execute(
     results_dir = Path(spec.results_dir)
     out_dir = results_dir / action
     main = rank == 0
+    records = None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        status_path = out_dir / "status.json"
-        if status_path.exists():
-            status_path.unlink()  # one run's status per file; a rerun starts it anew
-        (out_dir / "spec.yaml").write_text(_yaml(spec_to_dict(spec)), encoding="utf-8")
-    status = StatusWriter(out_dir / "status.json" if main else None, task=task, action=action)
+        records = run_records(out_dir)
+        records.spec.write_text(_yaml(spec_to_dict(spec)), encoding="utf-8")
+    status = StatusWriter(records.status if records else None, task=task, action=action)
     ctx = RunContext(task, action, results_dir, out_dir, status, rank, local_rank, world)
     started = time.monotonic()
     status.write("started", pid=os.getpid(), world_size=world, host=socket.gethostname())
@@ -248,6 +292,8 @@ def execute(
             json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8"
         )
     status.write("succeeded", kpis=_scalar_kpis(metrics), elapsed_s=round(elapsed, 3))
+    if records is not None:
+        records.commit(out_dir)
     return ActionResult(
         task=task,
         action=action,

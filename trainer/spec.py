@@ -117,6 +117,14 @@ class ExportSpec(Section):
     name: str = Field("pcb-classifier", description="model family name in the manifest")
     version: str | None = Field(None, description="default <name>:<action>-<utc timestamp>")
 
+    @field_validator("version", "name", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> Any:
+        # export.version=1 arrives as an int from YAML or a dotted override: a version is text
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        return v
+
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, v: int) -> int:
@@ -202,7 +210,7 @@ def _format_errors(schema: type[BaseModel], exc: ValidationError, source: str) -
 def _to_container(
     source: str | Path | Mapping[str, Any] | BaseModel | None, overrides: Iterable[str]
 ) -> dict:
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if source is None:
@@ -223,6 +231,11 @@ def _to_container(
         except Exception as exc:  # yaml.YAMLError and friends
             raise SpecError(f"cannot parse spec {path}: {exc}") from exc
         origin = str(path)
+        if not isinstance(base, DictConfig):
+            raise SpecError(
+                f"spec {path} must be a mapping of sections (model:, dataset:, train: ...) at the top "
+                f"level, not a {'list' if isinstance(base, ListConfig) else type(base).__name__}"
+            )
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item or item.startswith("="):

@@ -53,6 +53,12 @@ def class_names(root: Path, split: str = "train") -> list[str]:
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(names) < 2:
         raise ValueError(f"{folder} must hold at least 2 class folders, found {names}")
+    empty = [str(folder / n) for n in names if not list_images(folder / n)]
+    if empty:  # every folder is a class: an empty one would be a class the model never sees
+        raise ValueError(
+            f"class folder(s) with no images: {', '.join(empty)} (every folder under {folder} is a "
+            "class; add images or remove the folder)"
+        )
     return names
 
 
