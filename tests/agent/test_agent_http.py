@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -351,8 +352,20 @@ def test_unmodified_tritonclient_http_against_a_fleet_agent(tmp_path, artifacts)
                        command=fleet_pb2.Deploy(activate=True))  # fmt: skip
         assert runtime.served == [runtime.grpc_server, runtime.http_server]
         run_triton_http(runtime.http_server.port, v, tmp_path)
+        if shutil.which("curl"):  # and curl, for the JSON form, as an operator would
+            x = solid((0.1, 0.1, 0.9))
+            curl = subprocess.run(["curl", "-sS", "-X", "POST", "--data-binary", json.dumps(json_infer(x)),
+                                   f"http://127.0.0.1:{runtime.http_server.port}/v2/models/colour/infer"],
+                                  capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+            got = np.asarray(json.loads(curl.stdout)["outputs"][0]["data"], np.float32).reshape(1, 3)
+            np.testing.assert_allclose(got, reference(v, x), rtol=1e-5, atol=1e-5)
+            bad = subprocess.run(["curl", "-sS", "-w", "%{http_code}", "-X", "POST", "--data-binary", "{",
+                                  f"http://127.0.0.1:{runtime.http_server.port}/v2/models/colour/infer"],
+                                 capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+            assert bad.stdout.endswith("400") and "not valid JSON" in bad.stdout
         page = render_metrics(runtime.dataplane, host=False).decode()
         assert (
-            'edgeloop_agent_inference_requests_total{model="colour",outcome="success",version="colour:fxh"} 3.0'
-            in page
+            'edgeloop_agent_inference_requests_total{model="colour",outcome="success",version="colour:fxh"} '
+            + ("4.0" if shutil.which("curl") else "3.0")
+            in page  # tritonclient's three answered requests, and curl's
         )
