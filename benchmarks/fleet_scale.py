@@ -291,6 +291,7 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path, so
         stop = threading.Event()
         rid: list[str] = []
         cpu0 = cproc.cpu_times()
+        nginx0 = _nginx_cpu_s(nginx)
         t0 = time.perf_counter()
         with ctl.http as http:
             r = http.post(
@@ -323,6 +324,7 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path, so
                 time.sleep(0.2)
         rollout_s = time.perf_counter() - t0
         cpu1 = cproc.cpu_times()
+        nginx_cpu_s = _nginx_cpu_s(nginx) - nginx0
         stop.set()
         prober.join()
         stats = []
@@ -345,6 +347,7 @@ def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path, so
             "bytes": sum(s["bytes"] for s in stats),
             "controller_cpu_s": cpu_s,
             "controller_cpu_pct": 100 * cpu_s / rollout_s,
+            "nginx_cpu_s": nginx_cpu_s,
             "api_p50_ms": statistics.median(lat) if lat else float("nan"),
             "api_p99_ms": _p99(lat),
             "api_by_path": {k: (statistics.median(v), _p99(v)) for k, v in by_path.items()},
@@ -383,13 +386,26 @@ def main() -> int:
     return 0
 
 
+def _nginx_cpu_s(nginx) -> float:  # noqa: ANN001 - _nginx_proc.Nginx or None
+    """CPU seconds of nginx's master and workers so far (0 without nginx)."""
+    if nginx is None:
+        return 0.0
+    master = psutil.Process(nginx.proc.pid)
+    total = 0.0
+    for p in (master, *master.children()):
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
 def _print_row(row: dict) -> None:
     paths = ", ".join(f"{k} p50 {a:.0f} / p99 {b:.0f} ms" for k, (a, b) in row["api_by_path"].items())
+    nginx = f"nginx CPU {row['nginx_cpu_s']:.1f} s  " if row["source"] == "nginx" else ""
     print(
         f"N={row['agents']:5d} bytes from {row['source']:5s}  rollout {row['state']} {row['counts']}  "
         f"enrol+connect {row['enrol_s']:.1f} s  time to 100% {row['rollout_s']:.1f} s  "
         f"data {row['bytes'] / 1e9:.1f} GB ({row['http_bytes'] / 1e9:.1f} GB over HTTP)  "
-        f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core)  "
+        f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core)  {nginx}"
         f"API p50 {row['api_p50_ms']:.1f} ms p99 {row['api_p99_ms']:.1f} ms ({row['api_requests']} requests: {paths})",
         flush=True,
     )
