@@ -347,6 +347,9 @@ class HttpInferenceServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: uvicorn writes a response's head and body apart, and with
+        # Nagle the body waited for the client's delayed ACK (40 ms a request on loopback)
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._socket.bind((host, port))
         except OSError as exc:

@@ -369,3 +369,15 @@ def test_unmodified_tritonclient_http_against_a_fleet_agent(tmp_path, artifacts)
             + ("4.0" if shutil.which("curl") else "3.0")
             in page  # tritonclient's three answered requests, and curl's
         )
+
+
+def test_accepted_connections_send_without_nagle(served) -> None:
+    """A response's head and body go out at once (TCP_NODELAY on the listening socket, inherited
+    by accepted ones): with Nagle, each JSON answer waited for the client's delayed ACK."""
+    import socket
+
+    _, server, _ = served
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.recv(1024).startswith(b"HTTP/1.1 200")
+    assert server._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
