@@ -14,14 +14,8 @@ import torch
 
 from trainer.jobs import run_action
 from trainer.models.backbones import build_model
-from trainer.models.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    UnsafeCheckpointError,
-    load_checkpoint,
-    load_file,
-    save_checkpoint,
-)
+from trainer.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.models.safe_load import CheckpointError, UnsafeCheckpointError, load_file
 from trainer.tasks.classification.pruning import prune_model
 
 

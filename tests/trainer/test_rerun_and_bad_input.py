@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainer.jobs import resolve_spec, run_action
-from trainer.models.checkpoint import CheckpointError
+from trainer.models.safe_load import CheckpointError
 from trainer.spec import SpecError
 
 

@@ -167,8 +167,8 @@ def load_pretrained(
 ) -> dict[str, int]:
     """Load backbone weights from a local file into ``model``; the head is re-initialised if
     its shape differs (new classes). Returns counts of loaded / skipped tensors. The file is
-    read as plain data (``trainer.models.checkpoint.load_file``)."""
-    from trainer.models.checkpoint import load_file
+    read as plain data (``trainer.models.safe_load.load_file``)."""
+    from trainer.models.safe_load import load_file
 
     path = Path(path)
     obj = load_file(path, what="model.pretrained_path", allow_unsafe_pickle=allow_unsafe_pickle)

@@ -12,17 +12,15 @@ A dict saved with ``torch.save``::
 A pruned model is rebuilt from its backbone name: the factory's module tree, with each module's
 channel counts set from ``structure`` and its tensors resized to the state dict's, then the
 state dict loaded strictly. (Format v1 pickled a pruned model's whole module; such a legacy file
-is refused unless the spec says ``model.allow_unsafe_pickle: true``, see :func:`load_file`.)
+is refused unless the spec says ``model.allow_unsafe_pickle: true``, see
+:func:`trainer.models.safe_load.load_file`.)
 
-Every file goes through :func:`load_file`: a missing, truncated or junk file, or one that would
+Every file goes through ``load_file``: a missing, truncated or junk file, or one that would
 run code, is refused with an error naming it.
 """
 
 from __future__ import annotations
 
-import logging
-import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from trainer.models.safe_load import CheckpointError, load_file
 
 FORMAT = "edgeloop.v2"
 # the module attributes Torch-Pruning changes; a pruned model is rebuilt from them
@@ -45,48 +43,6 @@ STRUCTURE_ATTRS = (
     "num_channels",
     "num_groups",
 )
-UNSAFE_FLAG = "model.allow_unsafe_pickle"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A file that would run code when loaded (a pickled object, not plain data)."""
-
-
-def load_file(path: str | Path, *, what: str = "checkpoint", allow_unsafe_pickle: bool = False) -> Any:
-    """``torch.load`` of ``path`` with ``weights_only=True``: tensors, dicts, lists, primitives.
-
-    A file that needs more (a pickled module or any other object: loading it runs code from the
-    file) is refused with :class:`UnsafeCheckpointError` unless ``allow_unsafe_pickle``, the
-    spec's ``model.allow_unsafe_pickle: true``, says the user trusts it. A truncated or junk file
-    gives :class:`CheckpointError`; both name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        needs = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if needs is None:  # the weights-only unpickler met bytes that are no pickle at all
-            raise CheckpointError(
-                f"{what} {path} is not a PyTorch checkpoint (junk or corrupt bytes)"
-            ) from None
-        if not allow_unsafe_pickle:
-            raise UnsafeCheckpointError(
-                f"{what} {path} refused: it is not plain data (it pickles {needs.group(1)}), and "
-                f"loading it would run code from the file. If you made this file or trust it, set "
-                f"{UNSAFE_FLAG}: true to load it anyway (this lets the file run any code)"
-            ) from None
-        log.warning("%s: true: loading %s with full pickle (it may run code)", UNSAFE_FLAG, path)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, short read, ...
-        raise CheckpointError(
-            f"{what} {path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
 
 
 def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -188,7 +144,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, **resume_state: Any) -> 
 
 
 def read_payload(path: str | Path, *, allow_unsafe_pickle: bool = False) -> dict[str, Any]:
-    """The payload dict of one of our checkpoints (see :func:`load_file` for what is refused)."""
+    """The payload dict of one of our checkpoints (see ``trainer.models.safe_load.load_file`` for what is refused)."""
     payload = load_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
     if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("edgeloop"):
         raise CheckpointError(

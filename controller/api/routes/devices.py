@@ -136,8 +136,15 @@ def device_series(
     crud.get_device(session=session, device_id=device_id)
     since = datetime.now(timezone.utc) - timedelta(minutes=minutes)
     points = [
-        SeriesPoint(t=w.window_start, fps=w.fps_mean, latency_p99_ms=w.latency_p99_ms_max, cpu_percent=w.cpu_percent_mean,
-                    memory_bytes=w.memory_bytes_max, temperature_c=w.temperature_c_max, requests=w.requests)  # fmt: skip
+        SeriesPoint(
+            t=w.window_start,
+            fps=w.fps_mean,
+            latency_p99_ms=w.latency_p99_ms_max,
+            cpu_percent=w.cpu_percent_mean,
+            memory_bytes=w.memory_bytes_max,
+            temperature_c=w.temperature_c_max,
+            requests=w.requests,
+        )  # fmt: skip
         for w in crud.telemetry_since(session=session, device_id=device_id, since=since)
     ]
     return DeviceSeries(device_id=device_id, window_s=WINDOW_S, since=since, points=points)

@@ -127,7 +127,7 @@ def load_pretrained_backbone(
 
     Head tensors are ignored; any other shape mismatch, or a checkpoint that covers less than
     half of the backbone, is refused with the keys named."""
-    from trainer.models.checkpoint import load_file
+    from trainer.models.safe_load import load_file
 
     path = Path(path)
     obj = load_file(path, what="model.pretrained_backbone_path", allow_unsafe_pickle=allow_unsafe_pickle)

@@ -179,8 +179,9 @@ class LoadedDetector:
 
 
 def load_detector(path: str | Path, *, allow_unsafe_pickle: bool = False) -> LoadedDetector:
-    """A detection checkpoint of ours (plain data; see ``trainer.models.checkpoint.load_file``)."""
-    from trainer.models.checkpoint import CheckpointError, read_payload
+    """A detection checkpoint of ours (plain data; see ``trainer.models.safe_load.load_file``)."""
+    from trainer.models.checkpoint import read_payload
+    from trainer.models.safe_load import CheckpointError
 
     payload = read_payload(path, allow_unsafe_pickle=allow_unsafe_pickle)
     if payload.get("task") != "detection" or "detector" not in payload:
