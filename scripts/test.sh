@@ -39,6 +39,11 @@ if ! /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')"
       gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
       gstreamer1.0-plugins-ugly >/dev/null) || echo "could not install the GStreamer RTSP server; its test is skipped"
 fi
+# FFmpeg as the RTSP recorder the stream tests push the annotated video to.
+if ! command -v ffmpeg >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+    || echo "could not install ffmpeg; the RTSP push test is skipped"
+fi
 # PostgreSQL for the controller's database tests: the one on 127.0.0.1:5432 when it answers, else
 # Debian's, installed and started here when we may; without either, those tests skip with the reason
 # (tests/conftest.py also tries a testcontainer when a Docker engine is reachable).
