@@ -180,6 +180,16 @@ def _controller_behind_nginx(  # noqa: ANN202
     return ctl, ng
 
 
+def _group_exists(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A folder other users can traverse (pytest's tmp_path is 0700), for nginx workers that run
@@ -197,7 +207,8 @@ def test_fleet_agent_deploys_with_the_bytes_from_nginx(
 ) -> None:
     """nginx's workers run as ``nobody`` (when the tests run as root): the controller's stored
     artifacts must be readable by the web server's user, not only by the controller's."""
-    user = "nobody nogroup" if os.geteuid() == 0 else "root"
+    group = "nogroup" if _group_exists("nogroup") else "nobody"  # Debian's name, others'
+    user = f"nobody {group}" if os.geteuid() == 0 else "root"
     ctl, ng = _controller_behind_nginx(tmp_path, sqlite_url, shared=shared_dir, worker_user=user)
     agent = None
     try:
