@@ -114,7 +114,7 @@ def fetch_url(
                         f"{_where(ref.url)} serves {offset + int(length)} bytes, the signed artifact has {ref.size_bytes}"
                     )
                 sink = _HashingWriter(fd, digest)
-                pending: list[bytes] = []  # the transport's pieces (64 KiB), handed on per MiB
+                pending: list[bytes] = []  # the transport's reads (up to 1 MiB), handed on per MiB
                 held, reported = 0, offset
                 try:
                     for data in resp.iter_raw():
