@@ -142,7 +142,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--agent-dir", dest="agent_dir", type=Path,
                    help="credentials, engine cache, model slots (default: EDGELOOP_AGENT_DIR or ~/.edgeloop/agent)")  # fmt: skip
-    r.add_argument("--enrollment-token", dest="enrollment_token", help="default: EDGELOOP_ENROLLMENT_TOKEN")
+    r.add_argument("--enrollment-token-file", dest="enrollment_token_file", type=Path,
+                   help="file holding the enrolment token (default: EDGELOOP_ENROLLMENT_TOKEN); "
+                        "a token on the command line would be visible in `ps`")  # fmt: skip
+    r.add_argument("--enroll", dest="enroll_target",
+                   help="HOST:PORT of the controller's TLS enrolment port (default: the --controller port + 1)")  # fmt: skip
+    r.add_argument("--ca-fingerprint", dest="ca_fingerprint",
+                   help="sha256:<hex> of the controller CA, printed by `edgeloop controller serve` "
+                        "(default: EDGELOOP_CA_FINGERPRINT); the agent enrols with no other controller")  # fmt: skip
+    r.add_argument(
+        "--ca-file", dest="ca_file", type=Path, help="the controller CA (PEM) instead of its fingerprint"
+    )
+    r.add_argument("--insecure", action="store_true", default=None,
+                   help="plaintext gRPC without certificates (only against a controller started with --insecure)")  # fmt: skip
     r.add_argument("--name", help="device name (default: hostname)")
     r.add_argument("--tags", type=parse_tags, help="comma-separated tags (default: EDGELOOP_AGENT_TAGS)")
     r.add_argument("--hardware-class", dest="hardware_class", type=lambda text: text or None,
@@ -176,8 +188,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> AgentSettings:
-    """The environment's settings with the flags given on the command line over them."""
-    return AgentSettings.from_env().override(**vars(args))
+    """The environment's settings with the flags given on the command line over them (a token
+    file is read here: the token itself never is an argument)."""
+    values = dict(vars(args))
+    token_file = values.pop("enrollment_token_file", None)
+    if token_file is not None:
+        values["enrollment_token"] = token_file.expanduser().read_text(encoding="utf-8").strip()
+    return AgentSettings.from_env().override(**values)
 
 
 def cmd_probe(args) -> int:

@@ -58,7 +58,11 @@ class AgentSettings:
     metrics_interval_s: float = 10.0
     # the fleet (agent run)
     controller: str = DEFAULT_CONTROLLER  # EDGELOOP_CONTROLLER host:port of the controller's gRPC
-    enrollment_token: str | None = None  # EDGELOOP_ENROLLMENT_TOKEN
+    enrollment_token: str | None = None  # EDGELOOP_ENROLLMENT_TOKEN (or --enrollment-token-file)
+    enroll_target: str | None = None  # EDGELOOP_ENROLL: host:port of the TLS enrolment port (None = port + 1)
+    ca_fingerprint: str | None = None  # EDGELOOP_CA_FINGERPRINT: sha256:<hex> of the controller CA
+    ca_file: Path | None = None  # EDGELOOP_CA_FILE: the controller CA (PEM), instead of the fingerprint
+    insecure: bool = False  # EDGELOOP_INSECURE: plaintext gRPC (the controller must run with --insecure too)
     name: str = ""  # device name at registration; "" = the hostname
     tags: tuple[str, ...] = ()  # EDGELOOP_AGENT_TAGS
     # live inference (agent serve, agent run)
@@ -146,6 +150,10 @@ class AgentSettings:
             telemetry_prefix=env.get("EDGELOOP_TELEMETRY_PREFIX") or DEFAULT_PREFIX,
             controller=env.get("EDGELOOP_CONTROLLER") or DEFAULT_CONTROLLER,
             enrollment_token=env.get("EDGELOOP_ENROLLMENT_TOKEN") or None,
+            enroll_target=env.get("EDGELOOP_ENROLL") or None,
+            ca_fingerprint=env.get("EDGELOOP_CA_FINGERPRINT") or None,
+            ca_file=Path(env["EDGELOOP_CA_FILE"]).expanduser() if env.get("EDGELOOP_CA_FILE") else None,
+            insecure=env.get("EDGELOOP_INSECURE", "").lower() in ("1", "true", "yes"),
             tags=parse_tags(env.get("EDGELOOP_AGENT_TAGS", "")),
             serve_host=env.get("EDGELOOP_SERVE_HOST") or DEFAULT_SERVE_HOST,
             serve_token=env.get("EDGELOOP_SERVE_TOKEN") or None,

@@ -53,6 +53,8 @@ def start_controller(
             "EDGELOOP_API_TOKEN": "bench-api-token",
             "EDGELOOP_ENROLLMENT_TOKEN": "bench-enrollment-token",
             "EDGELOOP_HEARTBEAT_INTERVAL_S": "5",
+            # the simulated fleets speak plaintext unless a benchmark measures TLS (EDGELOOP_INSECURE=false)
+            "EDGELOOP_INSECURE": "true",
             **(extra_env or {}),
         }
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +49,9 @@ class LocalBroker:
     port: int
     workdir: Path
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    # password file and ACL (Mosquitto only): anonymous clients are refused; None = open broker
+    passwd: Path | None = None
+    acl: Path | None = None
 
     @property
     def url(self) -> str:
@@ -56,8 +60,13 @@ class LocalBroker:
     def _command(self) -> list[str]:
         if self.kind == "mosquitto":
             conf = self.workdir / "mosquitto.conf"
+            auth = (
+                f"allow_anonymous false\npassword_file {self.passwd}\nacl_file {self.acl}\n"
+                if self.passwd is not None and self.acl is not None
+                else "allow_anonymous true\n"
+            )
             conf.write_text(
-                f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+                f"per_listener_settings false\n{auth}listener {self.port} {self.host}\npersistence false\n"
                 "max_queued_messages 10000\n",
                 encoding="utf-8",
             )
@@ -85,21 +94,43 @@ class LocalBroker:
                 self.proc.wait()
         self.proc = None
 
+    def reload(self) -> None:
+        """Re-read the password file and ACL (Mosquitto reloads them on SIGHUP)."""
+        if self.proc is not None and self.proc.poll() is None and self.kind == "mosquitto":
+            self.proc.send_signal(signal.SIGHUP)
+
     def restart(self, down_seconds: float = 0.0) -> None:
         self.stop()
         time.sleep(down_seconds)
         self.start()
 
 
-def start_local_broker(prefer: str = "auto", host: str = "127.0.0.1", port: int | None = None) -> LocalBroker:
-    """Start a broker on loopback. ``prefer``: auto | mosquitto | amqtt."""
+def start_local_broker(
+    prefer: str = "auto",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    *,
+    passwd: Path | None = None,
+    acl: Path | None = None,
+) -> LocalBroker:
+    """Start a broker on loopback. ``prefer``: auto | mosquitto | amqtt. With ``passwd`` and
+    ``acl`` (what ``controller.broker_auth.BrokerAccounts`` writes) it refuses anonymous
+    clients and enforces the ACL; that needs Mosquitto (the amqtt fallback is refused then)."""
     workdir = Path(tempfile.mkdtemp(prefix="edgeloop-broker-"))
     kind = prefer
     if prefer == "auto":
         kind = "mosquitto" if shutil.which("mosquitto") else "amqtt"
     if kind == "mosquitto" and not shutil.which("mosquitto"):
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto), use prefer='amqtt'")
-    return LocalBroker(kind=kind, host=host, port=port or free_port(host), workdir=workdir).start()
+    if passwd is not None and kind != "mosquitto":
+        raise RuntimeError(
+            "per-device broker accounts need Mosquitto (apt-get install mosquitto); the embedded "
+            "amqtt broker cannot enforce them: pass --mqtt to use your own broker"
+        )
+    broker = LocalBroker(
+        kind=kind, host=host, port=port or free_port(host), workdir=workdir, passwd=passwd, acl=acl
+    )
+    return broker.start()
 
 
 def _run_amqtt(host: str, port: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--data-dir", help="artifacts, keys, tokens, the SQLite file")
     serve.add_argument("--telemetry-prefix", help="MQTT topic prefix (default edgeloop)")
+    serve.add_argument(
+        "--mqtt-password-file", type=Path, help="password of the --mqtt user (kept out of `ps`)"
+    )
+    serve.add_argument(
+        "--enroll-port", type=int, help="TLS enrolment port for agents (default: gRPC port + 1)"
+    )
+    serve.add_argument("--tls-name", action="append", dest="tls_names",
+                       help="a DNS name or IP the gRPC certificate also carries (repeatable)")  # fmt: skip
+    serve.add_argument("--insecure", action="store_true",
+                       help="plaintext gRPC without TLS or client certificates (a lab only; agents need --insecure too)")  # fmt: skip
     migrate = sub.add_parser("migrate", help="run the database migrations (alembic upgrade head) and exit")
     migrate.add_argument("--db")
     migrate.add_argument("--data-dir")
@@ -38,6 +49,10 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
             "telemetry_prefix": args.telemetry_prefix,
             "grpc_host": args.host,
             "http_host": args.host,
+            "mqtt_password_file": args.mqtt_password_file,
+            "enroll_port": args.enroll_port,
+            "tls_names": tuple(args.tls_names) if args.tls_names else None,
+            "insecure": True if args.insecure else None,
         }
         if args.no_broker:
             overrides["start_broker"] = False
@@ -69,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
         f"  database  {redact_url(settings.database_url)}\n"
         f"  telemetry {redact_url(ctl.public_mqtt_url) or 'off'}\n"
         f"  API token and enrollment token: EDGELOOP_API_TOKEN / EDGELOOP_ENROLLMENT_TOKEN "
-        f"(or the files api_token, enrollment_token in {settings.data_dir})",
+        f"(or the files api_token, enrollment_token in {settings.data_dir})\n"
+        + (
+            "  gRPC WITHOUT TLS (--insecure): agents need --insecure\n"
+            if settings.insecure
+            else f"  enrol an agent: edgeloop agent run --controller HOST:{ctl.grpc_port} "
+            f"--enroll HOST:{ctl.grpc.enroll_port if ctl.grpc else 0} --ca-fingerprint {ctl.ca_fingerprint} "
+            f"--enrollment-token-file FILE\n"
+        ),
         flush=True,
     )
     try:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
+from controller.broker_auth import BrokerAccounts
 from controller.core.config import Settings
 from controller.metrics import Metrics
+from controller.services.ca import ControllerCA
 from controller.services.fleet import TokenCache
 from controller.services.hub import SessionHub
 from controller.services.signing import Signer
@@ -37,6 +39,8 @@ class ControllerContext:
     hub: SessionHub = field(default_factory=SessionHub)
     tokens: TokenCache = field(default_factory=TokenCache)
     mqtt_url: str = ""
+    ca: ControllerCA | None = None  # None = --insecure (plaintext gRPC, metadata tokens)
+    broker_accounts: BrokerAccounts | None = None  # the started broker's per-device accounts
     store: ArtifactStore | None = None
     wakeup: threading.Event = field(default_factory=threading.Event)
 

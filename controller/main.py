@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api import errors
 from controller.api.deps import TokenDep, has_token
-from controller.api.routes import dashboard, devices, jobs, loops, models, results, rollouts
+from controller.api.routes import dashboard, devices, enrollment, jobs, loops, models, results, rollouts
 from controller.context import ControllerContext
 from controller.core.config import VERSION
 from controller.db import check_db
@@ -36,7 +36,7 @@ def create_app(ctx: ControllerContext, loop_runner: LoopRunner, *, grpc_port: in
     errors.install(app)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[TokenDep])
-    for module in (devices, models, rollouts, results, jobs, loops, dashboard):
+    for module in (devices, enrollment, models, rollouts, results, jobs, loops, dashboard):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(dashboard.page_router)

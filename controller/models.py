@@ -131,6 +131,44 @@ class DeviceUpdate(SQLModel):
     hardware_class: str | None = Field(default=None, min_length=1, max_length=100)
 
 
+class EnrollmentToken(SQLModel, table=True):
+    """A token that enrols devices: several may exist, each with an expiry, a use count and
+    revocation. One bound to a ``device_id`` (an operator's re-enrolment) re-enrols only that
+    device, once. Only the sha256 of the token is stored."""
+
+    __tablename__ = "enrollment_token"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    name: str = Field(default="", max_length=200)
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    max_uses: int | None = None  # None = unlimited
+    uses: int = 0
+    revoked: bool = False
+    device_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts_field()
+
+
+class EnrollmentTokenCreate(SQLModel):
+    name: str = Field(default="", max_length=200)
+    expires_in_s: int | None = Field(default=86_400, ge=60, le=366 * 86_400)  # None = never
+    max_uses: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class EnrollmentTokenPublic(SQLModel):
+    id: str
+    name: str
+    expires_at: datetime | None
+    max_uses: int | None
+    uses: int
+    revoked: bool
+    device_id: str | None
+    created_at: datetime
+
+
+class EnrollmentTokenCreated(EnrollmentTokenPublic):
+    token: str  # shown once
+
+
 class Device(DeviceBase, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     token_hash: str = Field(default="", max_length=64)

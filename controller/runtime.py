@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from controller.broker import LocalBroker, free_port, start_local_broker
+from controller.broker_auth import BrokerAccounts
 from controller.context import ControllerContext
 from controller.core.config import Settings
 from controller.db import make_engine, migrate, session_scope
@@ -28,6 +29,7 @@ from controller.loop.service import LoopRunner
 from controller.main import create_app
 from controller.metrics import Metrics
 from controller.services import fleet, jobs
+from controller.services.ca import load_or_create_ca
 from controller.services.signing import load_or_create_signer
 from controller.services.storage import store_from_settings
 from controller.telemetry import TelemetryIngest
@@ -41,6 +43,7 @@ class Controller(InProcessAPI):
         super().__init__()
         self.settings = settings
         self.broker: LocalBroker | None = None
+        self.broker_accounts: BrokerAccounts | None = None
         self.telemetry: TelemetryIngest | None = None
         self.grpc: GrpcServer | None = None
         self.http: uvicorn.Server | None = None
@@ -61,8 +64,14 @@ class Controller(InProcessAPI):
         signer = load_or_create_signer(s.keys_dir)
         metrics = Metrics()
         mqtt_url = self._start_telemetry(engine, metrics) if telemetry else ""
+        ca = None if s.insecure else load_or_create_ca(s.keys_dir, s.tls_names)
+        if s.insecure:
+            log.warning(
+                "--insecure: plaintext gRPC, device tokens in metadata (no TLS, no client certificates)"
+            )
         ctx = ControllerContext(settings=s, engine=engine, signer=signer, metrics=metrics, mqtt_url=mqtt_url,
-                                store=store_from_settings(s))  # fmt: skip
+                                store=store_from_settings(s), ca=ca,
+                                broker_accounts=self.broker_accounts)  # fmt: skip
         self._ctx = ctx
         self.grpc = GrpcServer(ctx, s.grpc_host, s.grpc_port).start()
         self._spawn("rollout-engine", lambda: run_rollout_engine(ctx, self._stop))
@@ -77,8 +86,15 @@ class Controller(InProcessAPI):
         url = self.settings.mqtt_url
         if not url and self.settings.start_broker:
             try:
-                self.broker = start_local_broker()
-                url = self.broker.url
+                if self.settings.insecure:
+                    self.broker = start_local_broker()  # anonymous: only with --insecure
+                    url = self.broker.url
+                else:
+                    accounts = BrokerAccounts(self.settings.data_dir / "mqtt", self.settings.telemetry_prefix)
+                    self.broker = start_local_broker("mosquitto", passwd=accounts.passwd, acl=accounts.acl)
+                    accounts.reload = self.broker.reload
+                    self.broker_accounts = accounts
+                    url = accounts.controller_url(self.broker.host, self.broker.port)
             except Exception as exc:
                 log.warning("no MQTT broker could be started (%s): telemetry off", exc)
         if not url:
@@ -146,3 +162,13 @@ class Controller(InProcessAPI):
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def enroll_target(self) -> str:
+        """Where agents enrol over TLS ("" with --insecure: they register on the gRPC port)."""
+        return f"127.0.0.1:{self.grpc.enroll_port}" if self.grpc and self.grpc.enroll_port else ""
+
+    @property
+    def ca_fingerprint(self) -> str:
+        """What the enrolment command carries so an agent pins this controller's CA."""
+        return self._ctx.ca.fingerprint if self._ctx is not None and self._ctx.ca is not None else ""

@@ -84,7 +84,7 @@ class Capability(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("enrollment_token", "name", "hardware", "capabilities", "agent_version", "tags", "device_id")
+    __slots__ = ("enrollment_token", "name", "hardware", "capabilities", "agent_version", "tags", "device_id", "csr_pem")
     ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class RegisterRequest(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     enrollment_token: str
     name: str
     hardware: HardwareProfile
@@ -99,23 +100,32 @@ class RegisterRequest(_message.Message):
     agent_version: str
     tags: _containers.RepeatedScalarFieldContainer[str]
     device_id: str
-    def __init__(self, enrollment_token: _Optional[str] = ..., name: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., capabilities: _Optional[_Iterable[_Union[Capability, _Mapping]]] = ..., agent_version: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., device_id: _Optional[str] = ...) -> None: ...
+    csr_pem: bytes
+    def __init__(self, enrollment_token: _Optional[str] = ..., name: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., capabilities: _Optional[_Iterable[_Union[Capability, _Mapping]]] = ..., agent_version: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., device_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id", "device_token", "artifact_signing_public_key", "mqtt_url", "telemetry_prefix", "heartbeat_interval_s")
+    __slots__ = ("device_id", "device_token", "artifact_signing_public_key", "mqtt_url", "telemetry_prefix", "heartbeat_interval_s", "client_certificate_pem", "ca_certificate_pem", "mqtt_username", "mqtt_password")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_PREFIX_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    MQTT_USERNAME_FIELD_NUMBER: _ClassVar[int]
+    MQTT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     device_token: str
     artifact_signing_public_key: bytes
     mqtt_url: str
     telemetry_prefix: str
     heartbeat_interval_s: int
-    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., artifact_signing_public_key: _Optional[bytes] = ..., mqtt_url: _Optional[str] = ..., telemetry_prefix: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
+    client_certificate_pem: bytes
+    ca_certificate_pem: bytes
+    mqtt_username: str
+    mqtt_password: str
+    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., artifact_signing_public_key: _Optional[bytes] = ..., mqtt_url: _Optional[str] = ..., telemetry_prefix: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ..., client_certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., mqtt_username: _Optional[str] = ..., mqtt_password: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("timestamp", "active_version", "candidate_version", "metrics", "previous_version")

@@ -7,7 +7,7 @@ because both sides import it and ``protos`` is the one package both may depend o
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -42,4 +42,13 @@ def without_credentials(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def with_credentials(url: str, username: str, password: str) -> str:
+    """``mqtt://host:1883`` -> ``mqtt://username:password@host:1883`` (both percent-encoded);
+    any user already in the URL is replaced."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -18,14 +18,16 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import grpc
 
+from agent.fleet.tls import TLS_NAME, UntrustedController, fetch_pinned_ca, new_key_and_csr
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.chunks import decode_chunk
+from protos.redact import with_credentials
 
 log = logging.getLogger(__name__)
 CHANNEL_OPTIONS = [
@@ -35,6 +37,12 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def _next_port(target: str) -> str:
+    """HOST:PORT -> HOST:PORT+1 (the controller's default enrolment port)."""
+    host, sep, port = target.rpartition(":")
+    return f"{host}:{int(port) + 1}" if sep and port.isdigit() else target
 
 
 class FleetStub(fleet_pb2_grpc.FleetServiceStub):
@@ -65,6 +73,20 @@ class Credentials:
     mqtt_url: str = ""
     telemetry_prefix: str = "edgeloop"
     heartbeat_interval_s: int = 10
+    # TLS mode: the device's key and certificate, and the controller CA it pinned
+    client_key_pem: str = ""
+    client_cert_pem: str = ""
+    ca_pem: str = ""
+    # the device's own broker account
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+
+    @property
+    def telemetry_url(self) -> str:
+        """The broker URL with this device's own account in it ("" = no broker named)."""
+        if not self.mqtt_url or not self.mqtt_username:
+            return self.mqtt_url
+        return with_credentials(self.mqtt_url, self.mqtt_username, self.mqtt_password)
 
     @property
     def public_key(self) -> bytes:
@@ -82,7 +104,9 @@ class Credentials:
     def load(cls, path: Path) -> Credentials | None:
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -104,20 +128,54 @@ class FleetClient:
         identity: AgentIdentity,
         enrollment_token: str = "",
         *,
+        enroll_target: str = "",
+        ca_fingerprint: str = "",
+        ca_pem: bytes = b"",
+        insecure: bool = False,
         channel: grpc.Channel | None = None,
     ) -> None:
+        """``insecure`` = plaintext gRPC with metadata tokens (the controller must run with
+        --insecure too). Otherwise the agent enrols over TLS at ``enroll_target`` (default: the
+        controller's port + 1), trusting only the CA whose fingerprint it was given (or the
+        ``ca_pem`` of an enrolment bundle), then makes every call with mutual TLS."""
         self.target = target
         self.agent_dir = Path(agent_dir)
         self.identity = identity
         self.enrollment_token = enrollment_token
-        self.channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.stub = FleetStub(self.channel)
+        self.insecure = insecure
+        self.enroll_target = enroll_target or _next_port(target)
+        self.ca_fingerprint = ca_fingerprint
+        self.ca_pem = ca_pem
         self.credentials = Credentials.load(self.credentials_path)
+        self.channel = channel or self._channel()
+        self.stub = FleetStub(self.channel)
         self._outbox: queue.Queue[fleet_pb2.AgentMessage | None] = queue.Queue()
         self._stop = threading.Event()
         self._call = None
         self._generation = 0
         self.connected = threading.Event()
+
+    def _channel(self) -> grpc.Channel:
+        """Plaintext with --insecure; mutual TLS once enrolled; until then a channel on which
+        every call fails (UNAUTHENTICATED) so that ``register`` runs first."""
+        if self.insecure:
+            return grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        creds = self.credentials
+        if creds is None or not creds.client_cert_pem:
+            return grpc.insecure_channel("unix:/nonexistent-not-enrolled", options=CHANNEL_OPTIONS)
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=creds.ca_pem.encode(),
+            private_key=creds.client_key_pem.encode(),
+            certificate_chain=creds.client_cert_pem.encode(),
+        )
+        return grpc.secure_channel(
+            self.target, tls, options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)]
+        )
+
+    def _use_channel(self, channel: grpc.Channel) -> None:
+        old, self.channel = self.channel, channel
+        self.stub = FleetStub(channel)
+        old.close()
 
     @property
     def credentials_path(self) -> Path:
@@ -127,6 +185,8 @@ class FleetClient:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         if self.credentials is None:
             raise DeviceRefused("not registered")
+        if not self.insecure:
+            return ()  # the client certificate is the credential
         return (
             ("authorization", f"Bearer {self.credentials.device_token}"),
             ("x-edgeloop-device", self.credentials.device_id),
@@ -134,8 +194,13 @@ class FleetClient:
 
     # ------------------------------------------------------------ enrolment
     def register(self, timeout: float = 30.0) -> Credentials:
-        """Enrol, or re-enrol this device (refreshing its token); saves the credentials."""
+        """Enrol, or renew this device's credential with its own (a known device); saves the
+        credentials. With TLS, a new key and CSR are made each time and the controller CA is
+        pinned (fingerprint or bundle) before the token is sent."""
         known = self.credentials
+        key_pem = csr_pem = b""
+        if not self.insecure:
+            key_pem, csr_pem = new_key_and_csr(self.identity.name)
         request = fleet_pb2.RegisterRequest(
             enrollment_token=self.enrollment_token,
             name=self.identity.name,
@@ -144,13 +209,33 @@ class FleetClient:
             agent_version=self.identity.agent_version,
             tags=self.identity.tags,
             device_id=known.device_id if known else "",
+            csr_pem=csr_pem,
         )
+        renewing = known is not None and bool(known.client_cert_pem) and not self.insecure
+        stub, channel = self.stub, None
+        ca_pem = known.ca_pem.encode() if renewing and known else b""
+        if not self.insecure and not renewing:
+            try:
+                ca_pem = self.ca_pem or fetch_pinned_ca(
+                    self.enroll_target, self.ca_fingerprint, timeout=timeout
+                )
+            except UntrustedController as exc:
+                raise DeviceRefused(str(exc)) from exc
+            channel = grpc.secure_channel(
+                self.enroll_target,
+                grpc.ssl_channel_credentials(root_certificates=ca_pem),
+                options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)],
+            )
+            stub = FleetStub(channel)
         try:
-            resp = self.stub.Register(request, timeout=timeout)
+            resp = stub.Register(request, timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                 raise DeviceRefused(f"controller refused registration: {exc.details()}") from exc
             raise
+        finally:
+            if channel is not None:
+                channel.close()
         self.credentials = Credentials(
             device_id=resp.device_id,
             device_token=resp.device_token,
@@ -159,8 +244,17 @@ class FleetClient:
             mqtt_url=resp.mqtt_url,
             telemetry_prefix=resp.telemetry_prefix or "edgeloop",
             heartbeat_interval_s=resp.heartbeat_interval_s or 10,
+            client_key_pem=key_pem.decode(),
+            client_cert_pem=resp.client_certificate_pem.decode(),
+            ca_pem=(resp.ca_certificate_pem or ca_pem).decode() if not self.insecure else "",
+            mqtt_username=resp.mqtt_username,
+            mqtt_password=resp.mqtt_password,
         )
+        if not self.insecure and resp.ca_certificate_pem and ca_pem and resp.ca_certificate_pem != ca_pem:
+            raise DeviceRefused("the controller named another CA than the one pinned at enrolment")
         self.credentials.save(self.credentials_path)
+        if not self.insecure:
+            self._use_channel(self._channel())
         log.info("registered as %s with %s", resp.device_id, self.target)
         return self.credentials
 

@@ -276,14 +276,25 @@ def run(settings: AgentSettings, runtime: AgentRuntime) -> int:
     assigned, then follow its commands until the process is stopped. Exit codes: 2 = not
     enrolled and no token, 3 = the controller refused the device."""
     identity = device_identity(settings, runtime.profile)
-    client = FleetClient(settings.controller, settings.agent_dir, identity, settings.enrollment_token or "")
+    client = FleetClient(
+        settings.controller,
+        settings.agent_dir,
+        identity,
+        settings.enrollment_token or "",
+        enroll_target=settings.enroll_target or "",
+        ca_fingerprint=settings.ca_fingerprint or "",
+        ca_pem=settings.ca_file.read_bytes() if settings.ca_file else b"",
+        insecure=settings.insecure,
+    )
     if client.credentials is None and not settings.enrollment_token:
-        log.error("not enrolled yet: pass --enrollment-token or set EDGELOOP_ENROLLMENT_TOKEN")
+        log.error("not enrolled yet: pass --enrollment-token-file FILE or set EDGELOOP_ENROLLMENT_TOKEN")
         return 2
     try:
         creds = client.credentials if client.credentials is not None else client.register()
         # the operator's broker (flag or environment) over the one the controller names
-        runtime.attach_telemetry(creds.device_id, settings.mqtt_url or creds.mqtt_url, creds.telemetry_prefix)
+        runtime.attach_telemetry(
+            creds.device_id, settings.mqtt_url or creds.telemetry_url, creds.telemetry_prefix
+        )
         FleetAgent(client, runtime).run()
     except DeviceRefused as exc:
         log.error("%s", exc)

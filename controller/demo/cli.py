@@ -182,7 +182,8 @@ def run_demo(
         n_agents = len(classes) * preset.agents_per_class
         say(f"3/5 {n_agents} local agents in {len(classes)} emulated classes", t0)
         fleet = LocalFleet(ctl.grpc_target, _enrollment_token(settings), out / "agents", classes,
-                           per_class=preset.agents_per_class).start()  # fmt: skip
+                           per_class=preset.agents_per_class, ca_fingerprint=ctl.ca_fingerprint,
+                           enroll_target=ctl.enroll_target).start()  # fmt: skip
         for c in classes:
             say(f"   {c.name}: {c.describe()}", t0)
         wait_for_devices(ctl, fleet, n_agents)

@@ -97,6 +97,8 @@ class LocalFleet:
     classes: list[EmulatedClass]
     per_class: int = 1
     agents: list[LocalAgent] = field(default_factory=list)
+    ca_fingerprint: str = ""  # the controller CA the agents pin ("" = an --insecure controller)
+    enroll_target: str = ""
 
     def start(self) -> LocalFleet:
         for cls in self.classes:
@@ -115,6 +117,10 @@ class LocalFleet:
             "OMP_NUM_THREADS": str(cls.threads),
             "EDGELOOP_ENROLLMENT_TOKEN": self.enrollment_token,  # not on the command line (ps shows it)
         }
+        if self.ca_fingerprint:
+            env |= {"EDGELOOP_CA_FINGERPRINT": self.ca_fingerprint, "EDGELOOP_ENROLL": self.enroll_target}
+        else:
+            env["EDGELOOP_INSECURE"] = "1"
         cmd = [
             sys.executable, "-m", "edgeloop.cli", "agent", "run",
             "--controller", self.controller_target,

@@ -32,7 +32,8 @@ from controller.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from controller.services import fleet
+from controller.services import enrollment, fleet
+from controller.services.ca import peer_identity
 from controller.services.commands import command_to_proto
 from controller.services.hub import StreamSession
 from controller.services.limits import check_device_message
@@ -139,7 +140,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self.pool = pool
         self._artifacts: dict[str, _ArtifactFile] = {}
         self._chunks = ChunkCache(ctx.settings.artifact_cache_bytes)
-        self._sent: set[tuple[str, str]] = set()  # (device, artifact) pairs a command named
+        self._sent: set[tuple[str, str]] = set()
+        self._peers: dict[
+            bytes, tuple[str, int]
+        ] = {}  # client certificate PEM -> (device id, serial)  # (device, artifact) pairs a command named
 
     # -- plumbing
     async def _db(self, fn: Callable[..., T], /, **kwargs: object) -> T:
@@ -156,40 +160,89 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         await context.abort(code, exc.message)
         raise RuntimeError("grpc context.abort returned")  # it raises; this tells the type checker
 
-    async def _auth(self, context: grpc.aio.ServicerContext) -> str:
+    def _credential(self, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+        """(device id, secret) the call presents: with TLS, the common name and serial of the
+        verified client certificate (never anything the request says); with --insecure, the
+        metadata token."""
+        if self.ctx.ca is not None:
+            pems = (context.auth_context() or {}).get("x509_pem_cert") or []
+            if not pems:
+                return "", ""
+            ident = self._peers.get(pems[0])
+            if ident is None:
+                ident = peer_identity(pems[0])
+                if len(self._peers) > 10_000:
+                    self._peers.clear()
+                self._peers[pems[0]] = ident
+            return ident[0], fleet.cert_secret(ident[1])
         md = {k: v for k, v in context.invocation_metadata() or ()}
-        device_id = md.get("x-edgeloop-device", "")
         auth = md.get("authorization", "")
-        token = auth[7:] if auth.lower().startswith("bearer ") else ""
-        known = self.ctx.tokens.get(device_id) if device_id and token else None
-        if known is not None and hmac.compare_digest(known, fleet.hash_token(token)):
-            return device_id  # cached: no DB round trip for the common case
+        return md.get("x-edgeloop-device", ""), auth[7:] if auth.lower().startswith("bearer ") else ""
+
+    async def _check(self, device_id: str, secret: str) -> None:
+        known = self.ctx.tokens.get(device_id) if device_id and secret else None
+        if known is not None and hmac.compare_digest(known, fleet.hash_token(secret)):
+            return  # cached: no DB round trip for the common case
+        await self._db(fleet.authenticate, cache=self.ctx.tokens, device_id=device_id, token=secret)
+
+    async def _auth(self, context: grpc.aio.ServicerContext) -> str:
+        device_id, secret = self._credential(context)
+        if self.ctx.ca is not None and not device_id:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a client certificate of this controller's CA is required (enrol first)",
+            )
         try:
-            await self._db(fleet.authenticate, cache=self.ctx.tokens, device_id=device_id, token=token)
+            await self._check(device_id, secret)
         except ControllerError as exc:
             await self._abort(context, exc)
         return device_id
 
+    async def _caller(self, context: grpc.aio.ServicerContext) -> str:
+        """The device a Register comes from when it proves one with its own credential, else ""."""
+        device_id, secret = self._credential(context)
+        if not device_id or not secret:
+            return ""
+        try:
+            await self._check(device_id, secret)
+        except ControllerError:
+            return ""
+        return device_id
+
     # -- RPCs
     async def Register(self, request: fleet_pb2.RegisterRequest, context: grpc.aio.ServicerContext):
+        caller = await self._caller(context)
         try:
-            device, token = await self._db(
-                fleet.register_device,
+            done = await self._db(
+                enrollment.enrol,
                 request=request,
-                enrollment_token=self.ctx.settings.enrollment_token or "",
+                bootstrap=self.ctx.settings.enrollment_token or "",
+                ca=self.ctx.ca,
+                caller=caller,
             )
         except ControllerError as exc:
             log.info("register refused (%s): %s", context.peer(), exc.message)
             await self._abort(context, exc)
+        device = done.device
         self.ctx.tokens.put(device.id, device.token_hash)
+        if caller != device.id:
+            self.ctx.hub.kick(device.id)  # an operator re-enrolment: streams of the old credential end
+        mqtt_user = mqtt_password = ""
+        if self.ctx.broker_accounts is not None:
+            mqtt_user, mqtt_password = device.id, done.mqtt_password
+            self.ctx.broker_accounts.set(mqtt_user, mqtt_password)
         log.info("device %s (%s, %s) registered", device.id, device.name, device.hardware_class)
         return fleet_pb2.RegisterResponse(
             device_id=device.id,
-            device_token=token,
+            device_token=done.device_token,
             artifact_signing_public_key=self.ctx.signer.public_key_bytes,
             mqtt_url=agent_mqtt_url(self.ctx.settings.mqtt_url or self.ctx.mqtt_url),
             telemetry_prefix=self.ctx.settings.telemetry_prefix,
             heartbeat_interval_s=self.ctx.settings.heartbeat_interval_s,
+            client_certificate_pem=done.certificate_pem,
+            ca_certificate_pem=self.ctx.ca.cert_pem if self.ctx.ca is not None else b"",
+            mqtt_username=mqtt_user,
+            mqtt_password=mqtt_password,
         )
 
     async def Connect(
@@ -354,6 +407,7 @@ class GrpcServer:
     def __init__(self, ctx: ControllerContext, host: str, port: int) -> None:
         self.ctx = ctx
         self.host, self.port = host, port
+        self.enroll_port = 0  # the TLS enrolment port (0 with --insecure)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
@@ -390,11 +444,34 @@ class GrpcServer:
     async def _serve(self) -> None:
         self._server = grpc.aio.server(options=SERVER_OPTIONS)
         add_servicer(FleetServicer(self.ctx, self._pool), self._server)
-        self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        ca = self.ctx.ca
+        if ca is None:
+            self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+        else:
+            mutual = grpc.ssl_server_credentials(
+                [(ca.server_key_pem, ca.server_cert_pem)],
+                root_certificates=ca.cert_pem,
+                require_client_auth=True,
+            )
+            self.port = self._server.add_secure_port(f"{self.host}:{self.port}", mutual)
+            # enrolment: server-only TLS with the CA's own certificate, which the agent pins
+            enrol = grpc.ssl_server_credentials([(ca.key_pem, ca.cert_pem)])
+            want = self.ctx.settings.enroll_port
+            if want is None:
+                want = self.port + 1 if self.ctx.settings.grpc_port else 0
+            self.enroll_port = self._server.add_secure_port(f"{self.host}:{want}", enrol)
+            if self.enroll_port == 0:
+                raise OSError(f"could not bind the enrolment port on {self.host}:{want}")
         if self.port == 0:
             raise OSError(f"could not bind gRPC on {self.host}")
         await self._server.start()
-        log.info("gRPC fleet service on %s:%d", self.host, self.port)
+        if ca is None:
+            log.warning("gRPC fleet service on %s:%d WITHOUT TLS (--insecure)", self.host, self.port)
+        else:
+            log.info(
+                "gRPC fleet service on %s:%d (mutual TLS), enrolment on %d (TLS, CA %s)",
+                self.host, self.port, self.enroll_port, ca.fingerprint,
+            )  # fmt: skip
         self._stopping = asyncio.Event()
         self._ready.set()
         await self._stopping.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
 import threading
 
 from google.protobuf import json_format
@@ -55,31 +54,13 @@ class TokenCache:
             self._hashes.pop(device_id, None)
 
 
-def register_device(
-    *, session: Session, request: fleet_pb2.RegisterRequest, enrollment_token: str
-) -> tuple[Device, str]:
-    """Enrol (or re-enrol) a device. Returns the device and its new plaintext token."""
-    if not request.enrollment_token or not hmac.compare_digest(
-        request.enrollment_token.encode(), enrollment_token.encode()
-    ):
-        raise Unauthenticated("invalid enrollment token")
-    device: Device | None = None
-    if request.device_id:
-        device = session.get(Device, request.device_id)
-        if device is None:
-            raise PermissionDenied(f"unknown device {request.device_id!r}: enrol without a device id")
-        if device.revoked:
-            raise PermissionDenied(f"device {request.device_id} is revoked")
+def apply_registration(device: Device, request: fleet_pb2.RegisterRequest) -> Device:
+    """What a Register says about the device (name, hardware, capabilities, tags) onto its row."""
     hw = request.hardware
-    hardware_class = hw.hardware_class or "unknown"
-    token = secrets.token_urlsafe(32)
-    if device is None:
-        device = Device(name=request.name or hw.hostname or "", tags=sorted(set(request.tags)))
-    elif request.tags:
+    if request.tags:
         device.tags = sorted(set(device.tags) | set(request.tags))
     device.name = request.name or device.name or hw.hostname
-    device.token_hash = hash_token(token)
-    device.hardware_class = hardware_class
+    device.hardware_class = hw.hardware_class or "unknown"
     device.hardware_fingerprint = hw.fingerprint
     device.hardware = json_format.MessageToDict(hw, preserving_proto_field_name=True)
     device.capabilities = [
@@ -90,9 +71,12 @@ def register_device(
     ]
     device.agent_version = request.agent_version
     device.last_seen = utcnow()
-    session.add(device)
-    session.flush()
-    return device, token
+    return device
+
+
+def cert_secret(serial: int) -> str:
+    """What ``Device.token_hash`` hashes in TLS mode: the serial of the one valid certificate."""
+    return f"cert:{serial}"
 
 
 def authenticate(*, session: Session, cache: TokenCache, device_id: str, token: str) -> None:

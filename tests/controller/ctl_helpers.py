@@ -193,11 +193,14 @@ def start_agent(
     tags: list[str] | None = None,
     executor: ScriptedExecutor | None = None,
     wait: bool = True,
+    client_args: dict[str, object] | None = None,
 ) -> RunningAgent:
+    """A real FleetClient + FleetAgent in a thread; ``client_args`` (how to enrol: TLS port and
+    CA, or insecure) default to what ``make_controller`` recorded for ``target``."""
     identity = AgentIdentity(
         name=name, hardware=minimal_hardware(hardware_class), tags=tags or [], agent_version="test"
     )
-    client = FleetClient(target, agent_dir, identity, enrollment_token)
+    client = FleetClient(target, agent_dir, identity, enrollment_token, **(client_args or trust(target)))
     executor = executor or ScriptedExecutor()
     agent = FleetAgent(client, executor)
     errors: list[BaseException] = []
@@ -216,6 +219,16 @@ def start_agent(
         if errors:
             raise errors[0]
     return running
+
+
+_TRUST: dict[str, dict[str, object]] = {}  # grpc target -> how an agent enrols with that controller
+
+
+def trust(target: str | Controller) -> dict[str, object]:
+    """The FleetClient arguments for enrolling with a controller of ``make_controller``: its TLS
+    enrolment port and CA fingerprint (what `edgeloop controller serve` prints), or insecure."""
+    key = target.grpc_target if isinstance(target, Controller) else target
+    return dict(_TRUST.get(key, {"insecure": True}))
 
 
 def wait_until(
@@ -246,4 +259,9 @@ def make_controller(
         heartbeat_interval_s=1,
         **overrides,
     )
-    return Controller(settings).start(http=http, telemetry=bool(overrides.get("mqtt_url")))
+    ctl = Controller(settings).start(http=http, telemetry=bool(overrides.get("mqtt_url")))
+    if settings.insecure:
+        _TRUST[ctl.grpc_target] = {"insecure": True}
+    else:
+        _TRUST[ctl.grpc_target] = {"enroll_target": ctl.enroll_target, "ca_fingerprint": ctl.ca_fingerprint}
+    return ctl

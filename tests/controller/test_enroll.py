@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from ctl_helpers import minimal_hardware, start_agent, wait_until
+from ctl_helpers import make_controller, minimal_hardware, start_agent, trust, wait_until
 from sqlmodel import select
 
 from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
@@ -17,24 +17,24 @@ from protos import fleet_pb2
 
 def _client(ctl, agent_dir: Path, token: str = "test-enrollment-token", name: str = "d1") -> FleetClient:
     identity = AgentIdentity(name=name, hardware=minimal_hardware("cpu-a"), tags=["lab"], agent_version="t")
-    return FleetClient(ctl.grpc_target, agent_dir, identity, token)
+    return FleetClient(ctl.grpc_target, agent_dir, identity, token, **trust(ctl))
 
 
 def test_enrol_saves_credentials_and_shows_up(controller, tmp_path: Path) -> None:
     client = _client(controller, tmp_path / "agent")
     creds = client.register()
     try:
-        assert creds.device_id and creds.device_token
+        assert creds.device_id and creds.client_cert_pem and creds.ca_pem and not creds.device_token
         assert bytes.fromhex(creds.public_key_hex) == controller.ctx.signer.public_key_bytes
         saved = tmp_path / "agent" / "fleet" / "credentials.json"
         assert saved.stat().st_mode & 0o777 == 0o600
         with controller.session() as s:
             device = crud.get_device(session=s, device_id=creds.device_id)
             assert device.hardware_class == "cpu-a" and device.tags == ["lab"]
-            assert device.token_hash and device.token_hash != creds.device_token  # only a hash is stored
-        # re-registering keeps the identity (and rotates the token)
+            assert device.token_hash  # the hash of the one valid certificate serial
+        # renewing with its own certificate keeps the identity (and rotates the certificate)
         again = _client(controller, tmp_path / "agent").register()
-        assert again.device_id == creds.device_id and again.device_token != creds.device_token
+        assert again.device_id == creds.device_id and again.client_cert_pem != creds.client_cert_pem
         with controller.session() as s:
             assert len(s.exec(select(Device)).all()) == 1
     finally:
@@ -51,14 +51,16 @@ def test_agents_never_get_the_controllers_broker_password() -> None:
 
 def test_wrong_enrollment_token_is_refused(controller, tmp_path: Path) -> None:
     client = _client(controller, tmp_path / "agent", token="not-the-token")
-    with pytest.raises(DeviceRefused, match="invalid enrollment token"):
+    with pytest.raises(DeviceRefused, match="enrolment refused: invalid"):
         client.register()
     client.close()
     with controller.session() as s:
         assert s.exec(select(Device)).all() == []
 
 
-def test_unknown_device_and_bad_token_are_refused(controller, tmp_path: Path) -> None:
+def test_unknown_device_and_bad_token_are_refused_insecure_mode(tmp_path: Path) -> None:
+    """The --insecure metadata credentials (TLS mode: tests/security)."""
+    controller = make_controller(tmp_path / "data", None, insecure=True)
     channel = grpc.insecure_channel(controller.grpc_target)
     from protos import fleet_pb2_grpc
 
@@ -75,6 +77,7 @@ def test_unknown_device_and_bad_token_are_refused(controller, tmp_path: Path) ->
         stub.Register(fleet_pb2.RegisterRequest(enrollment_token="test-enrollment-token", device_id="forged"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     channel.close()
+    controller.stop()
 
 
 def test_revoked_device_is_cut_off_and_refused(controller, tmp_path: Path) -> None:
@@ -89,6 +92,6 @@ def test_revoked_device_is_cut_off_and_refused(controller, tmp_path: Path) -> No
     agent.thread.join(timeout=20)
     assert not agent.thread.is_alive(), "a revoked agent must stop, not retry forever"
     assert agent.error and isinstance(agent.error[0], DeviceRefused) and "revoked" in str(agent.error[0])
-    with pytest.raises(DeviceRefused, match="revoked"):
+    with pytest.raises(DeviceRefused, match="enrolment refused"):
         _client(controller, tmp_path / "agent").register()
     agent.client.close()

@@ -50,6 +50,10 @@ def test_sigkill_mid_rollout_then_restart(tmp_path: Path, db_url: str) -> None:
             name=f"k{i}",
             tags=["k"],
             executor=ScriptedExecutor(scores=dict(scores), deploy_delay_s=0.8),
+            client_args={
+                "enroll_target": f"127.0.0.1:{grpc_port + 1}",  # the CA made at first start
+                "ca_pem": (data / "keys" / "ca_cert.pem").read_bytes(),
+            },
         )  # fmt: skip
         for i in range(3)
     ]

@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from ctl_helpers import RunningAgent, wait_until
+from ctl_helpers import RunningAgent, trust, wait_until
 
 from agent.fleet.client import FleetClient
 from agent.fleet.daemon import FleetAgent
@@ -46,7 +46,11 @@ def _real_agent(target: str, agent_dir: Path, name: str) -> RunningAgent:
     executor = AgentRuntime(settings, deploy_bench=BenchConfig(scenarios=("singlestream", "offline"),
                                                                duration_ms=300, min_queries=16)).start()  # fmt: skip
     client = FleetClient(
-        target, agent_dir, device_identity(settings, executor.profile), "test-enrollment-token"
+        target,
+        agent_dir,
+        device_identity(settings, executor.profile),
+        "test-enrollment-token",
+        **trust(target),
     )
     agent = FleetAgent(client, executor)
     errors: list[BaseException] = []

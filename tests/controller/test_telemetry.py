@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
-from ctl_helpers import make_controller, minimal_hardware, wait_until
+from ctl_helpers import make_controller, minimal_hardware, trust, wait_until
 from sqlmodel import select
 
 from agent.fleet.client import AgentIdentity, FleetClient
@@ -48,6 +48,7 @@ def _device(ctl, tmp_path: Path) -> str:
         tmp_path / "agent",
         AgentIdentity("t1", minimal_hardware("cpu-t")),
         "test-enrollment-token",
+        **trust(ctl),
     )
     device_id = client.register().device_id
     client.close()

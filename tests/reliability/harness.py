@@ -135,7 +135,8 @@ def controller(data: Path, *, grpc_port: int = 0, http_port: int = 0, mqtt: str 
     grpc_port, http_port = grpc_port or free_port(), http_port or free_port()
     data.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "edgeloop.cli", "controller", "serve", "--data-dir", str(data),
-           "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port)]  # fmt: skip
+           "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+           "--insecure"]  # durability, not transport security, is tested here (tests/security does TLS)  # fmt: skip
     cmd += ["--mqtt", mqtt] if mqtt else ["--no-broker"]
     env = _env(EDGELOOP_API_TOKEN=API_TOKEN, EDGELOOP_ENROLLMENT_TOKEN=ENROL_TOKEN,
                EDGELOOP_HEARTBEAT_INTERVAL_S="1", EDGELOOP_ROLLOUT_TICK_S="0.1", **(extra_env or {}))  # fmt: skip
@@ -150,7 +151,7 @@ def agent(agent_dir: Path, target: str, *, name: str, tags: str = "rel", serve_p
     agent_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "edgeloop.cli", "agent", "run", "--controller", target, "--agent-dir",
            str(agent_dir), "--name", name, "--tags", tags, "--threads", "1", "--hardware-class", "cpu-rel",
-           "--serve-port", str(serve_port), "--metrics-interval", "1"]  # fmt: skip
+           "--serve-port", str(serve_port), "--metrics-interval", "1", "--insecure"]  # fmt: skip
     if mqtt:
         cmd += ["--mqtt", mqtt]
     cmd += extra or []

@@ -18,12 +18,14 @@ from controller.models import (
     DeviceSeries,
     DevicesPublic,
     DeviceUpdate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenPublic,
     RollbackCreate,
     SeriesPoint,
     SwitchCreate,
     TelemetryAggregatePublic,
 )
-from controller.services import commands, fleet
+from controller.services import commands, enrollment, fleet
 from controller.telemetry import WINDOW_S
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -59,8 +61,24 @@ def update_device(session: SessionDep, device_id: str, device_in: DeviceUpdate) 
 def revoke_device(session: SessionDep, ctx: ContextDep, device_id: str) -> DevicePublic:
     device = fleet.revoke_device(session=session, cache=ctx.tokens, device_id=device_id)
     session.commit()
-    ctx.hub.kick(device_id)
+    ctx.hub.kick(device_id)  # its open streams end now; its certificate is refused from now on
+    if ctx.broker_accounts is not None:
+        ctx.broker_accounts.remove(device_id)
     return crud.device_public(device)
+
+
+@router.post("/{device_id}/reenrol", response_model=EnrollmentTokenCreated, status_code=201)
+def reenrol_device(session: SessionDep, ctx: ContextDep, device_id: str) -> EnrollmentTokenCreated:
+    """The operator re-enrols a device (new hardware, lost key): its current credential is
+    revoked, and the one-use token returned enrols exactly this id again (agent run
+    --enrollment-token-file ... on the device, with its old credentials removed)."""
+    fleet.revoke_device(session=session, cache=ctx.tokens, device_id=device_id)
+    row, token = enrollment.reenrol_token(session=session, device_id=device_id)
+    session.commit()
+    ctx.hub.kick(device_id)
+    if ctx.broker_accounts is not None:
+        ctx.broker_accounts.remove(device_id)
+    return EnrollmentTokenCreated(**EnrollmentTokenPublic.model_validate(row).model_dump(), token=token)
 
 
 @router.post("/{device_id}/benchmark", response_model=CommandPublic, status_code=202)
