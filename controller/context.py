@@ -43,6 +43,8 @@ class ControllerContext:
     broker_accounts: BrokerAccounts | None = None  # the started broker's per-device accounts
     store: ArtifactStore | None = None
     wakeup: threading.Event = field(default_factory=threading.Event)
+    # the video pipelines each device last reported in its telemetry metrics (docs/stream.md), by id
+    streams: dict[str, dict] = field(default_factory=dict)
 
     def wake(self) -> None:
         """Something changed (a status, a report, an operator action): run the rollout engine now."""

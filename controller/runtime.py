@@ -63,7 +63,8 @@ class Controller(InProcessAPI):
             jobs.recover_interrupted(session=session)
         signer = load_or_create_signer(s.keys_dir)
         metrics = Metrics()
-        mqtt_url = self._start_telemetry(engine, metrics) if telemetry else ""
+        streams: dict[str, dict] = {}  # filled by telemetry, read by the API
+        mqtt_url = self._start_telemetry(engine, metrics, streams) if telemetry else ""
         ca = None if s.insecure else load_or_create_ca(s.keys_dir, s.tls_names)
         if s.insecure:
             log.warning(
@@ -71,7 +72,7 @@ class Controller(InProcessAPI):
             )
         ctx = ControllerContext(settings=s, engine=engine, signer=signer, metrics=metrics, mqtt_url=mqtt_url,
                                 store=store_from_settings(s), ca=ca,
-                                broker_accounts=self.broker_accounts)  # fmt: skip
+                                broker_accounts=self.broker_accounts, streams=streams)  # fmt: skip
         self._ctx = ctx
         self.grpc = GrpcServer(ctx, s.grpc_host, s.grpc_port).start()
         self._spawn("rollout-engine", lambda: run_rollout_engine(ctx, self._stop))
@@ -81,7 +82,9 @@ class Controller(InProcessAPI):
             self.start_http()
         return self
 
-    def _start_telemetry(self, engine: Engine, metrics: Metrics) -> str:
+    def _start_telemetry(
+        self, engine: Engine, metrics: Metrics, streams: dict[str, dict] | None = None
+    ) -> str:
         """The broker URL telemetry listens on ("" when there is none)."""
         url = self.settings.mqtt_url
         if not url and self.settings.start_broker:
@@ -100,7 +103,7 @@ class Controller(InProcessAPI):
         if not url:
             return ""
         self.telemetry = TelemetryIngest(
-            engine=engine, metrics=metrics, url=url, prefix=self.settings.telemetry_prefix
+            engine=engine, metrics=metrics, url=url, prefix=self.settings.telemetry_prefix, streams=streams
         ).start()
         return url
 

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -48,12 +49,44 @@ class _Window:
     active_version: str = ""
 
 
+def _text(value: object, limit: int = 200) -> str:
+    return str(value)[:limit] if value is not None else ""
+
+
+def pipelines_view(reported: list) -> list[dict]:
+    """What the API shows of a device's reported pipelines (agent.stream's ``stats()``): the
+    fields the dashboard uses, typed and bounded, so a device cannot fill the controller's memory."""
+    out = []
+    for p in reported[:32]:
+        if not isinstance(p, dict):
+            continue
+        sources: list[dict[str, Any]] = []
+        total = 0.0
+        for src in (p.get("sources") or [])[:64]:
+            if not isinstance(src, dict):
+                continue
+            raw = src.get("latency_ms")
+            lat: dict = raw if isinstance(raw, dict) else {}
+            fps = _num(src.get("fps")) or 0.0
+            total += fps
+            sources.append({"source_id": _text(src.get("source_id"), 64), "state": _text(src.get("state"), 32),
+                            "fps": fps, "dropped": int(_num(src.get("dropped")) or 0),
+                            "reconnects": int(_num(src.get("reconnects")) or 0),
+                            "latency_p99_ms": _num(lat.get("p99")), "last_error": _text(src.get("last_error"))})  # fmt: skip
+        view = _text(p.get("view"), 300)
+        out.append({"pipeline": _text(p.get("pipeline"), 64), "model_version": _text(p.get("model_version")),
+                    "view": view if view.startswith(("http://", "https://")) else "",
+                    "fps": round(total, 2), "sources": sources})  # fmt: skip
+    return out
+
+
 @dataclass
 class TelemetryIngest:
     engine: Engine
     metrics: Metrics
     url: str
     prefix: str = "edgeloop"
+    streams: dict[str, dict] | None = None  # latest video pipeline stats by device (the API reads it)
     client_id: str = field(default_factory=lambda: f"edgeloop-controller-{int(time.time() * 1000) % 10**9}")
 
     def __post_init__(self) -> None:
@@ -172,6 +205,8 @@ class TelemetryIngest:
     def _on_metrics(self, device_id: str, m: dict) -> None:
         hw = self._classes.get(device_id, "")
         now = datetime.now(timezone.utc)
+        if self.streams is not None and isinstance(m.get("streams"), list):
+            self.streams[device_id] = {"ts": now.isoformat(), "pipelines": pipelines_view(m["streams"])}
         start = now.replace(second=0, microsecond=0)  # one-minute windows (WINDOW_S)
         w = self._windows.get(device_id)
         if w is None or w.start != start:

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import SQLModel
 
 from controller import crud
-from controller.api.deps import SessionDep
+from controller.api.deps import ContextDep, SessionDep
 from controller.models import DevicePublic, MatrixCell, RolloutPublic
 from controller.services import results
 
@@ -30,6 +30,7 @@ class DashboardSummary(SQLModel):
     classes: dict[str, int]
     rollouts: list[RolloutPublic]
     matrix: list[MatrixCell]
+    pipelines: dict[str, list[dict]] = {}  # by device id: the video pipelines it last reported
 
 
 @page_router.get("/", response_class=HTMLResponse)
@@ -39,7 +40,7 @@ def page() -> HTMLResponse:
 
 
 @router.get("", response_model=DashboardSummary)
-def summary(session: SessionDep) -> DashboardSummary:
+def summary(session: SessionDep, ctx: ContextDep) -> DashboardSummary:
     devices, _ = crud.list_devices(session=session, limit=10_000)
     public = [crud.device_public(d) for d in devices]
     classes: dict[str, int] = {}
@@ -52,4 +53,5 @@ def summary(session: SessionDep) -> DashboardSummary:
         classes=classes,
         rollouts=[crud.rollout_public(session=session, rollout=r, with_deployments=False) for r in rows],
         matrix=results.results_matrix(session=session).cells,
+        pipelines={d.id: ctx.streams[d.id]["pipelines"] for d in public if d.id in ctx.streams},
     )

@@ -51,6 +51,15 @@ def get_device(session: SessionDep, device_id: str) -> DevicePublic:
     return crud.device_public(crud.get_device(session=session, device_id=device_id))
 
 
+@router.get("/{device_id}/pipelines")
+def device_pipelines(session: SessionDep, ctx: ContextDep, device_id: str) -> dict:
+    """The video pipelines the device last reported in its telemetry (docs/stream.md): per
+    pipeline its model, total FPS and view URL, per source FPS, state, drops, reconnects, p99."""
+    crud.get_device(session=session, device_id=device_id)  # 404 for an unknown id
+    latest = ctx.streams.get(device_id) or {}
+    return {"device_id": device_id, "reported_at": latest.get("ts"), "pipelines": latest.get("pipelines", [])}
+
+
 @router.patch("/{device_id}", response_model=DevicePublic)
 def update_device(session: SessionDep, device_id: str, device_in: DeviceUpdate) -> DevicePublic:
     device = crud.get_device(session=session, device_id=device_id)
