@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
-from ctl_helpers import make_controller, minimal_hardware, wait_until  # noqa: E402
+from ctl_helpers import make_controller, minimal_hardware, trust, wait_until  # noqa: E402
 
 from agent.config import AgentSettings  # noqa: E402
 from agent.fleet.client import AgentIdentity, FleetClient  # noqa: E402
@@ -31,7 +31,7 @@ def test_pipelines_in_telemetry_reach_the_api_and_dashboard(
     try:
         assert ctl.telemetry is not None and ctl.telemetry.connected.wait(10)
         client = FleetClient(ctl.grpc_target, tmp_path / "agent", AgentIdentity("cam-box", minimal_hardware("cpu-t")),
-                             "test-enrollment-token")  # fmt: skip
+                             "test-enrollment-token", **trust(ctl))  # fmt: skip
         device_id = client.register().device_id
         client.close()
         settings = AgentSettings(agent_dir=tmp_path / "agent-rt", serve_port=-1, http_port=-1, threads=1,
