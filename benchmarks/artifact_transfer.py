@@ -122,7 +122,9 @@ def main() -> int:
             with ctl.http as http, open(shard, "rb") as fh:
                 art = http.post("/artifacts/shards", files={"file": ("shard.tar", fh)}).json()
             identity = AgentIdentity("bench", probe_hardware(hardware_class="bench"))
-            client = FleetClient(ctl.grpc_target, tmp / "agent", identity, ctl.enrollment_token)
+            client = FleetClient(
+                ctl.grpc_target, tmp / "agent", identity, ctl.enrollment_token, insecure=True
+            )
             creds = client.register()
             with ctl.http as http:
                 send_shard_to(http, creds.device_id, art["id"], tmp)
