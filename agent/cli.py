@@ -35,6 +35,7 @@ from agent.errors import AgentError
 from agent.fleet import daemon
 from agent.probe import capabilities, probe_hardware
 from agent.runtime import AgentRuntime
+from protos.ports import PortInUse
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +401,6 @@ def run(args) -> int:
     }
     try:
         return commands[args.agent_command](args)
-    except (AgentError, FileNotFoundError, ValueError, SpecError) as exc:
+    except (AgentError, FileNotFoundError, ValueError, SpecError, PortInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

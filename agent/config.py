@@ -111,6 +111,11 @@ class AgentSettings:
         return self.agent_dir / "slots"
 
     @property
+    def spool_dir(self) -> Path:
+        """QoS 1 telemetry not yet acknowledged by the broker (agent.spool)."""
+        return self.agent_dir / "telemetry-spool"
+
+    @property
     def serves_grpc(self) -> bool:
         return self.serve_port >= 0
 

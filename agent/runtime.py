@@ -232,7 +232,8 @@ class AgentRuntime:
         if self.telemetry is not None:
             self.telemetry.stop()
         self.telemetry = Telemetry(url, device_id, prefix=prefix or self.settings.telemetry_prefix,
-                                   hardware_class=self.profile.hardware_class).start()  # fmt: skip
+                                   hardware_class=self.profile.hardware_class,
+                                   spool_dir=self.settings.spool_dir).start()  # fmt: skip
         if self.started:
             self._start_metrics()
 

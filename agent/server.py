@@ -30,6 +30,7 @@ from agent.errors import (
     Refused,
 )
 from protos import inference_pb2, inference_pb2_grpc
+from protos.ports import NO_REUSEPORT, bind_grpc
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ class InferenceServer:
         options = [
             ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            NO_REUSEPORT,  # a second agent on this port fails instead of sharing its clients
         ]
         interceptors = [TokenInterceptor(BearerToken(token))] if token else []
         self._server = grpc.server(
@@ -242,9 +244,7 @@ class InferenceServer:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(dataplane), self._server
         )
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+        self.port = bind_grpc(self._server, host, port)
         self.host = host
 
     def start(self) -> InferenceServer:

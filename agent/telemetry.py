@@ -8,10 +8,12 @@ Topics under a configurable prefix (default ``edgeloop``):
   deploy_failed, benchmarked;
 - ``{prefix}/devices/{device_id}/streams/{pipeline}/events`` QoS 1: video pipeline frame events
   (``stream_event``; schema in docs/stream.md).
-Every payload carries ``schema_version`` and ``device_id``. While the broker is away, QoS 1
-messages wait in paho's outgoing queue (bounded by ``queue_limit``; beyond it new messages are
-dropped and counted) and are sent after reconnecting; metrics published while away are dropped
-(the next period brings fresh ones).
+Every payload carries ``schema_version``, ``device_id`` and ``ts`` (when it happened). With a
+``spool_dir`` (the agent always gives one), QoS 1 messages go through ``agent.spool.Spool``: on
+disk until the broker acknowledges them, so neither a broker outage nor an agent restart loses
+them (bounded; the oldest is dropped first and counted). Without one, they wait in paho's
+memory queue (bounded by ``queue_limit``). Metrics published while away are dropped (the next
+period brings fresh ones).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import agent
+from agent.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,8 @@ class Telemetry:
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         client_id: str | None = None,
+        spool_dir: str | Path | None = None,
+        spool_limit: int = 10_000,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -167,7 +172,10 @@ class Telemetry:
         self.prefix = prefix.rstrip("/")
         self.hardware_class = hardware_class
         self.keepalive_s = keepalive_s
-        self.dropped = 0
+        self._dropped = 0
+        self.spool = Spool(spool_dir, max_messages=spool_limit) if spool_dir is not None else None
+        self._in_flight: dict[int, int] = {}  # paho message id -> spool seq (paho resends these itself)
+        self._spool_lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._metrics_thread: threading.Thread | None = None
@@ -190,6 +198,7 @@ class Telemetry:
         self.client.will_set(self.state_topic, json.dumps(self._state("offline")), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
 
     # -- topics and payloads
     @property
@@ -221,6 +230,33 @@ class Telemetry:
         self._connected.set()
         client.publish(self.state_topic, json.dumps(self._state("online")), qos=1, retain=True)
         log.info("telemetry connected to %s:%d", self.host, self.port)
+        self._send_spooled()
+
+    def _send_spooled(self) -> None:
+        """Hand the broker what waits on disk and is not already with paho, oldest first."""
+        if self.spool is None:
+            return
+        with self._spool_lock:
+            handed = set(self._in_flight.values())
+            waiting = [item for item in self.spool.pending() if item[0] not in handed]
+            for seq, topic_name, payload in waiting:
+                info = self.client.publish(topic_name, payload, qos=1)
+                self._in_flight[info.mid] = seq
+        if waiting:
+            log.info("telemetry: sent %d spooled messages", len(waiting))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if self.spool is None:
+            return
+        with self._spool_lock:
+            seq = self._in_flight.pop(mid, None)
+        if seq is not None:
+            self.spool.ack(seq)
+
+    @property
+    def dropped(self) -> int:
+        """QoS 1 messages dropped because the spool (or paho's queue) was full."""
+        return self._dropped + (self.spool.dropped if self.spool is not None else 0)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
@@ -259,9 +295,17 @@ class Telemetry:
 
     # -- publishing
     def _publish(self, topic_name: str, payload: dict, qos: int, retain: bool = False) -> bool:
-        info = self.client.publish(topic_name, json.dumps(payload, default=str), qos=qos, retain=retain)
+        text = json.dumps(payload, default=str)
+        if qos == 1 and not retain and self.spool is not None:
+            with self._spool_lock:
+                seq = self.spool.put(topic_name, text)  # on disk before anything else
+                if self.connected:
+                    info = self.client.publish(topic_name, text, qos=1)
+                    self._in_flight[info.mid] = seq
+            return True  # else sent from the spool on the next connect
+        info = self.client.publish(topic_name, text, qos=qos, retain=retain)
         if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
-            self.dropped += 1
+            self._dropped += 1
             log.warning(
                 "telemetry queue full: dropped a message for %s (%d dropped)", topic_name, self.dropped
             )
@@ -283,7 +327,9 @@ class Telemetry:
     def metrics(self, values: dict) -> bool:
         if not self.connected:
             return False  # periodic: the next sample replaces it
-        return self._publish(self.metrics_topic, self._base() | values, qos=0)
+        return self._publish(
+            self.metrics_topic, self._base() | values | {"telemetry_dropped": self.dropped}, qos=0
+        )
 
     def start_metrics(self, collect: Callable[[], dict], interval_s: float = 10.0) -> None:
         """Publish ``collect()`` every ``interval_s`` seconds in a daemon thread."""

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.children import spawn
+
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +77,8 @@ class LocalBroker:
 
     def start(self) -> LocalBroker:
         log_file = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(self._command(), stdout=log_file, stderr=subprocess.STDOUT)
+        # ends with the controller even when it is SIGKILLed (no finally runs then)
+        self.proc = spawn(self._command(), stdout=log_file, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port)
         except TimeoutError:

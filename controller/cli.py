@@ -59,6 +59,23 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
     return get_settings(**overrides)
 
 
+def _http_port_free(host: str, port: int) -> bool:
+    """Checked before anything starts, so a taken HTTP port fails at once with the reason (uvicorn
+    would only find out after the gRPC side is up). Same options as uvicorn: SO_REUSEADDR, no
+    SO_REUSEPORT, so a port another server listens on is refused."""
+    import socket
+
+    if not port:
+        return True
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(args)
@@ -72,12 +89,21 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controller.runtime import Controller
+    from protos.ports import PortInUse
     from protos.redact import redact_url
 
     # the REST API shares the GIL with the gRPC loop streaming artifacts: hand it over more often
     # so API latency stays low during a large rollout (measured in benchmarks/fleet_scale.py)
     sys.setswitchinterval(0.001)
-    ctl = Controller(settings).start()
+    if not _http_port_free(settings.http_host, settings.http_port):
+        print(f"error: cannot listen on {settings.http_host}:{settings.http_port} (HTTP): the port is in use",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        ctl = Controller(settings).start()
+    except PortInUse as exc:
+        print(f"error: {exc} (gRPC)", file=sys.stderr)
+        return 1
     print(
         f"edgeloop controller: gRPC {settings.grpc_host}:{ctl.grpc_port}, "
         f"HTTP http://{settings.http_host}:{settings.http_port} (dashboard /dashboard#token=..., docs /docs)\n"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 from sqlalchemy import JSON, BigInteger, UniqueConstraint
 from sqlalchemy import DateTime as _SADateTime
 from sqlalchemy.types import TypeDecorator
@@ -125,7 +125,17 @@ class DeviceBase(SQLModel):
     tags: list[str] = Field(default_factory=list, sa_type=JSON)
 
 
+# Request bodies refuse what they do not know (a misspelt field, an unknown enum value) with a
+# 422 naming it, instead of ignoring it: an operator's typo must not silently change a rollout.
+STRICT = ConfigDict(extra="forbid")
+Precision = Literal["fp32", "fp16", "int8"]
+BackendName = Literal["", "auto", "onnxruntime", "tensorrt"]
+Scenario = Literal["singlestream", "offline", "server"]
+TRAINER_TASKS = ("classification", "detection")  # trainer/tasks/registry.py
+
+
 class DeviceUpdate(SQLModel):
+    model_config = STRICT
     name: str | None = Field(default=None, max_length=200)
     tags: list[str] | None = None
     hardware_class: str | None = Field(default=None, min_length=1, max_length=100)
@@ -282,6 +292,7 @@ class LineagePublic(SQLModel):
 
 # ---------------------------------------------------------------- rollouts
 class Selector(SQLModel):
+    model_config = STRICT
     tags: list[str] = Field(default_factory=list)  # a device needs all of them
     hardware_classes: list[str] = Field(default_factory=list)  # any of them
     device_ids: list[str] = Field(default_factory=list)  # explicit devices (then tags/classes also filter)
@@ -294,6 +305,7 @@ class Selector(SQLModel):
 
 
 class Strategy(SQLModel):
+    model_config = STRICT
     canary_share: float = Field(default=0.1, ge=0, le=1)
     waves: int = Field(default=2, ge=1, le=100)
     max_failure_share: float = Field(default=0.0, ge=0, le=1)
@@ -303,6 +315,12 @@ class Strategy(SQLModel):
     accuracy_metric: str = Field(default="", max_length=50)  # "" = first metric the report has
     deploy_timeout_s: float = Field(default=600, gt=0)
     rollback_on_abort: bool = True
+    # gate_first: the candidate goes to the inactive slot, is measured there and switched in only
+    # when the gate passes (a failing one never serves). activate_then_watch: it serves at once,
+    # is gated on what it measured while serving, and must stay healthy (stream up, still
+    # active) for health_window_s before it counts as succeeded; a failure rolls it back.
+    mode: Literal["gate_first", "activate_then_watch"] = "gate_first"
+    health_window_s: float = Field(default=0.0, ge=0, le=86_400)
     # dynamic batching of the model's live inference on each device (fleet.Deploy.batching);
     # both left at their defaults = the agent's own settings
     preferred_batch_sizes: list[int] = Field(default_factory=list, max_length=16)
@@ -323,6 +341,7 @@ class RolloutBase(SQLModel):
 
 
 class RolloutCreate(RolloutBase):
+    model_config = STRICT
     selector: Selector
     strategy: Strategy = Field(default_factory=Strategy)
     evaluation_artifact_id: str | None = None
@@ -333,6 +352,13 @@ class RolloutCreate(RolloutBase):
     def _precision(cls, v: str) -> str:
         if v not in ("fp32", "fp16", "int8"):
             raise ValueError("precision must be fp32, fp16 or int8")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in ("", "auto", "onnxruntime", "tensorrt"):
+            raise ValueError(f"unknown backend {v!r}: auto, onnxruntime or tensorrt")
         return v
 
 
@@ -435,10 +461,11 @@ class CommandsPublic(SQLModel):
 
 
 class BenchmarkCreate(SQLModel):
+    model_config = STRICT
     model_version: str = Field(max_length=200)
-    backends: list[str] = Field(default_factory=list)
-    precisions: list[str] = Field(default_factory=lambda: ["fp32"])
-    scenarios: list[str] = Field(default_factory=lambda: ["singlestream", "offline"])
+    backends: list[BackendName] = Field(default_factory=list, max_length=8)
+    precisions: list[Precision] = Field(default_factory=lambda: ["fp32"], max_length=8)
+    scenarios: list[Scenario] = Field(default_factory=lambda: ["singlestream", "offline"], max_length=8)
     duration_ms: int = Field(default=2000, ge=100, le=600_000)
     evaluation_artifact_id: str | None = None
     calibration_artifact_id: str | None = None
@@ -446,17 +473,20 @@ class BenchmarkCreate(SQLModel):
 
 
 class CalibrateCreate(SQLModel):
+    model_config = STRICT
     model_version: str = Field(max_length=200)
-    backend: str = Field(default="", max_length=50)
-    precision: str = Field(default="int8", max_length=20)
+    backend: BackendName = ""
+    precision: Precision = "int8"
     calibration_artifact_id: str | None = None
 
 
 class SwitchCreate(SQLModel):
+    model_config = STRICT
     model_version: str = Field(min_length=1, max_length=200)
 
 
 class RollbackCreate(SQLModel):
+    model_config = STRICT
     to_version: str = Field(default="", max_length=200)  # "" = the version active before the last switch
     reason: str = Field(default="operator", max_length=500)
 
@@ -593,7 +623,14 @@ class JobBase(SQLModel):
 
 
 class JobCreate(JobBase):
-    pass
+    model_config = STRICT
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TRAINER_TASKS:
+            raise ValueError(f"unknown task {v!r}: one of {', '.join(TRAINER_TASKS)}")
+        return v
 
 
 class Job(JobBase, table=True):

@@ -54,6 +54,14 @@ class Controller(InProcessAPI):
 
     # ------------------------------------------------------------ start
     def start(self, *, http: bool = False, telemetry: bool = True) -> Controller:
+        """Start everything; a part that fails (a taken port) stops what had started, then raises."""
+        try:
+            return self._start(http=http, telemetry=telemetry)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, *, http: bool, telemetry: bool) -> Controller:
         s = self.settings
         s.resolve_secrets()
         engine = make_engine(s.database_url)
@@ -103,7 +111,12 @@ class Controller(InProcessAPI):
         if not url:
             return ""
         self.telemetry = TelemetryIngest(
-            engine=engine, metrics=metrics, url=url, prefix=self.settings.telemetry_prefix, streams=streams
+            engine=engine,
+            metrics=metrics,
+            url=url,
+            prefix=self.settings.telemetry_prefix,
+            streams=streams,
+            client_id=self.settings.mqtt_session_id,
         ).start()
         return url
 

@@ -5,6 +5,13 @@ topic (with the agents' last-will) is what says online/offline. Metrics feed Pro
 at once and per-device one-minute aggregates that are written to the DB in batches; events are
 stored as they come. Messages are parsed on paho's thread and written by one flusher thread, so
 a burst of telemetry never holds up the broker connection.
+
+Nothing sent at QoS 1 is lost while the controller is down or killed: the session is persistent
+(a fixed client id, no clean start), so the broker keeps what arrives meanwhile, and a message
+is acknowledged (manual PUBACK) only after the DB transaction that stores it has committed; one
+not acknowledged is delivered again. An event keeps the time in its payload (``ts``), and one
+delivered twice (acknowledged by the DB but not yet by the broker when the controller died) is
+stored once.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
@@ -87,7 +94,7 @@ class TelemetryIngest:
     url: str
     prefix: str = "edgeloop"
     streams: dict[str, dict] | None = None  # latest video pipeline stats by device (the API reads it)
-    client_id: str = field(default_factory=lambda: f"edgeloop-controller-{int(time.time() * 1000) % 10**9}")
+    client_id: str = "edgeloop-controller"  # fixed: the broker keeps this session's messages
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
@@ -105,8 +112,9 @@ class TelemetryIngest:
             raise ValueError(f"unsupported MQTT URL {redact_url(self.url)!r}: use mqtt://host:port")
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False
         )
+        self._client.manual_ack_set(True)  # PUBACK after the DB commit (``_flush``)
         if parsed.username:
             self._client.username_pw_set(parsed.username, parsed.password)
         if parsed.scheme in ("mqtts", "ssl"):
@@ -151,29 +159,36 @@ class TelemetryIngest:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
         parts = msg.topic.split("/")
         if len(parts) < 3 or parts[-3] != "devices":
+            self._client.ack(msg.mid, msg.qos)
             return
         device_id, kind = parts[-2], parts[-1]
         if not self.is_known(device_id):
             self.dropped += 1
             log.debug("telemetry for unknown or revoked device %.64r dropped", device_id)
+            self._client.ack(msg.mid, msg.qos)
             return
         try:
             payload = json.loads(msg.payload.decode("utf-8")) if msg.payload else {}
         except (UnicodeDecodeError, json.JSONDecodeError):
             self.dropped += 1
             log.warning("unparsable telemetry on %s", msg.topic)
+            self._client.ack(msg.mid, msg.qos)  # never storable: do not have it sent again
             return
         if not isinstance(payload, dict) or payload.get("device_id", device_id) != device_id:
             # a payload that names another device than its topic is forged (or broken): neither counts
             self.dropped += 1
+            self._client.ack(msg.mid, msg.qos)
             return
         self.metrics.telemetry_messages.labels(kind).inc()
         if kind == "state" and payload.get("hardware_class"):
             self._classes[device_id] = str(payload["hardware_class"])
         if kind == "metrics":
             self._on_metrics(device_id, payload)
+            self._client.ack(msg.mid, msg.qos)
         elif kind in ("state", "events"):
-            self._queue.put((kind, device_id, payload))
+            self._queue.put((kind, device_id, payload, (msg.mid, msg.qos)))
+        else:
+            self._client.ack(msg.mid, msg.qos)
 
     def is_known(self, device_id: str) -> bool:
         """Whether ``device_id`` is an enrolled, not revoked device. A miss is looked up in the
@@ -211,7 +226,7 @@ class TelemetryIngest:
         w = self._windows.get(device_id)
         if w is None or w.start != start:
             if w is not None:
-                self._queue.put(("aggregate", device_id, w))
+                self._queue.put(("aggregate", device_id, w, None))
             w = self._windows[device_id] = _Window(start=start)
         w.samples += 1
         fps, cpu = _num(m.get("fps")), _num(m.get("cpu_percent"))
@@ -242,7 +257,7 @@ class TelemetryIngest:
             try:
                 if time.monotonic() - last_open > OPEN_WINDOW_WRITE_S:  # the charts' newest point
                     for device_id, w in list(self._windows.items()):
-                        self._queue.put(("aggregate", device_id, w))
+                        self._queue.put(("aggregate", device_id, w, None))
                     last_open = time.monotonic()
                 if time.monotonic() - last_classes > 10:
                     with session_scope(self.engine) as session:
@@ -257,7 +272,7 @@ class TelemetryIngest:
     def flush_windows(self) -> None:
         """Write the open aggregation windows now (tests, shutdown)."""
         for device_id, w in list(self._windows.items()):
-            self._queue.put(("aggregate", device_id, w))
+            self._queue.put(("aggregate", device_id, w, None))
         self._flush()
 
     def _flush(self) -> None:
@@ -270,23 +285,33 @@ class TelemetryIngest:
         if not items:
             return
         with session_scope(self.engine) as session:
-            for kind, device_id, payload in items:
+            for kind, device_id, payload, _ in items:
                 if kind == "state":
                     self._write_state(session, device_id, payload)
                 elif kind == "events":
-                    session.add(
-                        DeviceEvent(
-                            device_id=device_id,
-                            event=str(payload.get("event", ""))[:50],
-                            model_version=str(payload.get("model_version") or "")[:200],
-                            details=payload.get("details")
-                            if isinstance(payload.get("details"), dict)
-                            else {},
-                        )
-                    )
+                    self._write_event(session, device_id, payload)
                 elif kind == "aggregate":
                     self._write_window(session, device_id, payload)
             self._refresh_device_gauge(session)
+        for *_, ack in items:  # committed: now the broker may forget them
+            if ack is not None:
+                self._client.ack(*ack)
+
+    def _write_event(self, session: Session, device_id: str, payload: dict) -> None:
+        ts = _event_time(payload.get("ts"))
+        event = str(payload.get("event", ""))[:50]
+        duplicate = session.exec(
+            select(DeviceEvent.id)
+            .where(DeviceEvent.device_id == device_id)
+            .where(DeviceEvent.event == event)
+            .where(DeviceEvent.ts == ts)
+        ).first()
+        if duplicate is not None:  # delivered again after a crash between commit and PUBACK
+            return
+        details = payload.get("details")
+        session.add(DeviceEvent(device_id=device_id, event=event, ts=ts,
+                                model_version=str(payload.get("model_version") or "")[:200],
+                                details=details if isinstance(details, dict) else {}))  # fmt: skip
 
     def _write_state(self, session: Session, device_id: str, payload: dict) -> None:
         state = str(payload.get("state", "")).lower()
@@ -319,6 +344,13 @@ class TelemetryIngest:
         online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
         self.metrics.devices.labels("online").set(online)
         self.metrics.devices.labels("offline").set(len(rows) - online)
+
+
+def _event_time(ts: object) -> datetime:
+    """The event's own time (``ts``, epoch seconds, from the agent); arrival time when it has none."""
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 < ts < 1e11:
+        return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.now(timezone.utc)
 
 
 def _num(v: object) -> float | None:

@@ -27,7 +27,7 @@ import grpc
 
 from agent.config import AgentSettings
 from agent.fleet.client import AgentIdentity, DeviceRefused, FleetClient
-from agent.fleet.download import ArtifactRejected, DownloadInterrupted, download_artifact
+from agent.fleet.download import ArtifactRejected, DownloadInterrupted, download_artifact, fetch_verified
 from agent.fleet.http_fetch import UrlFetcher, UrlGivenUp
 from agent.probe import capabilities
 from agent.runtime import AgentRuntime, SlotState
@@ -36,6 +36,7 @@ from protos import fleet_pb2
 
 log = logging.getLogger(__name__)
 JOURNAL_KEEP = 500
+DOWNLOAD_ATTEMPTS = 3  # downloads whose bytes fail verification before the command fails
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 T = TypeVar("T")
 
@@ -193,7 +194,9 @@ class FleetAgent:
                 on_progress=progress if command_id else None,
             ).path
 
-        return self._retrying(f"download of {ref.artifact_id}", once)
+        what = f"download of {ref.artifact_id}"
+        # a break of the link resumes (``_retrying``); bytes that fail verification start over from 0
+        return fetch_verified(lambda: self._retrying(what, once), attempts=DOWNLOAD_ATTEMPTS, what=what)
 
     def _shards(self, calibration: fleet_pb2.ArtifactRef, evaluation: fleet_pb2.ArtifactRef) -> Shards:
         return Shards(

@@ -4,6 +4,10 @@ The signature (ed25519 over the raw sha256 digest, by the controller's key recei
 is checked before a byte is fetched; the bytes are hashed as they arrive and the file only gets
 its final name when the digest matches the signed one. A partial file (``.part``) is resumed from
 its size; a refused artifact is deleted, and nothing the device is running is touched.
+
+A digest mismatch (``CorruptDownload``: a damaged partial, bytes flipped on the way) is not final:
+``fetch_verified`` discards the file and fetches it again from byte 0, up to ``attempts`` times,
+then fails with the reason. A bad signature is final at once (no retry can fix it).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from cryptography.exceptions import InvalidSignature
@@ -24,10 +29,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from protos import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ArtifactRejected(Exception):
     """The artifact failed its signature or digest check; it was deleted."""
+
+
+class CorruptDownload(ArtifactRejected):
+    """The received bytes do not hash to the signed sha256; the file was deleted (a retry starts at 0)."""
 
 
 class DownloadInterrupted(Exception):
@@ -201,8 +211,28 @@ def download_artifact(
         raise DownloadInterrupted(f"stream ended at {offset}/{ref.size_bytes} bytes")
     if digest.hexdigest() != ref.sha256:
         part.unlink(missing_ok=True)
-        raise ArtifactRejected(
-            f"sha256 mismatch: signed {ref.sha256[:12]}…, received {digest.hexdigest()[:12]}…; deleted"
+        raise CorruptDownload(
+            f"sha256 mismatch: signed {ref.sha256[:12]}…, received {digest.hexdigest()[:12]}…"
+            + (f" (resumed at {resumed_from} bytes)" if resumed_from else "")
+            + "; deleted"
         )
     os.replace(part, final)
     return DownloadResult(final, resumed_from, received)
+
+
+def fetch_verified(download: Callable[[], T], *, attempts: int = 3, what: str = "") -> T:
+    """Run ``download`` (one ``download_artifact`` call) until its bytes verify: a corrupt result
+    was deleted by it, so the next attempt starts from byte 0. Raises ``CorruptDownload`` naming
+    the attempts and the last reason once ``attempts`` are spent; other errors pass through."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return download()
+        except CorruptDownload as exc:
+            if attempt == attempts:
+                raise CorruptDownload(
+                    f"{what or 'artifact'}: {attempts} downloads failed verification; last: {exc}"
+                ) from exc
+            log.warning(
+                "%s failed verification (%s); fetching again from 0 (%d/%d)", what, exc, attempt + 1, attempts
+            )
+    raise AssertionError("unreachable")  # attempts >= 1

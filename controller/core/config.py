@@ -6,6 +6,7 @@ at import), so tests and the CLI make their own with overrides.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from enum import Enum
 from pathlib import Path
@@ -56,6 +57,9 @@ class Settings(BaseSettings):
     http_port: int = 8000
     mqtt_url: str | None = None
     telemetry_prefix: str = "edgeloop"
+    # the controller's MQTT session: fixed across restarts so the broker keeps what arrives while
+    # it is down; None = derived from the data dir (two controllers on one broker do not collide)
+    mqtt_client_id: str | None = None
     api_token: str | None = None
     enrollment_token: str | None = None
     # secrets from files (kept out of `ps` and shell history); a file wins over nothing, not over a value
@@ -119,6 +123,13 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_dir / 'edgeloop.db'}"
+
+    @property
+    def mqtt_session_id(self) -> str:
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        digest = hashlib.sha256(str(self.data_dir.expanduser().resolve()).encode()).hexdigest()[:12]
+        return f"edgeloop-controller-{digest}"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -40,6 +40,7 @@ from controller.services.limits import check_device_message
 from controller.services.storage import stamp_urls
 from protos import fleet_pb2, fleet_pb2_grpc
 from protos.chunks import encode_chunk
+from protos.ports import NO_REUSEPORT, bind_grpc
 from protos.redact import without_credentials
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    NO_REUSEPORT,  # a second controller on this port fails instead of taking part of the fleet
 ]
 HELLO_TIMEOUT_S = 30.0
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
@@ -446,24 +448,20 @@ class GrpcServer:
         add_servicer(FleetServicer(self.ctx, self._pool), self._server)
         ca = self.ctx.ca
         if ca is None:
-            self.port = self._server.add_insecure_port(f"{self.host}:{self.port}")
+            self.port = bind_grpc(self._server, self.host, self.port)
         else:
             mutual = grpc.ssl_server_credentials(
                 [(ca.server_key_pem, ca.server_cert_pem)],
                 root_certificates=ca.cert_pem,
                 require_client_auth=True,
             )
-            self.port = self._server.add_secure_port(f"{self.host}:{self.port}", mutual)
+            self.port = bind_grpc(self._server, self.host, self.port, mutual)
             # enrolment: server-only TLS with the CA's own certificate, which the agent pins
             enrol = grpc.ssl_server_credentials([(ca.key_pem, ca.cert_pem)])
             want = self.ctx.settings.enroll_port
             if want is None:
                 want = self.port + 1 if self.ctx.settings.grpc_port else 0
-            self.enroll_port = self._server.add_secure_port(f"{self.host}:{want}", enrol)
-            if self.enroll_port == 0:
-                raise OSError(f"could not bind the enrolment port on {self.host}:{want}")
-        if self.port == 0:
-            raise OSError(f"could not bind gRPC on {self.host}")
+            self.enroll_port = bind_grpc(self._server, self.host, want, enrol)
         await self._server.start()
         if ca is None:
             log.warning("gRPC fleet service on %s:%d WITHOUT TLS (--insecure)", self.host, self.port)

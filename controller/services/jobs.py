@@ -3,21 +3,27 @@
 The only trainer code the controller touches is ``trainer.jobs.run_action(task, action, spec,
 overrides)``: the controller reaches the trainer through its job entry points in
 ``trainer/jobs.py`` only, never its modules, so the trainer's layout can change behind them.
-It is imported when a job runs, so a controller installed without the trainer extra still
-serves everything else and fails jobs with the reason.
+It runs in a child process (``controller.job_child``, started with ``controller.children.spawn``
+so it ends with the controller), never inside the controller: what a spec makes the trainer load
+cannot reach the controller's memory or keys, and a crash takes down only the job. A controller
+installed without the trainer extra still serves everything else and fails jobs with the reason.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
 import logging
-import traceback
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from controller import children
 from controller.db import session_scope
 from controller.models import Job, JobState, utcnow
 
@@ -43,23 +49,45 @@ def run_next_job(engine: Engine, on_artifact: Callable[[str, str], str] | None =
     state, error = JobState.failed, ""
     result: dict[str, Any] = {}
     try:
-        jobs = importlib.import_module("trainer.jobs")
-        out = jobs.run_action(task, action, spec, overrides)
-        result = out.to_dict() if hasattr(out, "to_dict") else {"result": repr(out)}
+        result = run_in_child(task, action, spec, overrides)
         state = JobState.succeeded
         if import_artifact and result.get("onnx_path") and result.get("manifest_path") and on_artifact:
             result["model_version"] = on_artifact(result["onnx_path"], result["manifest_path"])
-    except ImportError as exc:
-        error = f"the trainer is not installed with this controller (import trainer.jobs failed: {exc})"
-    except Exception as exc:  # the job's own failure, kept with its traceback tail
-        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-        log.warning("job %s (%s) failed: %s", job_id, action, exc)
+    except JobFailed as exc:
+        error = str(exc)
+        log.warning("job %s (%s) failed: %s", job_id, action, error.splitlines()[0] if error else "")
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         if job is not None:
             job.state, job.result, job.error, job.finished_at = state, result, error[:8000], utcnow()
             session.add(job)
     return True
+
+
+class JobFailed(Exception):
+    """The job's child process reported an error or died; the message says which."""
+
+
+def run_in_child(task: str, action: str, spec: dict, overrides: list[str]) -> dict[str, Any]:
+    """Run one trainer action in ``controller.job_child``; returns its result or raises ``JobFailed``."""
+    with tempfile.TemporaryDirectory(prefix="edgeloop-job-") as tmp:
+        request, answer, output = (
+            Path(tmp) / "request.json",
+            Path(tmp) / "result.json",
+            Path(tmp) / "output.log",
+        )
+        request.write_text(json.dumps({"task": task, "action": action, "spec": spec, "overrides": overrides}))
+        with open(output, "wb") as out:
+            proc = children.spawn([sys.executable, "-m", "controller.job_child", str(request), str(answer)],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            code = proc.wait()
+        reply = json.loads(answer.read_text(encoding="utf-8")) if answer.exists() else {}
+        if code == 0 and "result" in reply:
+            return reply["result"]
+        if reply.get("error"):
+            raise JobFailed(reply["error"])
+        tail = output.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise JobFailed(f"the job process ended with exit code {code} and no result:\n{tail}")
 
 
 def recover_interrupted(*, session: Session) -> int:

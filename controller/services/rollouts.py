@@ -5,8 +5,17 @@ devices) and splits them into a canary wave (``canary_share`` of the targets, wa
 ``waves`` further waves. A wave's devices get a deploy command; each deployment then passes a
 **gate** on what the device itself measured for the new version (accuracy on the evaluation
 shard and throughput) against the version it replaces, measured the same way on the same
-device (or, when that device never measured it, on its hardware class). A gate failure rolls the
-device back. When every deployment of a wave is decided, a failure share above
+device (or, when that device never measured it, on its hardware class).
+
+Gate first (``Strategy.mode``, the default): the deploy loads the candidate into the device's
+inactive slot and measures it there while the old model keeps serving; only when the gate passes
+does a switch command make it active. A failing candidate never answers a live request, and
+nothing needs rolling back. ``activate_then_watch`` keeps the older way: the deploy activates
+the candidate, the gate judges what it measured while serving, and it must then stay healthy
+(control stream up, still the active version) for ``health_window_s``; a failure rolls the
+device back.
+
+When every deployment of a wave is decided, a failure share above
 ``max_failure_share`` aborts the rollout (and rolls back what it deployed, by default);
 otherwise the next wave starts.
 
@@ -47,6 +56,8 @@ from protos import fleet_pb2
 
 log = logging.getLogger(__name__)
 FAILED = (DeploymentState.failed, DeploymentState.rolling_back, DeploymentState.rolled_back)
+GATE_FIRST, WATCH = "gate_first", "activate_then_watch"
+WATCHING = "watching health"  # message of a deployment in its health window (activate_then_watch)
 
 
 def _aware(ts: datetime) -> datetime:
@@ -198,20 +209,42 @@ def _stop(
     rollout.reason = reason
     crud.touch(rollout)
     session.add(rollout)
+    gate_first = Strategy.model_validate(rollout.strategy).mode == GATE_FIRST
     for d in crud.list_deployments(session=session, rollout_id=rollout.id):
         if d.state == DeploymentState.pending:
             _set(d, DeploymentState.skipped, f"not deployed: {reason}")
-        elif rollback and d.state in (
-            DeploymentState.deploying,
-            DeploymentState.gating,
-            DeploymentState.succeeded,
-        ):
+        elif rollback and d.state in (DeploymentState.deploying, DeploymentState.gating):
+            if gate_first and not _switch_sent(session, d):  # the candidate never served
+                _set(d, DeploymentState.failed, f"stopped before the switch: {reason}")
+            else:
+                _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=reason)
+        elif rollback and d.state == DeploymentState.succeeded:
             _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=reason)
         session.add(d)
     session.flush()
 
 
 # ---------------------------------------------------------------- the engine
+def _switch_sent(session: Session, d: Deployment) -> bool:
+    command = session.get(Command, d.command_id) if d.command_id else None
+    return command is not None and command.kind == CommandKind.switch
+
+
+def _send_switch(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment, why: str) -> None:
+    """The gate passed on the inactive slot: make the candidate active."""
+    command = create_command(
+        session=session,
+        hub=hub,
+        device_id=d.device_id,
+        kind=CommandKind.switch,
+        body=fleet_pb2.Switch(model_version=rollout.model_version, rollout_id=rollout.id),
+        model_version=rollout.model_version,
+        rollout_id=rollout.id,
+    )
+    d.command_id = command.id
+    _set(d, DeploymentState.gating, f"{why}; switching")
+
+
 def _set(d: Deployment, state: DeploymentState, message: str = "") -> None:
     d.state = state
     if message:
@@ -266,7 +299,7 @@ def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d:
         artifact=artifact_ref(crud.get_artifact(session=session, artifact_id=mv.artifact_id), mv.version),
         backend=rollout.backend,
         precision=rollout.precision,
-        activate=True,
+        activate=strategy.mode == WATCH,  # gate first: into the inactive slot, switched in on a pass
         rollout_id=rollout.id,
     )
     if strategy.preferred_batch_sizes or strategy.max_queue_delay_us:
@@ -347,18 +380,32 @@ def _observe(
         return
     if command is None:
         return
+    if command.kind == CommandKind.switch:  # gate first: the gate passed, the switch is out
+        if command.state == CommandState.succeeded:
+            _set(d, DeploymentState.succeeded, d.message.removesuffix("; switching"))
+        elif command.state == CommandState.failed:
+            _set(d, DeploymentState.failed, f"{d.message}; switch failed: {command.message}")
+        elif (now - _aware(d.updated_at)).total_seconds() > strategy.deploy_timeout_s:
+            _set(d, DeploymentState.failed, f"{d.message}; the switch timed out ({command.state.value})")
+        session.add(d)
+        return
     if command.state == CommandState.failed:
-        _set(d, DeploymentState.failed, f"deploy failed: {command.message}")
+        kept = "; the old model kept serving" if strategy.mode == GATE_FIRST else ""
+        _set(d, DeploymentState.failed, f"deploy failed: {command.message}{kept}")
         session.add(d)
         return
     result = results.get(command.id)
     if command.state == CommandState.succeeded and result is not None:
         passed, reason = gate(d, result, strategy)
-        if passed:
-            _set(d, DeploymentState.succeeded, reason)
-        else:
+        if not passed and strategy.mode == GATE_FIRST:
+            _set(d, DeploymentState.failed, f"{reason}; never switched in, the old model kept serving")
+        elif not passed:
             d.message = reason
             _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=reason)
+        elif strategy.mode == GATE_FIRST:
+            _send_switch(session=session, hub=hub, rollout=rollout, d=d, why=reason)
+        else:
+            _watch(session=session, hub=hub, rollout=rollout, d=d, now=now, reason=reason, strategy=strategy)
         session.add(d)
         return
     if command.state == CommandState.succeeded and d.state == DeploymentState.deploying:
@@ -377,6 +424,36 @@ def _observe(
         else:
             _set(d, DeploymentState.failed, why)
         session.add(d)
+
+
+def _watch(
+    *, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment, now: datetime, reason: str,
+    strategy: Strategy,
+) -> None:  # fmt: skip
+    """activate_then_watch: the gate passed on the serving candidate; it must stay healthy for the
+    health window (control stream up, still the active version) before it counts as succeeded."""
+    if strategy.health_window_s <= 0:
+        _set(d, DeploymentState.succeeded, reason)
+        return
+    if not d.message.startswith(WATCHING):
+        _set(d, DeploymentState.gating, f"{WATCHING} for {strategy.health_window_s:g}s; {reason}")
+        return
+    device = session.get(Device, d.device_id)
+    unhealthy = ""
+    if device is None or not hub.is_connected(d.device_id):
+        unhealthy = "the device went offline"
+    elif device.active_version and device.active_version != rollout.model_version:
+        unhealthy = f"the device no longer runs it (active: {device.active_version})"
+    if unhealthy:
+        why = f"health window failed: {unhealthy}"
+        d.message = why
+        _send_rollback(session=session, hub=hub, rollout=rollout, d=d, why=why)
+    elif (now - _aware(d.updated_at)).total_seconds() >= strategy.health_window_s:
+        _set(
+            d,
+            DeploymentState.succeeded,
+            d.message.split("; ", 1)[-1] + f"; healthy for {strategy.health_window_s:g}s",
+        )
 
 
 def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: datetime) -> None:

@@ -157,6 +157,7 @@ class ScriptedExecutor:
         return self._report(command.artifact.model_version, command.backend, command.precision)
 
     def switch(self, model_version: str) -> str:
+        self.calls.append(("switch", model_version))
         self.previous, self.active = self.active, model_version
         return self.active
 

@@ -102,7 +102,7 @@ def test_the_rollout_strategy_carries_dynamic_batching_to_each_device(controller
             a.stop()
 
 
-def test_rollout_aborts_on_a_failed_accuracy_gate_and_rolls_back(controller, tmp_path: Path) -> None:
+def test_gate_first_failure_never_switches_and_needs_no_rollback(controller, tmp_path: Path) -> None:
     agents = _fleet(controller, tmp_path, 3, {"tiny:1": (80.0, 100.0), "tiny:2": (72.0, 300.0)})
     try:
         _baseline(controller, tmp_path)
@@ -121,6 +121,58 @@ def test_rollout_aborts_on_a_failed_accuracy_gate_and_rolls_back(controller, tmp
         done = controller.wait_for_rollout(r.id, timeout_s=60)
         assert done.state == RolloutState.aborted
         assert "canary: 1/1 failed" in done.reason and "accuracy 72.00 < 80.00" in done.reason
+        assert "never switched in" in done.reason
+        states = sorted(d.state for d in done.deployments)
+        assert states == [DeploymentState.failed, DeploymentState.skipped, DeploymentState.skipped]
+        canary = next(a for a in agents if ("deploy", "tiny:2") in a.executor.calls)
+        assert not any(c[0] in ("switch", "rollback") and c[1] != "tiny:1" for c in canary.executor.calls)
+        assert ("rollback", "tiny:1") not in canary.executor.calls
+        assert all(a.executor.active == "tiny:1" for a in agents), "nobody ever served tiny:2"
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def test_gate_first_pass_switches_after_measuring(controller, tmp_path: Path) -> None:
+    agents = _fleet(controller, tmp_path, 2, {"tiny:1": (80.0, 100.0), "tiny:2": (81.0, 100.0)})
+    try:
+        _baseline(controller, tmp_path)
+        r = controller.create_rollout(
+            {
+                "model_version": "tiny:2",
+                "selector": {"tags": ["line-1"]},
+                "strategy": {"canary_share": 0, "waves": 1},
+            }
+        )
+        done = controller.wait_for_rollout(r.id, timeout_s=60)
+        assert done.state == RolloutState.succeeded, done.reason
+        for a in agents:
+            calls = a.executor.calls
+            assert calls.index(("deploy", "tiny:2")) < calls.index(
+                ("switch", "tiny:2")
+            )  # measured, then served
+            assert a.executor.active == "tiny:2"
+        assert all(d.message.startswith("gate passed") for d in done.deployments)
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def test_activate_then_watch_rolls_back_a_failed_gate(controller, tmp_path: Path) -> None:
+    agents = _fleet(controller, tmp_path, 3, {"tiny:1": (80.0, 100.0), "tiny:2": (72.0, 300.0)})
+    try:
+        _baseline(controller, tmp_path)
+        r = controller.create_rollout(
+            {
+                "model_version": "tiny:2",
+                "selector": {"tags": ["line-1"]},
+                "strategy": {"canary_share": 0.3, "waves": 1, "max_failure_share": 0, "max_accuracy_drop": 1.0,
+                             "mode": "activate_then_watch"},
+            }
+        )  # fmt: skip
+        done = controller.wait_for_rollout(r.id, timeout_s=60)
+        assert done.state == RolloutState.aborted
+        assert "canary: 1/1 failed" in done.reason and "accuracy 72.00 < 80.00" in done.reason
         states = sorted(d.state for d in done.deployments)
         assert states == [DeploymentState.rolled_back, DeploymentState.skipped, DeploymentState.skipped]
         assert all(a.executor.active == "tiny:1" for a in agents), (
@@ -128,6 +180,26 @@ def test_rollout_aborts_on_a_failed_accuracy_gate_and_rolls_back(controller, tmp
         )
         canary = next(a for a in agents if ("rollback", "tiny:1") in a.executor.calls)
         assert ("deploy", "tiny:2") in canary.executor.calls
+    finally:
+        for a in agents:
+            a.stop()
+
+
+def test_activate_then_watch_succeeds_after_a_healthy_window(controller, tmp_path: Path) -> None:
+    agents = _fleet(controller, tmp_path, 1, {"tiny:1": (80.0, 100.0), "tiny:2": (80.0, 100.0)})
+    try:
+        _baseline(controller, tmp_path)
+        r = controller.create_rollout(
+            {"model_version": "tiny:2", "selector": {"tags": ["line-1"]},
+             "strategy": {"canary_share": 0, "waves": 1, "mode": "activate_then_watch", "health_window_s": 1.0}}
+        )  # fmt: skip
+        wait_until(
+            lambda: "watching health" in controller.get_rollout(r.id).deployments[0].message, 30, "watching"
+        )
+        assert agents[0].executor.active == "tiny:2"  # it serves during the window
+        done = controller.wait_for_rollout(r.id, timeout_s=60)
+        assert done.state == RolloutState.succeeded, done.reason
+        assert "healthy for 1s" in done.deployments[0].message
     finally:
         for a in agents:
             a.stop()
