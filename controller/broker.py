@@ -8,6 +8,7 @@ production broker named by URL.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
@@ -69,7 +70,10 @@ class LocalBroker:
             )
             conf.write_text(
                 f"per_listener_settings false\n{auth}listener {self.port} {self.host}\npersistence false\n"
-                "max_queued_messages 10000\n",
+                "max_queued_messages 10000\n"
+                # run as our own user: started as root, Mosquitto would switch to its own user, and
+                # a change of user clears PR_SET_PDEATHSIG (the broker would outlive a killed controller)
+                f"user {getpass.getuser()}\n",
                 encoding="utf-8",
             )
             return [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ def _http_port_free(host: str, port: int) -> bool:
     return True
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(args)
@@ -120,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
+    # uvicorn stops on SIGTERM and then re-raises it to the handler it found: let that be ours
+    # (a SystemExit), so the finally below stops the broker and the workers instead of the
+    # default action ending the process before they are stopped
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(ctl.app(), host=settings.http_host, port=settings.http_port, log_level="info")
     finally:

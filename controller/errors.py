@@ -32,3 +32,9 @@ class Unauthenticated(ControllerError):
 
 class PermissionDenied(ControllerError):
     status_code = 403
+
+
+class TooLarge(ControllerError):
+    """An upload over the controller's size limit (``max_upload_bytes``)."""
+
+    status_code = 413

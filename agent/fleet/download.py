@@ -230,7 +230,7 @@ def fetch_verified(download: Callable[[], T], *, attempts: int = 3, what: str = 
         except CorruptDownload as exc:
             if attempt == attempts:
                 raise CorruptDownload(
-                    f"{what or 'artifact'}: {attempts} downloads failed verification; last: {exc}"
+                    f"{exc} ({what or 'download'}: {attempts} attempts failed verification)"
                 ) from exc
             log.warning(
                 "%s failed verification (%s); fetching again from 0 (%d/%d)", what, exc, attempt + 1, attempts

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     # the controller's MQTT session: fixed across restarts so the broker keeps what arrives while
     # it is down; None = derived from the data dir (two controllers on one broker do not collide)
     mqtt_client_id: str | None = None
+    max_upload_bytes: int = 8 << 30  # REST uploads (models, shards): streamed to disk, refused beyond
     api_token: str | None = None
     enrollment_token: str | None = None
     # secrets from files (kept out of `ps` and shell history); a file wins over nothing, not over a value

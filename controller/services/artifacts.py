@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from sqlmodel import Session
 
 from controller import crud
-from controller.errors import Conflict, InvalidInput
+from controller.errors import Conflict, InvalidInput, TooLarge
 from controller.models import Artifact, ArtifactKind, ModelVersion
 from controller.services.signing import Signer
 from controller.services.storage import ArtifactStore
@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 _BLOCK = 1 << 20
 
 
-def _store(src: BinaryIO | Path, store_dir: Path, ext: str) -> tuple[Path, str, int, bool]:
-    """Copy into the store while hashing. Returns (path, sha256, size, created_new_file)."""
+def _store(
+    src: BinaryIO | Path, store_dir: Path, ext: str, max_bytes: int | None = None
+) -> tuple[Path, str, int, bool]:
+    """Copy into the store while hashing, block by block (never the whole file in memory), up to
+    ``max_bytes``: beyond it ``TooLarge`` and nothing is kept. Returns (path, sha256, size,
+    created_new_file)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     fd, tmp_name = tempfile.mkstemp(dir=store_dir, prefix=".incoming-")
@@ -45,9 +49,13 @@ def _store(src: BinaryIO | Path, store_dir: Path, ext: str) -> tuple[Path, str, 
             fh = open(src, "rb") if isinstance(src, Path) else src  # noqa: SIM115
             try:
                 while block := fh.read(_BLOCK):
+                    size += len(block)
+                    if max_bytes is not None and size > max_bytes:
+                        raise TooLarge(
+                            f"upload larger than the limit of {max_bytes} bytes (max_upload_bytes)"
+                        )
                     digest.update(block)
                     out.write(block)
-                    size += len(block)
             finally:
                 if isinstance(src, Path):
                     fh.close()
@@ -100,6 +108,7 @@ def import_model(
     manifest_json: str,
     source: str = "import",
     store: ArtifactStore | None = None,
+    max_bytes: int | None = None,
 ) -> ModelVersion:
     """Store, check, sign and register one model version. Raises InvalidInput or Conflict."""
     try:
@@ -114,7 +123,7 @@ def import_model(
         session=session, version=manifest.lineage.parent_version
     ):
         log.info("parent %s of %s is not registered here", manifest.lineage.parent_version, manifest.version)
-    path, sha, size, created = _store(onnx_src, store_dir, "onnx")
+    path, sha, size, created = _store(onnx_src, store_dir, "onnx", max_bytes)
     try:
         if manifest.sha256 and manifest.sha256 != sha:
             raise InvalidInput(
@@ -172,9 +181,10 @@ def import_shard(
     src: BinaryIO | Path,
     name: str,
     store: ArtifactStore | None = None,
+    max_bytes: int | None = None,
 ) -> Artifact:
     """A .tar of images (calibration or evaluation shard)."""
-    path, sha, size, created = _store(src, store_dir, "tar")
+    path, sha, size, created = _store(src, store_dir, "tar", max_bytes)
     try:
         if not tarfile.is_tarfile(path):
             raise InvalidInput("a shard must be a .tar archive")

@@ -24,7 +24,7 @@ from sqlmodel import select
 from agent.fleet.download import ArtifactRejected, DownloadInterrupted
 from agent.fleet.http_fetch import UrlFetcher, UrlGivenUp, fetch_url
 from controller import crud
-from controller.models import Command, RolloutState
+from controller.models import Command, CommandKind, RolloutState
 from controller.services.storage import LocalStore
 from protos import fleet_pb2
 
@@ -155,6 +155,9 @@ def test_tampered_byte_on_the_server_is_refused_and_deleted(served, tmp_path: Pa
     assert len(ng.access_log()) == before, "a badly signed reference is refused before any request"
 
 
+DEPLOY = CommandKind.deploy  # a gate-first rollout also sends a switch (no artifact)
+
+
 def _deploy(ctl, device_id: str, version: str) -> object:
     r = ctl.create_rollout(
         {
@@ -225,7 +228,9 @@ def test_fleet_agent_deploys_with_the_bytes_from_nginx(
         assert hits and hits[-1].startswith("200 ") and f"device={agent.device_id}" in hits[-1]
         assert hits[-1].endswith(f" {mv.size_bytes}")
         with ctl.session() as s:
-            (command,) = s.exec(select(Command).where(Command.device_id == agent.device_id)).all()
+            (command,) = s.exec(
+                select(Command).where(Command.device_id == agent.device_id, Command.kind == DEPLOY)
+            ).all()
             assert command.state.value == "succeeded" and "over gRPC" not in command.message
     finally:
         if agent is not None:
@@ -256,7 +261,9 @@ def test_bad_bytes_on_nginx_fall_back_to_grpc_with_the_reason_recorded(
         done = _deploy(ctl, agent.device_id, "tiny:1")
         assert done.state == RolloutState.succeeded, (done.reason, [d.message for d in done.deployments])
         with ctl.session() as s:
-            (command,) = s.exec(select(Command).where(Command.device_id == agent.device_id)).all()
+            (command,) = s.exec(
+                select(Command).where(Command.device_id == agent.device_id, Command.kind == DEPLOY)
+            ).all()
             message = command.message
         assert "over gRPC: URL failed" in message and "sha256 mismatch" in message, message
         assert ctl.ctx.metrics.bytes_served._value.get() >= mv.size_bytes
@@ -290,7 +297,9 @@ def test_a_url_cut_every_time_is_given_up_and_grpc_resumes_from_its_bytes(
         done = _deploy(ctl, agent.device_id, "tiny:1")
         assert done.state == RolloutState.succeeded, (done.reason, [d.message for d in done.deployments])
         with ctl.session() as s:
-            (command,) = s.exec(select(Command).where(Command.device_id == agent.device_id)).all()
+            (command,) = s.exec(
+                select(Command).where(Command.device_id == agent.device_id, Command.kind == DEPLOY)
+            ).all()
         assert "over gRPC: URL failed (cut 3 times" in command.message, command.message
         ranges = [line for line in ng.access_log() if line.startswith("206 ")]
         assert len(ranges) == 2, ng.access_log()  # the 2nd and 3rd attempts resumed
@@ -325,7 +334,7 @@ def test_each_device_gets_its_own_url_and_none_is_stored(tmp_path: Path, sqlite_
         for a in agents:
             assert any(f"device={a.device_id}" in line and line.startswith("200 ") for line in hits), hits
         with ctl.session() as s:
-            payloads = [c.payload for c in s.exec(select(Command)).all()]
+            payloads = [c.payload for c in s.exec(select(Command).where(Command.kind == DEPLOY)).all()]
         assert payloads and all(mv.sha256 in p and "url" not in p.lower() for p in payloads), payloads
     finally:
         for a in agents:

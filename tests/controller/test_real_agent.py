@@ -1,6 +1,6 @@
 """The controller with the real agent (agent.runtime.AgentRuntime: model slots, ONNX Runtime engines,
 on-device evaluation and benchmark): a gated rollout that passes, then one whose canary
-measures a worse model on the device, fails the accuracy gate and is rolled back for real."""
+measures a worse model on the device in its inactive slot and fails the accuracy gate: it never serves."""
 
 from __future__ import annotations
 
@@ -106,9 +106,10 @@ def test_real_agents_gate_on_measured_accuracy(tmp_path: Path, sqlite_url: str) 
         assert done.state.value == "aborted", done.reason
         assert "gate failed: accuracy" in done.reason and "< 100.00 (was)" in done.reason
         states = sorted(d.state.value for d in done.deployments)
-        assert states == ["rolled_back", "skipped"]
+        assert states == ["failed", "skipped"]  # gate first: measured in the inactive slot, never switched
+        assert "never switched in" in done.reason
         assert all(a.executor.state().active == "colour:1" for a in agents), (
-            "the real slots are back on colour:1"
+            "the real slots kept colour:1 active throughout"
         )
         matrix = ctl.results_matrix()
         versions = {(c.model_version, c.hardware_class) for c in matrix.cells}

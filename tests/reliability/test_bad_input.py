@@ -40,11 +40,11 @@ def test_rest_refuses_unknown_fields_values_and_contradicting_models(tmp_path: P
             r = api.post("/models/import", files={"onnx": fh, "manifest": ("m.json", json.dumps(manifest))})
         assert r.status_code == 422 and "contradicts the ONNX graph" in r.text and "pixels" in r.text, r.text
         # an upload over the limit (4 KiB here) is refused with the limit, and not stored
-        with open(good, "rb") as fh:
-            r = api.post(
-                "/models/import",
-                files={"onnx": fh, "manifest": ("m.json", (good.parent / "manifest.json").read_text())},
-            )
+        manifest_text = (good.parent / "manifest.json").read_text()
+        r = api.post(
+            "/models/import",
+            files={"onnx": ("big.onnx", b"\0" * 10_000), "manifest": ("m.json", manifest_text)},
+        )
         assert r.status_code == 413 and "4096" in r.text, r.text
         r = api.post("/artifacts/shards", files={"file": ("big.tar", b"x" * 10_000)})
         assert r.status_code == 413, r.text

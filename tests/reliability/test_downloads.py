@@ -62,7 +62,7 @@ def test_bytes_that_never_verify_fail_the_deploy_with_the_reason(tmp_path: Path)
         done = h.finished(api, h.rollout(api, model["version"], eval_id)["id"])
         assert done["state"] == "aborted", done
         message = done["deployments"][0]["message"]
-        assert "3 downloads failed verification" in message and "sha256 mismatch" in message, message
+        assert "3 attempts failed verification" in message and "sha256 mismatch" in message, message
         assert not list((tmp_path / "agent" / "artifacts").glob("*.onnx"))  # nothing unverified kept
         assert h.serving(port, "colour") == ""  # and nothing unverified serves
     finally:

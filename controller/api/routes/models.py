@@ -38,6 +38,7 @@ def import_model(
         signer=ctx.signer,
         store_dir=ctx.settings.artifacts_dir,
         store=ctx.store,
+        max_bytes=ctx.settings.max_upload_bytes,
         onnx_src=onnx.file,
         manifest_json=text,
         source=source,
@@ -95,6 +96,7 @@ def upload_shard(
         signer=ctx.signer,
         store_dir=ctx.settings.artifacts_dir,
         store=ctx.store,
+        max_bytes=ctx.settings.max_upload_bytes,
         src=file.file,
         name=name or file.filename or "",
     )
