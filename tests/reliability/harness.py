@@ -138,6 +138,7 @@ def controller(data: Path, *, grpc_port: int = 0, http_port: int = 0, mqtt: str 
            "--host", "127.0.0.1", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
            "--insecure"]  # durability, not transport security, is tested here (tests/security does TLS)  # fmt: skip
     cmd += ["--mqtt", mqtt] if mqtt else ["--no-broker"]
+    cmd += ["--insecure"]  # plaintext gRPC: TLS and certificates are tests/security's subject
     env = _env(EDGELOOP_API_TOKEN=API_TOKEN, EDGELOOP_ENROLLMENT_TOKEN=ENROL_TOKEN,
                EDGELOOP_HEARTBEAT_INTERVAL_S="1", EDGELOOP_ROLLOUT_TICK_S="0.1", **(extra_env or {}))  # fmt: skip
     return ControllerProc(
