@@ -568,6 +568,7 @@ class TelemetryAggregate(SQLModel, table=True):
     cpu_percent_mean: float | None = None
     memory_bytes_max: int | None = Field(default=None, sa_type=BigInteger)
     temperature_c_max: float | None = None
+    stream_fps_mean: float | None = None  # frames/s of every video pipeline's sources together
     requests: int = Field(default=0, sa_type=BigInteger)
     active_version: str = Field(default="", max_length=200)
 
@@ -581,6 +582,7 @@ class SeriesPoint(SQLModel):
     cpu_percent: float | None
     memory_bytes: int | None
     temperature_c: float | None
+    stream_fps: float | None = None
     requests: int
 
 
@@ -600,6 +602,7 @@ class TelemetryAggregatePublic(SQLModel):
     cpu_percent_mean: float | None
     memory_bytes_max: int | None
     temperature_c_max: float | None = None
+    stream_fps_mean: float | None = None
     requests: int
     active_version: str
 

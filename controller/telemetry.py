@@ -41,6 +41,20 @@ LOOKUPS_PER_S = 20  # DB look-ups of ids not known yet, per second (forged ids a
 OPEN_WINDOW_WRITE_S = 10  # the window still filling is written this often (upserted), not only when it closes
 
 
+def _stream_fps(streams: object) -> float | None:
+    """Frames/s of every source of every video pipeline in a metrics payload (``streams``, a list
+    of pipeline stats); None when the device runs no pipeline. Malformed entries count as 0."""
+    if not isinstance(streams, list) or not streams:
+        return None
+    total = 0.0
+    for pipeline in streams[:64]:
+        sources = pipeline.get("sources") if isinstance(pipeline, dict) else None
+        for source in sources[:256] if isinstance(sources, list) else []:
+            fps = _num(source.get("fps")) if isinstance(source, dict) else None
+            total += fps if fps is not None and fps >= 0 else 0.0
+    return total
+
+
 @dataclass
 class _Window:
     start: datetime
@@ -52,6 +66,8 @@ class _Window:
     p99_max: float | None = None
     mem_max: int | None = None
     temp_max: float | None = None
+    stream_sum: float = 0.0
+    stream_n: int = 0
     requests: int = 0
     active_version: str = ""
 
@@ -247,6 +263,9 @@ class TelemetryIngest:
         temp = _num(m.get("temperature_c"))
         if temp is not None:
             w.temp_max = temp if w.temp_max is None else max(w.temp_max, temp)
+        stream_fps = _stream_fps(m.get("streams"))
+        if stream_fps is not None:
+            w.stream_sum, w.stream_n = w.stream_sum + stream_fps, w.stream_n + 1
         w.requests = max(w.requests, int(_num(m.get("requests")) or 0))
         w.active_version = str(m.get("active_version") or w.active_version)
 
@@ -335,6 +354,7 @@ class TelemetryIngest:
         row.latency_p99_ms_max = w.p99_max
         row.memory_bytes_max = w.mem_max
         row.temperature_c_max = w.temp_max
+        row.stream_fps_mean = w.stream_sum / w.stream_n if w.stream_n else None
         row.requests = w.requests
         row.active_version = w.active_version
         session.add(row)

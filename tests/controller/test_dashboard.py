@@ -76,7 +76,7 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
                     s.add(TelemetryAggregate(device_id=a.device_id, window_start=now - timedelta(minutes=49 - m),
                                              samples=6, fps_mean=100 + 20 * math.sin(m / 5), latency_p99_ms_max=8 + m % 7,
                                              cpu_percent_mean=30 + m % 20, memory_bytes_max=(200 + m) * 10**6,
-                                             temperature_c_max=45 + m / 10, requests=m * 60))  # fmt: skip
+                                             temperature_c_max=45 + m / 10, stream_fps_mean=25 + m % 5, requests=m * 60))  # fmt: skip
             s.commit()
 
         url = f"http://127.0.0.1:{ctl.http_port}/dashboard#token=test-api-token"
@@ -109,7 +109,7 @@ def test_dashboard_renders_fleet_rollout_and_chart(tmp_path: Path, sqlite_url: s
         assert "cpu-1t" in dom and "cpu-4t" in dom
         # the per-device time series of the last hour: one line per metric, a point per window
         assert re.search(r'data-series="[0-9a-f-]+"', dom), "the series never loaded"
-        for metric in ("fps", "latency_p99_ms", "cpu_percent", "memory_bytes", "temperature_c"):
+        for metric in ("fps", "latency_p99_ms", "cpu_percent", "memory_bytes", "temperature_c", "stream_fps"):
             assert f'data-metric="{metric}" data-points="50"' in dom, metric
         assert "50 one-minute windows" in dom
         out = Path(__file__).resolve().parents[2] / "results"

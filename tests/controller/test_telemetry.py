@@ -36,7 +36,8 @@ for i in range(1000):
     c.publish(topic + "metrics", json.dumps({"schema_version": 1, "ts": time.time(), "active_version": "tiny:1",
               "requests": i, "fps": 120.0 + i % 3, "latency_ms": {"p50": 4.0, "p90": 5.0, "p99": 7.5},
               "cpu_percent": 35.0, "memory_bytes": 123456789, "gpu_util_percent": None,
-              "temperature_c": 51.5 + i % 2, "power_w": None}), qos=0)
+              "temperature_c": 51.5 + i % 2, "power_w": None,
+              "streams": [{"pipeline": "p", "sources": [{"fps": 12.0}, {"fps": 13.0}, {"fps": "x"}]}]}), qos=0)
     print("published", flush=True)
     time.sleep(0.1)
 """
@@ -109,6 +110,7 @@ def test_online_offline_from_last_will_and_metrics(tmp_path: Path, sqlite_url: s
         last = series["points"][-1]
         assert last["latency_p99_ms"] == 7.5 and last["memory_bytes"] == 123456789 and last["fps"] >= 120
         assert last["temperature_c"] in (51.5, 52.5) and last["cpu_percent"] == 35.0
+        assert last["stream_fps"] == 25.0  # two sources' frames/s; a malformed one counts 0
         ts = [p["t"] for p in series["points"]]
         assert ts == sorted(ts)
         for bad in ("minutes=0", "minutes=5000", "minutes=x"):

@@ -170,6 +170,7 @@ def device_series(
             cpu_percent=w.cpu_percent_mean,
             memory_bytes=w.memory_bytes_max,
             temperature_c=w.temperature_c_max,
+            stream_fps=w.stream_fps_mean,
             requests=w.requests,
         )  # fmt: skip
         for w in crud.telemetry_since(session=session, device_id=device_id, since=since)
