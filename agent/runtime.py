@@ -356,3 +356,9 @@ class AgentRuntime:
     def rollback(self, to_version: str = "") -> str:
         """Return to ``to_version`` (or the previous active one); returns the active version."""
         return self.slots.rollback(to_version, reason="controller command").version
+
+    def pipeline(self, command: fleet_pb2.Pipeline) -> str:
+        """A controller's change to the video pipelines (``agent.stream.manager``); returns what
+        was done. A spec the device refuses raises, naming the key (the command fails with it)."""
+        return self.streams.apply(command.action, command.name, command.spec_json, command.source_json,
+                                  command.source_id)  # fmt: skip

@@ -64,6 +64,7 @@ class CommandKind(str, Enum):
     benchmark = "benchmark"
     switch = "switch"
     rollback = "rollback"
+    pipeline = "pipeline"  # the device's video pipelines (docs/stream.md)
 
 
 class CommandState(str, Enum):
@@ -489,6 +490,24 @@ class RollbackCreate(SQLModel):
     model_config = STRICT
     to_version: str = Field(default="", max_length=200)  # "" = the version active before the last switch
     reason: str = Field(default="operator", max_length=500)
+
+
+class PipelineCreate(SQLModel):
+    """A video pipeline spec (agent/specs/pipeline.yaml keys, as JSON); the device validates it
+    and the command fails with its reason (the unknown key, the source that cannot open)."""
+
+    spec: dict
+
+
+class PipelineGroupCreate(PipelineCreate):
+    """The same pipeline on every device of a group: by tag, hardware class, or both."""
+
+    tag: str | None = Field(default=None, max_length=100)
+    hardware_class: str | None = Field(default=None, max_length=100)
+
+
+class PipelineSourceCreate(SQLModel):
+    source: dict  # {id, uri, kind, live, pace, loop, fps, event_rate, reconnect}
 
 
 # ---------------------------------------------------------------- results

@@ -292,21 +292,37 @@ class Rollback(_message.Message):
     rollout_id: str
     def __init__(self, reason: _Optional[str] = ..., to_version: _Optional[str] = ..., rollout_id: _Optional[str] = ...) -> None: ...
 
+class Pipeline(_message.Message):
+    __slots__ = ("action", "name", "spec_json", "source_json", "source_id")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    name: str
+    spec_json: str
+    source_json: str
+    source_id: str
+    def __init__(self, action: _Optional[str] = ..., name: _Optional[str] = ..., spec_json: _Optional[str] = ..., source_json: _Optional[str] = ..., source_id: _Optional[str] = ...) -> None: ...
+
 class ControllerCommand(_message.Message):
-    __slots__ = ("command_id", "deploy", "benchmark", "switch", "rollback", "calibrate")
+    __slots__ = ("command_id", "deploy", "benchmark", "switch", "rollback", "calibrate", "pipeline")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_FIELD_NUMBER: _ClassVar[int]
     BENCHMARK_FIELD_NUMBER: _ClassVar[int]
     SWITCH_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     CALIBRATE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     deploy: Deploy
     benchmark: Benchmark
     switch: Switch
     rollback: Rollback
     calibrate: Calibrate
-    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., benchmark: _Optional[_Union[Benchmark, _Mapping]] = ..., switch: _Optional[_Union[Switch, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., calibrate: _Optional[_Union[Calibrate, _Mapping]] = ...) -> None: ...
+    pipeline: Pipeline
+    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., benchmark: _Optional[_Union[Benchmark, _Mapping]] = ..., switch: _Optional[_Union[Switch, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., calibrate: _Optional[_Union[Calibrate, _Mapping]] = ..., pipeline: _Optional[_Union[Pipeline, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("artifact_id", "offset", "chunk_size")

@@ -62,6 +62,8 @@ class DeviceWork(Protocol):
 
     def rollback(self, to_version: str = "") -> str: ...
 
+    def pipeline(self, command: fleet_pb2.Pipeline) -> str: ...
+
 
 class FleetAgent:
     """Maps commands to device work; one command at a time, in arrival order."""
@@ -254,6 +256,9 @@ class FleetAgent:
     def _do_rollback(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
         active = self.device.rollback(command.rollback.to_version)
         return active, f"rolled back ({command.rollback.reason[:200]}); active {active or 'none'}"
+
+    def _do_pipeline(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
+        return "", self.device.pipeline(command.pipeline)
 
     # -- run
     def run(self) -> None:

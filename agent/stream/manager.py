@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.stream.pipeline import Pipeline, PipelineError
-from agent.stream.spec import PipelineSpec, SourceSpec, SpecError, load_pipeline_spec
+from agent.stream.spec import PipelineSpec, SourceSpec, SpecError, load_pipeline_spec, source_spec
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,41 @@ class StreamManager:
         pipeline = self.get(name)
         pipeline.remove_source(source_id)
         self._save(pipeline.spec)
+
+    def apply(
+        self, action: str, name: str, spec_json: str = "", source_json: str = "", source_id: str = ""
+    ) -> str:
+        """One change from the controller (fleet ``Pipeline`` command), as JSON strings; returns a
+        line saying what was done. Raises ``SpecError``/``PipelineError`` with the reason."""
+        if action in ("create", "update"):
+            try:
+                data = json.loads(spec_json or "{}")
+            except ValueError as exc:
+                raise SpecError(f"pipeline spec is not JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise SpecError("pipeline spec must be a JSON object")
+            data.setdefault("name", name)
+            if name and data["name"] != name:
+                raise SpecError(f"the spec names pipeline {data['name']!r}, the command {name!r}")
+            spec = load_pipeline_spec(data)
+            pipeline = self.create(spec) if action == "create" else self.update(spec)
+            return f"pipeline {spec.name} {action}d: {len(pipeline.sources)} sources, model {pipeline.spec.model.path}"
+        if action == "delete":
+            self.delete(name)
+            return f"pipeline {name} deleted"
+        if action == "add_source":
+            try:
+                source = source_spec(json.loads(source_json or "{}"))
+            except ValueError as exc:
+                raise SpecError(f"source is not valid: {exc}") from None
+            self.add_source(name, source)
+            return f"pipeline {name}: source {source.id} added"
+        if action == "remove_source":
+            self.remove_source(name, source_id)
+            return f"pipeline {name}: source {source_id} removed"
+        raise PipelineError(
+            f"unknown pipeline action {action!r} (create | update | delete | add_source | remove_source)"
+        )
 
     def stats(self) -> list[dict]:
         with self._lock:

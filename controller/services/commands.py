@@ -4,6 +4,7 @@ uses: send a benchmark, wait for its reports."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
@@ -62,7 +63,8 @@ def create_command(
     | fleet_pb2.Benchmark
     | fleet_pb2.Switch
     | fleet_pb2.Rollback
-    | fleet_pb2.Calibrate,
+    | fleet_pb2.Calibrate
+    | fleet_pb2.Pipeline,
     model_version: str = "",
     rollout_id: str | None = None,
 ) -> Command:
@@ -173,6 +175,25 @@ def send_rollback(
         body=fleet_pb2.Rollback(reason=rollback_in.reason, to_version=rollback_in.to_version),
         model_version=rollback_in.to_version,
     )
+
+
+MAX_PIPELINE_JSON = 64 * 1024  # a spec is a few hundred bytes; the device parses what it gets
+
+
+def send_pipeline(
+    *, session: Session, hub: SessionHub, device_id: str, action: str, name: str, spec: dict | None = None,
+    source: dict | None = None, source_id: str = "",
+) -> Command:  # fmt: skip
+    """Create, update or delete a video pipeline on a device, or add/remove one of its sources
+    while it runs (``fleet.Pipeline``; the agent's ``StreamManager`` does it and persists it)."""
+    _device(session, device_id)
+    spec_json = json.dumps(spec, separators=(",", ":")) if spec is not None else ""
+    source_json = json.dumps(source, separators=(",", ":")) if source is not None else ""
+    if len(spec_json) > MAX_PIPELINE_JSON or len(source_json) > MAX_PIPELINE_JSON:
+        raise InvalidInput(f"pipeline spec over {MAX_PIPELINE_JSON} bytes")
+    body = fleet_pb2.Pipeline(action=action, name=name, spec_json=spec_json, source_json=source_json,
+                              source_id=source_id)  # fmt: skip
+    return create_command(session=session, hub=hub, device_id=device_id, kind=CommandKind.pipeline, body=body)
 
 
 def wait_for_commands(

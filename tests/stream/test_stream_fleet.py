@@ -63,3 +63,70 @@ def test_pipelines_in_telemetry_reach_the_api_and_dashboard(
         if runtime is not None:
             runtime.close()
         ctl.stop()
+
+
+def test_controller_configures_pipelines_on_a_device_and_a_group(clip, detector, tmp_path: Path) -> None:
+    """REST -> gRPC command -> the agent's runtime (a real one, behind the real fleet client):
+    create, add and remove a source while it runs, a spec the device refuses (named in the
+    command), delete; and one pipeline for a tagged group."""
+    from ctl_helpers import start_agent
+
+    video, gt = clip
+    ctl = make_controller(tmp_path / "data", f"sqlite:///{tmp_path / 'controller.db'}", http=True)
+    runtime = AgentRuntime(AgentSettings(agent_dir=tmp_path / "agent-rt", serve_port=-1, http_port=-1, threads=1),
+                           deploy_bench=None).start()  # fmt: skip
+    agent = start_agent(ctl.grpc_target, tmp_path / "agent", "test-enrollment-token", name="cam-box",
+                        tags=["line-1"], executor=runtime)  # fmt: skip
+    base = f"http://127.0.0.1:{ctl.http_port}/api/v1/devices"
+    device = agent.device_id
+
+    def done(response: httpx.Response) -> dict:
+        assert response.status_code == 202, response.text
+        cid = response.json()["id"]
+
+        def final() -> dict | None:
+            c = httpx.get(f"{base}/{device}/commands/{cid}", headers=API, timeout=10).json()
+            return c if c["state"] in ("succeeded", "failed") else None
+
+        wait_until(final, 60, f"command {cid}")
+        return final() or {}
+
+    out = tmp_path / "events.jsonl"
+    spec = {"name": "belt", "sources": [{"id": "cam", "uri": str(video), "live": True, "pace": True, "loop": True}],
+            "model": {"path": str(detector)}, "sinks": {"jsonl": {"path": str(out)}}}  # fmt: skip
+    try:
+        c = done(httpx.post(f"{base}/{device}/pipelines", json={"spec": spec}, headers=API, timeout=10))
+        assert c["state"] == "succeeded" and c["kind"] == "pipeline", c
+        assert runtime.streams.names() == ["belt"]
+        c = done(httpx.post(f"{base}/{device}/pipelines/belt/sources", headers=API, timeout=10,
+                            json={"source": {"id": "door", "uri": str(video)}}))  # fmt: skip
+        assert c["state"] == "succeeded", c
+        pipeline = runtime.streams.get("belt")
+        wait_until(
+            lambda: pipeline.metrics["door"].processed == len(gt["frames"]),
+            60,
+            "the added file source played",
+        )
+        assert pipeline.metrics["door"].state == "ended"
+        c = done(httpx.delete(f"{base}/{device}/pipelines/belt/sources/door", headers=API, timeout=10))
+        assert c["state"] == "succeeded" and sorted(pipeline.sources) == ["cam"]
+        bad = {**spec, "name": "bad", "batching": {"max_bach": 4}}
+        c = done(httpx.post(f"{base}/{device}/pipelines", json={"spec": bad}, headers=API, timeout=10))
+        assert c["state"] == "failed" and "unknown key 'batching.max_bach'" in c["message"], c
+        assert runtime.streams.names() == ["belt"]
+        assert httpx.post(f"{base}/{device}/pipelines", json={"spec": {"sources": []}}, headers=API,
+                          timeout=10).status_code == 422  # fmt: skip
+        c = done(httpx.delete(f"{base}/{device}/pipelines/belt", headers=API, timeout=10))
+        assert c["state"] == "succeeded" and runtime.streams.names() == []
+        assert not (tmp_path / "agent-rt" / "pipelines" / "belt.json").exists()
+        group = httpx.post(f"{base}/pipelines", headers=API, timeout=10,
+                           json={"spec": {**spec, "name": "line"}, "tag": "line-1"})  # fmt: skip
+        assert group.status_code == 202 and group.json()["count"] == 1, group.text
+        wait_until(lambda: runtime.streams.names() == ["line"], 60, "the group's pipeline on the device")
+        assert (
+            httpx.post(f"{base}/pipelines", headers=API, timeout=10, json={"spec": spec}).status_code == 422
+        )
+    finally:
+        agent.stop()
+        runtime.close()
+        ctl.stop()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from controller import crud
 from controller.api.deps import ContextDep, SessionDep
-from controller.errors import NotFound
+from controller.errors import InvalidInput, NotFound
 from controller.models import (
     BenchmarkCreate,
     CalibrateCreate,
@@ -20,6 +20,9 @@ from controller.models import (
     DeviceUpdate,
     EnrollmentTokenCreated,
     EnrollmentTokenPublic,
+    PipelineCreate,
+    PipelineGroupCreate,
+    PipelineSourceCreate,
     RollbackCreate,
     SeriesPoint,
     SwitchCreate,
@@ -49,6 +52,75 @@ def list_devices(
 @router.get("/{device_id}", response_model=DevicePublic)
 def get_device(session: SessionDep, device_id: str) -> DevicePublic:
     return crud.device_public(crud.get_device(session=session, device_id=device_id))
+
+
+@router.post("/pipelines", response_model=CommandsPublic, status_code=202)
+def create_group_pipeline(
+    session: SessionDep, ctx: ContextDep, group_in: PipelineGroupCreate
+) -> CommandsPublic:
+    """The same pipeline on every (not revoked) device with ``tag`` and/or ``hardware_class``."""
+    if not group_in.tag and not group_in.hardware_class:
+        raise InvalidInput("name the group: tag, hardware_class or both")
+    rows, _ = crud.list_devices(session=session, tag=group_in.tag, hardware_class=group_in.hardware_class,
+                                limit=10_000)  # fmt: skip
+    sent = [commands.send_pipeline(session=session, hub=ctx.hub, device_id=d.id, action="create",
+                                   name=_pipeline_name(group_in.spec), spec=group_in.spec)
+            for d in rows if not d.revoked]  # fmt: skip
+    return CommandsPublic(data=[CommandPublic.model_validate(c) for c in sent], count=len(sent))
+
+
+def _pipeline_name(spec: dict) -> str:
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("the pipeline spec needs a name")
+    return name
+
+
+@router.post("/{device_id}/pipelines", response_model=CommandPublic, status_code=202)
+def create_pipeline(
+    session: SessionDep, ctx: ContextDep, device_id: str, pipeline_in: PipelineCreate
+) -> CommandPublic:
+    command = commands.send_pipeline(session=session, hub=ctx.hub, device_id=device_id, action="create",
+                                     name=_pipeline_name(pipeline_in.spec), spec=pipeline_in.spec)  # fmt: skip
+    return CommandPublic.model_validate(command)
+
+
+@router.put("/{device_id}/pipelines/{name}", response_model=CommandPublic, status_code=202)
+def update_pipeline(
+    session: SessionDep, ctx: ContextDep, device_id: str, name: str, pipeline_in: PipelineCreate
+) -> CommandPublic:
+    spec = {**pipeline_in.spec, "name": pipeline_in.spec.get("name", name)}
+    command = commands.send_pipeline(session=session, hub=ctx.hub, device_id=device_id, action="update",
+                                     name=name, spec=spec)  # fmt: skip
+    return CommandPublic.model_validate(command)
+
+
+@router.delete("/{device_id}/pipelines/{name}", response_model=CommandPublic, status_code=202)
+def delete_pipeline(session: SessionDep, ctx: ContextDep, device_id: str, name: str) -> CommandPublic:
+    command = commands.send_pipeline(
+        session=session, hub=ctx.hub, device_id=device_id, action="delete", name=name
+    )
+    return CommandPublic.model_validate(command)
+
+
+@router.post("/{device_id}/pipelines/{name}/sources", response_model=CommandPublic, status_code=202)
+def add_pipeline_source(
+    session: SessionDep, ctx: ContextDep, device_id: str, name: str, source_in: PipelineSourceCreate
+) -> CommandPublic:
+    command = commands.send_pipeline(session=session, hub=ctx.hub, device_id=device_id, action="add_source",
+                                     name=name, source=source_in.source)  # fmt: skip
+    return CommandPublic.model_validate(command)
+
+
+@router.delete(
+    "/{device_id}/pipelines/{name}/sources/{source_id}", response_model=CommandPublic, status_code=202
+)
+def remove_pipeline_source(
+    session: SessionDep, ctx: ContextDep, device_id: str, name: str, source_id: str
+) -> CommandPublic:
+    command = commands.send_pipeline(session=session, hub=ctx.hub, device_id=device_id, action="remove_source",
+                                     name=name, source_id=source_id)  # fmt: skip
+    return CommandPublic.model_validate(command)
 
 
 @router.get("/{device_id}/pipelines")
