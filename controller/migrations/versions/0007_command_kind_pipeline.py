@@ -2,8 +2,8 @@
 (fleet.Pipeline, docs/stream.md). PostgreSQL holds the enum as a type and needs the new value;
 SQLite stores the names as text, so there is nothing to change there.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-03 08:00:00
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
