@@ -5,6 +5,8 @@ real pipeline; the device is enrolled over gRPC first (telemetry of unknown ids 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,6 +61,21 @@ def test_pipelines_in_telemetry_reach_the_api_and_dashboard(
         summary = httpx.get(f"{base}/dashboard", headers=API, timeout=10).json()
         assert summary["pipelines"][device_id][0]["pipeline"] == "belt"
         assert httpx.get(f"{base}/devices/nope/pipelines", headers=API, timeout=10).status_code == 404
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium:  # the dashboard's device table: the pipeline, its FPS, the link to its view
+            flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,900",
+                     "--virtual-time-budget=6000"]  # fmt: skip
+            url = f"http://127.0.0.1:{ctl.http_port}/dashboard#token=test-api-token"
+            dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True,
+                                 timeout=90, check=True).stdout  # fmt: skip
+            assert 'data-pipeline="belt"' in dom and f'href="{pipeline.view.url}"' in dom, dom[-3000:]
+            shot = tmp_path / "dashboard.png"
+            subprocess.run(
+                [chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=90, check=True
+            )
+            out = Path(__file__).resolve().parents[2] / "results"
+            if out.is_dir():  # kept for a person to look at (never committed)
+                shutil.copy(shot, out / "dashboard_pipelines.png")
     finally:
         if runtime is not None:
             runtime.close()
