@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -68,6 +69,8 @@ class LocalBroker:
                 if self.passwd is not None and self.acl is not None
                 else "allow_anonymous true\n"
             )
+            if os.geteuid() == 0:  # as root Mosquitto drops to user "mosquitto", who cannot read 0600 files
+                auth += f"user {pwd.getpwuid(0).pw_name}\n"
             conf.write_text(
                 f"per_listener_settings false\n{auth}listener {self.port} {self.host}\npersistence false\n"
                 "max_queued_messages 10000\n"

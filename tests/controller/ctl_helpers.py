@@ -246,6 +246,7 @@ def wait_until(
 def make_controller(
     data_dir: Path, db_url: str | None, *, http: bool = False, grpc_port: int = 0, **overrides: object
 ) -> Controller:
+    start_broker = bool(overrides.pop("start_broker", False))  # the controller's own Mosquitto
     settings = get_settings(
         data_dir=data_dir,
         db_url=db_url,
@@ -253,14 +254,15 @@ def make_controller(
         grpc_host="127.0.0.1",
         http_host="127.0.0.1",
         http_port=0,
-        start_broker=False,
+        start_broker=start_broker,
         api_token="test-api-token",
         enrollment_token="test-enrollment-token",
         rollout_tick_s=0.1,
         heartbeat_interval_s=1,
         **overrides,
     )
-    ctl = Controller(settings).start(http=http, telemetry=bool(overrides.get("mqtt_url")))
+    telemetry = bool(overrides.get("mqtt_url") or start_broker)
+    ctl = Controller(settings).start(http=http, telemetry=telemetry)
     if settings.insecure:
         _TRUST[ctl.grpc_target] = {"insecure": True}
     else:
