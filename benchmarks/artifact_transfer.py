@@ -8,7 +8,9 @@ deploy/nginx/edgeloop-artifacts.conf, serving the controller's artifact dir behi
 hash every byte and write it to disk. The baseline sends the same file over a plain TCP socket
 from another process and writes it to disk on this side, without any checks. All run in
 alternating rounds and the medians are compared (the CI VM is shared and noisy). Without nginx
-the HTTP path is skipped with the reason.
+the HTTP path is skipped with the reason. The gRPC download runs twice per round: from a
+controller started with ``--insecure`` (plaintext) and from one with TLS (the default: mutual TLS
+with the controller's CA), so the cost of TLS is measured in the same run (goal: at most 10 %).
 
     .venv/bin/python benchmarks/artifact_transfer.py --size-mb 256
 """
@@ -115,7 +117,8 @@ def main() -> int:
         shard = make_shard(tmp / "shard.tar", args.size_mb << 20)
         size = shard.stat().st_size
         (tmp / "ctl").mkdir()
-        ctl = start_controller(tmp / "ctl" / "data")
+        ctl = start_controller(tmp / "ctl" / "data")  # --insecure (the helper's default)
+        tls_ctl = start_controller(tmp / "tls" / "data", extra_env={"EDGELOOP_INSECURE": "false"})
         nginx = start_nginx(tmp / "nginx", tmp / "ctl" / "data", SECRET) if NGINX else None
         http_times: list[float] = []
         try:
@@ -128,6 +131,20 @@ def main() -> int:
             creds = client.register()
             with ctl.http as http:
                 send_shard_to(http, creds.device_id, art["id"], tmp)
+            with tls_ctl.http as http, open(shard, "rb") as fh:
+                tls_art = http.post("/artifacts/shards", files={"file": ("shard.tar", fh)}).json()
+            tls_client = FleetClient(
+                tls_ctl.grpc_target, tmp / "agent-tls", identity, tls_ctl.enrollment_token,
+                ca_pem=(tmp / "tls" / "data" / "keys" / "ca_cert.pem").read_bytes(),
+                enroll_target=f"127.0.0.1:{tls_ctl.grpc_port + 1}",
+            )  # fmt: skip
+            tls_creds = tls_client.register()
+            with tls_ctl.http as http:
+                send_shard_to(http, tls_creds.device_id, tls_art["id"], tmp)
+            tls_ref = fleet_pb2.ArtifactRef(
+                artifact_id=tls_art["id"], sha256=tls_art["sha256"], size_bytes=tls_art["size_bytes"],
+                signature=bytes.fromhex(tls_art["signature"]), kind="shard",
+            )  # fmt: skip
             ref = fleet_pb2.ArtifactRef(
                 artifact_id=art["id"],
                 sha256=art["sha256"],
@@ -143,7 +160,7 @@ def main() -> int:
                                          expires_at=int(time.time()) + 3600)  # fmt: skip
             fetcher = UrlFetcher()
             shard.read_bytes()  # the file is in the page cache for both senders
-            raw_times, grpc_times = [], []
+            raw_times, grpc_times, tls_times = [], [], []
             for r in range(args.rounds):  # alternate, so background load hits both alike
                 raw_times.append(raw_tcp_copy(shard, tmp / "raw.bin"))
                 (tmp / "raw.bin").unlink()
@@ -151,6 +168,12 @@ def main() -> int:
                 result = download_artifact(client.stub, ref, tmp / f"dl{r}", creds.public_key,
                                            metadata=client.metadata, chunk_size=args.chunk_kb << 10)  # fmt: skip
                 grpc_times.append(time.perf_counter() - t0)
+                assert result.path.stat().st_size == size and not result.cached
+                result.path.unlink()
+                t0 = time.perf_counter()
+                result = download_artifact(tls_client.stub, tls_ref, tmp / f"tls{r}", tls_creds.public_key,
+                                           metadata=tls_client.metadata, chunk_size=args.chunk_kb << 10)  # fmt: skip
+                tls_times.append(time.perf_counter() - t0)
                 assert result.path.stat().st_size == size and not result.cached
                 result.path.unlink()
                 if nginx is not None:
@@ -163,10 +186,12 @@ def main() -> int:
                     result.path.unlink()
             fetcher.close()
             client.close()
+            tls_client.close()
         finally:
             if nginx is not None:
                 nginx.stop()
             ctl.stop()
+            tls_ctl.stop()
     mb = size / 1e6
     raw_s, grpc_s = statistics.median(raw_times), statistics.median(grpc_times)
     raw_tp, grpc_tp = mb / raw_s, mb / grpc_s
@@ -179,6 +204,9 @@ def main() -> int:
         f"  (first, chunks not yet cached: {mb / grpc_times[0]:.1f} MB/s)"
     )
     print(f"ratio gRPC / raw TCP                    : {grpc_tp / raw_tp:.2f}")
+    tls_s = statistics.median(tls_times)
+    print(f"gRPC over mutual TLS (the default)      : {tls_s:6.3f} s  {mb / tls_s:8.1f} MB/s")
+    print(f"TLS cost (time TLS / plaintext - 1)     : {100 * (tls_s / grpc_s - 1):+.1f} %  (goal <= +10 %)")
     if http_times:
         http_s = statistics.median(http_times)
         http_tp = mb / http_s

@@ -203,6 +203,11 @@ def _start_stack(
         assert out.returncode == 0, out.stderr
 
         unit = parse_unit()
+        # the fingerprint the operator copies from the controller's first start into the agents' env
+        assert "EDGELOOP_CA_FINGERPRINT" in unit.environment() and "EDGELOOP_CA_FINGERPRINT" in service_env(
+            compose["services"]["agent-cpu-1"]
+        )
+        ca_fingerprint = fingerprint_of(tmp_path / "controller" / "keys" / "ca_cert.pem")
         sd_file_env = unit.environment()
         sd_env = {
             **_base_env(tmp_path / "home-systemd"),
@@ -210,6 +215,7 @@ def _start_stack(
                 sd_file_env,
                 EDGELOOP_AGENT_DIR=str(tmp_path / "agent-systemd"),
                 EDGELOOP_CONTROLLER=f"127.0.0.1:{grpc_port}",
+                EDGELOOP_CA_FINGERPRINT=ca_fingerprint,
                 EDGELOOP_MQTT_URL=_mqtt_local(
                     sd_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials
                 ),
@@ -223,6 +229,7 @@ def _start_stack(
                 ag_file_env,
                 EDGELOOP_AGENT_DIR=str(tmp_path / "agent-compose"),
                 EDGELOOP_CONTROLLER=f"127.0.0.1:{grpc_port}",
+                EDGELOOP_CA_FINGERPRINT=ca_fingerprint,
                 EDGELOOP_MQTT_URL=_mqtt_local(
                     ag_file_env["EDGELOOP_MQTT_URL"], broker_port, keep_credentials
                 ),
@@ -255,6 +262,13 @@ def _start_stack(
     except BaseException:
         stack.stop()
         raise
+
+
+def fingerprint_of(pem_path: Path) -> str:
+    import hashlib
+    import ssl
+
+    return "sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem_path.read_text())).hexdigest()
 
 
 def test_exact_commands_controller_healthy_agents_register(tmp_path: Path, mqtt_broker: LocalBroker) -> None:
