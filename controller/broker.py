@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -69,13 +68,11 @@ class LocalBroker:
                 if self.passwd is not None and self.acl is not None
                 else "allow_anonymous true\n"
             )
-            if os.geteuid() == 0:  # as root Mosquitto drops to user "mosquitto", who cannot read 0600 files
-                auth += f"user {pwd.getpwuid(0).pw_name}\n"
             conf.write_text(
                 f"per_listener_settings false\n{auth}listener {self.port} {self.host}\npersistence false\n"
                 "max_queued_messages 10000\n"
-                # run as our own user: started as root, Mosquitto would switch to its own user, and
-                # a change of user clears PR_SET_PDEATHSIG (the broker would outlive a killed controller)
+                # run as our own user: started as root, Mosquitto would switch to its own user, who
+                # cannot read the 0600 password file, and a change of user clears PR_SET_PDEATHSIG
                 f"user {getpass.getuser()}\n",
                 encoding="utf-8",
             )
