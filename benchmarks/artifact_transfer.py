@@ -118,6 +118,7 @@ def main() -> int:
         size = shard.stat().st_size
         (tmp / "ctl").mkdir()
         ctl = start_controller(tmp / "ctl" / "data")  # --insecure (the helper's default)
+        (tmp / "tls").mkdir()
         tls_ctl = start_controller(tmp / "tls" / "data", extra_env={"EDGELOOP_INSECURE": "false"})
         nginx = start_nginx(tmp / "nginx", tmp / "ctl" / "data", SECRET) if NGINX else None
         http_times: list[float] = []
