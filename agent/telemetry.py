@@ -175,7 +175,12 @@ class Telemetry:
         self._dropped = 0
         self.spool = Spool(spool_dir, max_messages=spool_limit) if spool_dir is not None else None
         self._in_flight: dict[int, int] = {}  # paho message id -> spool seq (paho resends these itself)
-        self._spool_lock = threading.Lock()
+        self._acked_early: dict[int, float] = {}  # PUBACKs that came before their mid was recorded
+        # _send_lock orders our sends (spool, publish, record); _map_lock guards the two dicts
+        # and is never held while calling paho: paho calls on_publish holding its own message
+        # lock, which publish() also takes (holding one lock around both would deadlock)
+        self._send_lock = threading.RLock()
+        self._map_lock = threading.Lock()
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._metrics_thread: threading.Thread | None = None
@@ -236,20 +241,34 @@ class Telemetry:
         """Hand the broker what waits on disk and is not already with paho, oldest first."""
         if self.spool is None:
             return
-        with self._spool_lock:
-            handed = set(self._in_flight.values())
+        with self._send_lock:
+            with self._map_lock:
+                handed = set(self._in_flight.values())
             waiting = [item for item in self.spool.pending() if item[0] not in handed]
             for seq, topic_name, payload in waiting:
-                info = self.client.publish(topic_name, payload, qos=1)
-                self._in_flight[info.mid] = seq
+                self._record(self.client.publish(topic_name, payload, qos=1).mid, seq)
         if waiting:
             log.info("telemetry: sent %d spooled messages", len(waiting))
+
+    def _record(self, mid: int, seq: int) -> None:
+        """``seq`` went out as paho message ``mid``: forget it at its PUBACK (maybe already in)."""
+        with self._map_lock:
+            early = self._acked_early.pop(mid, None) is not None
+            if not early:
+                self._in_flight[mid] = seq
+        if early:
+            self.spool.ack(seq)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self.spool is None:
             return
-        with self._spool_lock:
+        with self._map_lock:
             seq = self._in_flight.pop(mid, None)
+            if seq is None:  # not recorded yet (or not a spooled message): remember it a while
+                now = time.monotonic()
+                self._acked_early[mid] = now
+                if len(self._acked_early) > 1000:
+                    self._acked_early = {m: t for m, t in self._acked_early.items() if now - t < 60}
         if seq is not None:
             self.spool.ack(seq)
 
@@ -297,11 +316,10 @@ class Telemetry:
     def _publish(self, topic_name: str, payload: dict, qos: int, retain: bool = False) -> bool:
         text = json.dumps(payload, default=str)
         if qos == 1 and not retain and self.spool is not None:
-            with self._spool_lock:
+            with self._send_lock:
                 seq = self.spool.put(topic_name, text)  # on disk before anything else
                 if self.connected:
-                    info = self.client.publish(topic_name, text, qos=1)
-                    self._in_flight[info.mid] = seq
+                    self._record(self.client.publish(topic_name, text, qos=1).mid, seq)
             return True  # else sent from the spool on the next connect
         info = self.client.publish(topic_name, text, qos=qos, retain=retain)
         if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:

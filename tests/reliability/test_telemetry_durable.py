@@ -106,7 +106,12 @@ def test_agent_sigkilled_while_the_broker_is_down_delivers_its_spool_with_origin
         agent.kill()  # SIGKILL before the broker is back
         deployed = time.time()
         time.sleep(1.5)
-        broker.start()  # same port; it kept nothing (persistence off)
+        subscribed = ctl.tail(10**7).count("telemetry subscribed")
+        broker.start()  # same port; it kept nothing (persistence off), so the controller's
+        # session must exist again before the agent delivers (a broker with persistence keeps it)
+        h.wait_until(
+            lambda: ctl.tail(10**7).count("telemetry subscribed") > subscribed, 60, "controller back"
+        )
         agent.start()
         h.wait_until(lambda: not list((tmp_path / "agent" / "telemetry-spool").glob("*.json")), 60,
                      "the restarted agent delivered its spool")  # fmt: skip
