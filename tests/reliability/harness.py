@@ -148,11 +148,13 @@ def controller(data: Path, *, grpc_port: int = 0, http_port: int = 0, mqtt: str 
 
 def agent(agent_dir: Path, target: str, *, name: str, tags: str = "rel", serve_port: int = 0,
           mqtt: str = "", extra: list[str] | None = None) -> Proc:  # fmt: skip
-    """An ``edgeloop agent run`` process (one engine thread) serving live inference on ``serve_port``."""
+    """An ``edgeloop agent run`` process (one engine thread) serving live inference on ``serve_port``;
+    its HTTP port is a free one (the default 8000 would be the second agent's too)."""
     agent_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "edgeloop.cli", "agent", "run", "--controller", target, "--agent-dir",
            str(agent_dir), "--name", name, "--tags", tags, "--threads", "1", "--hardware-class", "cpu-rel",
-           "--serve-port", str(serve_port), "--metrics-interval", "1", "--insecure"]  # fmt: skip
+           "--serve-port", str(serve_port), "--http-port", "0", "--metrics-interval", "1",
+           "--insecure"]  # fmt: skip
     if mqtt:
         cmd += ["--mqtt", mqtt]
     cmd += extra or []
