@@ -23,6 +23,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self.cuts = 0
+        self.down_bytes = 0  # controller -> agent, what has gone through
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     @property
@@ -58,6 +59,7 @@ class TcpProxy:
                     break
                 dst.sendall(data)
                 if rate:
+                    self.down_bytes += len(data)
                     time.sleep(len(data) / rate)
         except OSError:
             pass

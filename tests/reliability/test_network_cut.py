@@ -37,8 +37,9 @@ def test_a_cut_link_mid_download_and_mid_rollout_then_both_complete(tmp_path: Pa
     one = _padded(kit.make_artifact(tmp_path / "m", "one", version="colour:1"), "colour:1", 3 << 20)
     two = _padded(kit.make_artifact(tmp_path / "m", "two", version="colour:2", seed=1), "colour:2", 1 << 20)
     shard = h.shard_tar(kit.colour_folder(tmp_path / "eval", per_class=4), tmp_path / "eval.tar")
-    ctl = h.controller(tmp_path / "ctl").start()
-    proxy = TcpProxy(("127.0.0.1", ctl.grpc_port), rate_bytes_s=1 << 20)  # ~3 s for the first model
+    # 256 KiB chunks: the agent keeps (and resumes from) whole chunks, and a 3 MiB model is several
+    ctl = h.controller(tmp_path / "ctl", extra_env={"EDGELOOP_ARTIFACT_CHUNK_BYTES": str(256 << 10)}).start()
+    proxy = TcpProxy(("127.0.0.1", ctl.grpc_port), rate_bytes_s=256 << 10)  # ~12 s for the first model
     port = h.free_port()
     agent_dir = tmp_path / "agent"
     agent = h.agent(agent_dir, proxy.address, name="cut-1", serve_port=port).start()
@@ -50,8 +51,11 @@ def test_a_cut_link_mid_download_and_mid_rollout_then_both_complete(tmp_path: Pa
         h.wait_until(lambda: h.online(api, "cut-1"), 60, "agent enrolled through the proxy")
 
         # 1. cut in the middle of the model's download
+        mark = proxy.down_bytes
         first = h.rollout(api, "colour:1", eval_id)
-        h.wait_until(lambda: _parts(agent_dir), 60, "download under way")
+        h.wait_until(
+            lambda: proxy.down_bytes > mark + (1 << 20) and _parts(agent_dir), 60, "download under way"
+        )
         proxy.cut()
         time.sleep(3)
         assert api.get(f"/rollouts/{first['id']}").json()["state"] == "running"  # waiting, not failed
@@ -62,12 +66,11 @@ def test_a_cut_link_mid_download_and_mid_rollout_then_both_complete(tmp_path: Pa
         assert "resuming" in agent.tail(500_000)  # it went on from the bytes on disk
 
         # 2. cut in the middle of the rollout: the deploy command is out, the device is working
+        mark = proxy.down_bytes
         second = h.rollout(api, "colour:2", eval_id)
         h.wait_until(lambda: api.get(f"/rollouts/{second['id']}").json()["deployments"][0]["state"] != "pending",
                      30, "deploy sent")  # fmt: skip
-        h.wait_until(
-            lambda: _parts(agent_dir) or h.serving(port, "colour") == "colour:2", 60, "deploy under way"
-        )
+        h.wait_until(lambda: proxy.down_bytes > mark + (256 << 10), 60, "the deploy's download under way")
         proxy.cut()
         time.sleep(3)
         assert api.get(f"/rollouts/{second['id']}").json()["state"] == "running"
