@@ -38,7 +38,9 @@ def main(argv: list[str]) -> int:
                                            f"(import trainer.jobs failed: {exc})"})  # fmt: skip
         return 3
     try:
-        out = jobs.run_action(request["task"], request["action"], request["spec"], request["overrides"])
+        out = jobs.run_action(
+            request["task"], request["action"], request["spec"], request["overrides"], untrusted=True
+        )
         result = out.to_dict() if hasattr(out, "to_dict") else {"result": repr(out)}
     except Exception as exc:  # the job's own failure, kept with its traceback tail
         atomic_json(result_path, {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"})

@@ -50,10 +50,19 @@ def run_action(
     action: str,
     spec: str | Path | Mapping[str, Any],
     overrides: Sequence[str] = (),
+    *,
+    untrusted: bool = False,
 ) -> ActionResult:
+    """Run one action. ``untrusted``: the spec came from someone who may not run code here (a REST
+    job), so a spec that asks to unpickle legacy checkpoints is refused before anything runs."""
     t = get_task(task)
     act = t.get_action(action)
     obj = resolve_spec(task, spec, overrides, action)
+    if untrusted and getattr(getattr(obj, "model", None), "allow_unsafe_pickle", False):
+        raise SpecError(
+            "key 'model.allow_unsafe_pickle': refused for a job submitted through the API (unpickling "
+            "runs code from the file); convert the checkpoint with the command line on a trusted host"
+        )
     n = _num_processes(obj)
     if act.distributed and n > 1 and dist_env()[2] == 1:
         return _launch_torchrun(task, action, obj, n)
