@@ -99,8 +99,9 @@ def test_a_loop_runs_through_the_api_and_serves_its_report(ctl: Controller, tmp_
     data, shard = _shard(tmp_path)
     eval_id = ctl.import_shard(shard, name="eval").id
     fleet = LocalFleet(
-        ctl.grpc_target, ENROL, tmp_path / "agents", [EmulatedClass("cpu-1t", threads=1)]
-    ).start()
+        ctl.grpc_target, ENROL, tmp_path / "agents", [EmulatedClass("cpu-1t", threads=1)],
+        ca_fingerprint=ctl.ca_fingerprint, enroll_target=ctl.enroll_target,  # enrol over TLS, CA pinned
+    ).start()  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not ctl.list_devices(online=True) and time.monotonic() < deadline:
