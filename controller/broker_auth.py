@@ -12,6 +12,7 @@ way from ``deploy/mosquitto/`` (see docs/security.md).
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -105,7 +106,7 @@ class BrokerAccounts:
             if self._users.pop(user, None) is not None and user != CONTROLLER_USER:
                 self._changed()
 
-    def users(self) -> set[str]:
+    def users(self) -> builtins.set[str]:  # `set` alone is the method above
         with self._lock:
             return set(self._users)
 
