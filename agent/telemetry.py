@@ -256,7 +256,7 @@ class Telemetry:
             early = self._acked_early.pop(mid, None) is not None
             if not early:
                 self._in_flight[mid] = seq
-        if early:
+        if early and self.spool is not None:
             self.spool.ack(seq)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -31,7 +32,7 @@ def _die_with(parent: int, sig: int) -> Callable[[], None]:
     return preexec
 
 
-def spawn(cmd: list[str], *, sig: int = signal.SIGTERM, **popen: object) -> subprocess.Popen:
+def spawn(cmd: list[str], *, sig: int = signal.SIGTERM, **popen: Any) -> subprocess.Popen:
     """``subprocess.Popen(cmd, **popen)`` whose process receives ``sig`` when this one dies."""
     if sys.platform.startswith("linux"):
         popen["preexec_fn"] = _die_with(os.getpid(), sig)

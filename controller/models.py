@@ -12,11 +12,12 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
 from sqlalchemy import JSON, BigInteger, UniqueConstraint
 from sqlalchemy import DateTime as _SADateTime
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+from sqlmodel.main import SQLModelConfig
 
 
 class DateTime(TypeDecorator):
@@ -128,7 +129,7 @@ class DeviceBase(SQLModel):
 
 # Request bodies refuse what they do not know (a misspelt field, an unknown enum value) with a
 # 422 naming it, instead of ignoring it: an operator's typo must not silently change a rollout.
-STRICT = ConfigDict(extra="forbid")
+STRICT = SQLModelConfig(extra="forbid")  # SQLModel's own ConfigDict type
 Precision = Literal["fp32", "fp16", "int8"]
 BackendName = Literal["", "auto", "onnxruntime", "tensorrt"]
 Scenario = Literal["singlestream", "offline", "server"]

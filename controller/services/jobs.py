@@ -68,7 +68,7 @@ class JobFailed(Exception):
     """The job's child process reported an error or died; the message says which."""
 
 
-def run_in_child(task: str, action: str, spec: dict, overrides: list[str]) -> dict[str, Any]:
+def run_in_child(task: str, action: str, spec: dict | str, overrides: list[str]) -> dict[str, Any]:
     """Run one trainer action in ``controller.job_child``; returns its result or raises ``JobFailed``."""
     with tempfile.TemporaryDirectory(prefix="edgeloop-job-") as tmp:
         request, answer, output = (
