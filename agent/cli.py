@@ -328,12 +328,13 @@ def cmd_serve(args) -> int:
             return 1
         runtime.start()
         active = runtime.slots.active
-        if active is None or runtime.grpc_server is None:
+        if active is None:
             print("error: the runtime started without a served model", file=sys.stderr)
             return 1
-        http = f", HTTP/REST :{runtime.http_server.port}" if runtime.http_server else ""
+        ports = [f"gRPC :{runtime.grpc_server.port}"] if runtime.grpc_server else []
+        ports += [f"HTTP/REST :{runtime.http_server.port}"] if runtime.http_server else []
         print(f"serving {active.name} ({active.version}, {active.backend}/{active.precision}) "
-              f"on {settings.serve_host}:{runtime.grpc_server.port} - Open Inference Protocol gRPC{http}",
+              f"on {settings.serve_host} - Open Inference Protocol {', '.join(ports) or '(no port)'}",
               flush=True)  # fmt: skip
         _wait_for_a_stop_signal()
     finally:
