@@ -121,8 +121,10 @@ def model_version_public(*, session: Session, mv: ModelVersion) -> ModelVersionP
 
 
 # ---------------------------------------------------------------- rollouts
-def get_rollout(*, session: Session, rollout_id: str) -> Rollout:
-    rollout = session.get(Rollout, rollout_id)
+def get_rollout(*, session: Session, rollout_id: str, lock: bool = False) -> Rollout:
+    """``lock``: hold the row until commit (PostgreSQL ``FOR UPDATE``; SQLite has one writer
+    anyway), so an operator action waits for a rollout step in flight on any controller."""
+    rollout = session.get(Rollout, rollout_id, with_for_update=True if lock else None)
     if rollout is None:
         raise NotFound(f"rollout {rollout_id!r} not found")
     return rollout

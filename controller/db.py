@@ -7,6 +7,7 @@ threads can write concurrently; PostgreSQL is used as given. ``migrate`` runs Al
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,22 @@ def check_db(engine: Engine) -> None:
 
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def xact_lock(session: Session, name: str) -> None:
+    """Serialise one kind of transaction across controller processes (a PostgreSQL advisory
+    lock held until commit or rollback; SQLite has a single writer already)."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 @contextmanager

@@ -29,9 +29,11 @@ import logging
 import math
 from datetime import datetime, timezone
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from controller import crud
+from controller.db import xact_lock
 from controller.errors import Conflict, InvalidInput
 from controller.models import (
     ArtifactKind,
@@ -102,7 +104,9 @@ def plan_waves(n: int, strategy: Strategy) -> list[int]:
 
 
 def create_rollout(*, session: Session, rollout_in: RolloutCreate) -> Rollout:
-    """Validate, fix the targets and their waves; the engine's next tick starts wave 0."""
+    """Validate, fix the targets and their waves; the engine's next tick starts wave 0. Two
+    creations never run at once (on any controller): a device joins one active rollout only."""
+    xact_lock(session, "edgeloop.create_rollout")
     mv = crud.get_model_version(session=session, version=rollout_in.model_version)
     for field in ("evaluation_artifact_id", "calibration_artifact_id"):
         artifact_id = getattr(rollout_in, field)
@@ -144,7 +148,7 @@ def create_rollout(*, session: Session, rollout_in: RolloutCreate) -> Rollout:
 
 # ---------------------------------------------------------------- operator actions
 def pause_rollout(*, session: Session, rollout_id: str) -> Rollout:
-    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id, lock=True)
     if rollout.state != RolloutState.running:
         raise Conflict(f"rollout is {rollout.state.value}, only a running rollout can be paused")
     rollout.state = RolloutState.paused
@@ -154,7 +158,7 @@ def pause_rollout(*, session: Session, rollout_id: str) -> Rollout:
 
 
 def resume_rollout(*, session: Session, rollout_id: str) -> Rollout:
-    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id, lock=True)
     if rollout.state != RolloutState.paused:
         raise Conflict(f"rollout is {rollout.state.value}, only a paused rollout can be resumed")
     rollout.state = RolloutState.running
@@ -171,7 +175,7 @@ def abort_rollout(
     reason: str = "aborted by operator",
     rollback: bool = False,
 ) -> Rollout:
-    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id, lock=True)
     if rollout.state.terminal:
         raise Conflict(f"rollout is already {rollout.state.value}")
     _stop(
@@ -188,7 +192,7 @@ def abort_rollout(
 def rollback_rollout(
     *, session: Session, hub: SessionHub, rollout_id: str, reason: str = "rolled back by operator"
 ) -> Rollout:
-    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+    rollout = crud.get_rollout(session=session, rollout_id=rollout_id, lock=True)
     if rollout.state == RolloutState.rolled_back:
         raise Conflict("rollout is already rolled back")
     _stop(
@@ -523,19 +527,35 @@ def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: dateti
         session.add(rollout)
 
 
-def tick(*, session: Session, hub: SessionHub) -> int:
-    """One pass over every rollout that still has work. Returns how many it looked at."""
-    now = utcnow()
-    active = list(
+def claim_rollouts(*, session: Session) -> list[Rollout]:
+    """The rollouts with work left (running, paused, or a rollback still unwinding) that this
+    transaction takes. On PostgreSQL each row comes locked (``FOR UPDATE SKIP LOCKED``) until the
+    transaction ends: a rollout another controller is moving right now is skipped, not moved
+    twice, and the lock dies with a killed process's connection (its uncommitted step with it).
+    SQLite ignores the clause (one controller process per SQLite database)."""
+    unwinding = select(Deployment.rollout_id).where(Deployment.state == DeploymentState.rolling_back)
+    return list(
         session.exec(
-            select(Rollout).where(col(Rollout.state).in_([RolloutState.running, RolloutState.paused]))
+            select(Rollout)
+            .where(
+                or_(
+                    col(Rollout.state).in_([RolloutState.running, RolloutState.paused]),
+                    col(Rollout.id).in_(unwinding),
+                )
+            )
+            .order_by(col(Rollout.created_at))
+            .with_for_update(skip_locked=True)
         ).all()
     )
-    unwinding_ids = session.exec(
-        select(Deployment.rollout_id).where(Deployment.state == DeploymentState.rolling_back).distinct()
-    ).all()
-    seen = {r.id for r in active}
-    active += [crud.get_rollout(session=session, rollout_id=rid) for rid in unwinding_ids if rid not in seen]
+
+
+def tick(*, session: Session, hub: SessionHub) -> int:
+    """One pass over every rollout that still has work and that no other controller is moving
+    right now (``claim_rollouts``). Everything a step does (deployment states, the commands it
+    creates) commits in the caller's one transaction, and commands go on the wire only after
+    that commit: a step is recorded whole or not at all. Returns how many it looked at."""
+    now = utcnow()
+    active = claim_rollouts(session=session)
     for rollout in active:
         _advance(session=session, hub=hub, rollout=rollout, now=now)
     session.flush()
