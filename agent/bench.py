@@ -5,6 +5,9 @@ Scenarios (LoadGen's, performance mode):
 - ``offline``: every sample at once, run in batches; throughput.
 - ``server``: Poisson arrivals at a target QPS with dynamic batching in the SUT; the reported
   result is the highest QPS whose p99 latency meets the bound, found by a short search.
+- ``stream`` (not LoadGen's; ``BenchConfig.stream``): N live copies of a reference clip through
+  the video pipeline on the same engine (``agent/stream/capacity.py``); one ScenarioResult per
+  step and the capacity in ``Report.stream_capacity`` / ``stream_fps``.
 ``valid`` in a ScenarioResult means LoadGen's performance constraints (latency bound, minimum
 duration and query count) were met. LoadGen's early-stopping criterion, which needs thousands
 of queries, is not required of the short runs a device does between serving (it is recorded in
@@ -62,6 +65,18 @@ class BenchConfig:
     server_search_steps: int = 5
     eval_limit: int | None = None  # evaluation images (None = all)
     log_dir: Path | None = None  # keep LoadGen's logs here (one folder per run)
+    stream: StreamScenario | None = None  # also the stream scenario, after LoadGen's
+
+
+@dataclass(frozen=True)
+class StreamScenario:
+    """The stream scenario's settings: the reference clip, the stream counts tried in order
+    (stopping at the first that misses) and the seconds each step measures."""
+
+    clip: Path
+    counts: tuple[int, ...] = (1, 2, 4, 8)
+    step_s: float = 10.0
+    max_batch: int = 8
 
 
 # ---------------------------------------------------------------- samples
@@ -368,7 +383,59 @@ def benchmark_engine(
         report.scenarios.append(result)
         report.errors.extend(f"{scenario}: {e}" for e in errs)
         say(scenario, 1.0)
+    if config.stream is not None:
+        say("stream", 0.0)
+        try:
+            run_stream_scenario(built, config.stream, report)
+        except (AgentError, ValueError, OSError, RuntimeError) as exc:
+            report.errors.append(f"stream: {exc}")
+        say("stream", 1.0)
     return report
+
+
+class _Lent:
+    """The benchmark's engine lent to the stream pipeline: each step's pipeline closes its engine
+    when it stops, and this one belongs to the benchmark, which closes it at the end."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - the engine's own attributes
+        return getattr(self._engine, name)
+
+    def close(self) -> None:
+        pass
+
+
+def run_stream_scenario(built: BuiltEngine, stream: StreamScenario, report: fleet_pb2.Report) -> dict:
+    """The stream scenario on ``built``'s engine: one ``stream`` ScenarioResult per step, and the
+    capacity in the report. Returns the capacity dict (``agent.stream.capacity``)."""
+    from agent.stream.capacity import clip_fps, stream_capacity
+
+    clip = Path(stream.clip)
+    fps = clip_fps(clip)
+    lent = _Lent(built.engine)
+    result = stream_capacity(clip, fps, lambda spec: (lent, built.model.manifest),
+                             [f"model.path={built.model.onnx_path}"], steps=stream.counts,
+                             duration_s=stream.step_s, max_batch=stream.max_batch)  # fmt: skip
+    for step in result["steps"]:
+        report.scenarios.append(
+            fleet_pb2.ScenarioResult(
+                scenario="stream",
+                batch_size=stream.max_batch,
+                throughput_fps=round(step["mean_stream_fps"] * step["streams"], 2),
+                latency_p50_ms=step["latency_p50_ms"],
+                latency_p99_ms=step["latency_p99_ms"],
+                valid=step["meets"],
+                streams=step["streams"],
+                stream_fps=fps,
+                min_stream_fps=step["min_stream_fps"],
+                dropped_frames=step["dropped"],
+            )
+        )
+    report.stream_capacity = result["capacity"]
+    report.stream_fps = fps
+    return result
 
 
 def benchmark(
@@ -449,11 +516,22 @@ def render_table(report: fleet_pb2.Report) -> str:
     header = f"{'scenario':<13}{'batch':>6}{'img/s':>10}{'mean ms':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'bound':>8}  valid"
     lines += [header, "-" * len(header)]
     for s in report.scenarios:
+        if s.scenario == "stream":
+            continue
         bound = f"{s.target_latency_ms:.1f}" if s.target_latency_ms else "-"
         lines.append(
             f"{s.scenario:<13}{s.batch_size:>6}{s.throughput_fps:>10.1f}{s.latency_mean_ms:>9.2f}"
             f"{s.latency_p50_ms:>8.2f}{s.latency_p90_ms:>8.2f}{s.latency_p99_ms:>8.2f}{bound:>8}  {'yes' if s.valid else 'NO'}"
         )
+    steps = [s for s in report.scenarios if s.scenario == "stream"]
+    if report.stream_fps:
+        lines.append(f"stream scenario ({report.stream_fps:g} FPS live per stream): capacity "
+                     f"{report.stream_capacity} stream{'s' if report.stream_capacity != 1 else ''}")  # fmt: skip
+        header = f"{'streams':>8}{'slowest fps':>13}{'total fps':>11}{'dropped':>9}{'p50 ms':>8}{'p99 ms':>8}  meets"
+        lines += [header, "-" * len(header)]
+        for s in steps:
+            lines.append(f"{s.streams:>8}{s.min_stream_fps:>13.2f}{s.throughput_fps:>11.1f}{s.dropped_frames:>9}"
+                         f"{s.latency_p50_ms:>8.0f}{s.latency_p99_ms:>8.0f}  {'yes' if s.valid else 'no'}")  # fmt: skip
     lines += [f"! {e}" for e in report.errors]
     return "\n".join(lines)
 
@@ -462,11 +540,13 @@ __all__ = [
     "BenchConfig",
     "PeakMemory",
     "SCENARIOS",
+    "StreamScenario",
     "benchmark",
     "benchmark_engine",
     "render_table",
     "report_to_dict",
     "run_loadgen",
+    "run_stream_scenario",
     "sample_set",
     "server_search",
 ]

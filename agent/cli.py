@@ -29,7 +29,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from agent.bench import SCENARIOS, BenchConfig, benchmark, render_table, report_to_dict
+from agent.bench import SCENARIOS, BenchConfig, StreamScenario, benchmark, render_table, report_to_dict
 from agent.config import AgentSettings, parse_tags
 from agent.errors import AgentError
 from agent.fleet import daemon
@@ -254,6 +254,11 @@ def cmd_bench(args) -> int:
         batch_size=args.batch,
         server_latency_ms=args.server_latency_ms,
         log_dir=args.log_dir,
+        stream=StreamScenario(
+            args.stream_clip, tuple(int(n) for n in args.streams.split(",")), args.stream_duration
+        )
+        if args.stream_clip
+        else None,
     )
     with _ProgressView() as view:
         report = benchmark(args.model, manifest=args.manifest, backend=args.backend, precision=args.precision,
@@ -261,49 +266,12 @@ def cmd_bench(args) -> int:
                            calibration_method=args.calib_method, eval_dir=args.eval, config=config,
                            settings=settings, cache=EngineCache(settings.cache_dir), progress=view)  # fmt: skip
     print(render_table(report))
-    stream = _stream_scenario(args, settings) if args.stream_clip else None
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        data = report_to_dict(report) | ({"stream": stream} if stream else {})
-        args.json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(report_to_dict(report), indent=2) + "\n", encoding="utf-8")
         print(f"report written to {args.json}")
-    failed = not report.scenarios or any(e.startswith("build:") for e in report.errors)
+    failed = not report.scenarios or any(e.startswith(("build:", "stream:")) for e in report.errors)
     return 1 if failed else 0
-
-
-def _stream_scenario(args, settings) -> dict:
-    """How many live copies of ``--stream-clip`` this device keeps up with (agent.stream.capacity)."""
-    import av
-
-    from agent.engine_cache import EngineCache
-    from agent.stream.capacity import stream_capacity
-    from agent.stream.infer import build_fixed_engine
-
-    if not args.stream_clip.is_file():
-        raise FileNotFoundError(f"stream clip not found: {args.stream_clip}")
-    with av.open(str(args.stream_clip)) as container:
-        fps = float(container.streams.video[0].average_rate or 25)
-    overrides = [
-        f"model.path={args.model}",
-        f"model.backend={args.backend}",
-        f"model.precision={args.precision}",
-    ]
-    overrides += [f"model.{k}={v}" for k, v in (("manifest", args.manifest), ("device", args.device),
-                                                ("calib", args.calib)) if v]  # fmt: skip
-    profile = probe_hardware(threads=settings.threads, hardware_class=settings.hardware_class)
-    cache = EngineCache(settings.cache_dir)
-    result = stream_capacity(args.stream_clip, fps, lambda spec: build_fixed_engine(spec, profile, cache, settings.threads),
-                             overrides, steps=[int(n) for n in args.streams.split(",")],
-                             duration_s=args.stream_duration)  # fmt: skip
-    print(
-        f"\nstream scenario ({args.stream_clip.name}, {fps:g} FPS live): capacity {result['capacity']} streams"
-    )
-    print("| streams | slowest stream FPS | mean stream FPS | dropped | latency p50 ms | p99 ms | meets |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for st in result["steps"]:
-        print(f"| {st['streams']} | {st['min_stream_fps']} | {st['mean_stream_fps']} | {st['dropped']} | "
-              f"{st['latency_p50_ms']:.0f} | {st['latency_p99_ms']:.0f} | {'yes' if st['meets'] else 'no'} |")  # fmt: skip
-    return result
 
 
 def _wait_for_a_stop_signal() -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from agent.bench import BenchConfig, PeakMemory, benchmark_engine
+from agent.bench import SCENARIOS, BenchConfig, PeakMemory, StreamScenario, benchmark_engine
 from agent.config import AgentSettings
 from agent.dataplane import Batching, DataPlane, Limits
 from agent.engine_cache import EngineCache
@@ -47,7 +47,7 @@ from agent.model_spec import ResolvedModel, resolve_model
 from agent.probe import probe_hardware
 from agent.repository import ModelRepository
 from agent.server import InferenceServer
-from agent.shards import Shards, extract_shard
+from agent.shards import Shards, extract_shard, video_in
 from agent.slots import ModelSlots
 from agent.stats import RequestStats
 from agent.stream.infer import build_fixed_engine
@@ -294,9 +294,11 @@ class AgentRuntime:
         error, not an exception."""
         calib = extract_shard(shards.calibration, self.shard_root)
         evaluation = extract_shard(shards.evaluation, self.shard_root)
+        scenarios = tuple(command.scenarios) or SCENARIOS
         config = BenchConfig(
-            scenarios=tuple(command.scenarios) or ("singlestream", "offline", "server"),
+            scenarios=tuple(s for s in scenarios if s != "stream"),
             duration_ms=command.duration_ms or 3000,
+            stream=self._stream_scenario(command, shards) if "stream" in scenarios else None,
         )
         model = resolve_model(onnx_path, _manifest(manifest_json))
         reports = []
@@ -306,6 +308,20 @@ class AgentRuntime:
                     self._benchmark_one(model, backend, precision, calib, evaluation, config, command)
                 )
         return reports
+
+    def _stream_scenario(self, command: fleet_pb2.Benchmark, shards: Shards) -> StreamScenario:
+        """The stream scenario a benchmark command asks for; refused (the command fails, naming
+        why) without a clip or with counts or a step length out of range."""
+        folder = extract_shard(shards.stream_clip, self.shard_root)
+        if folder is None:
+            raise ArtifactError("benchmark: scenario 'stream' needs a stream clip (Benchmark.stream_clip)")
+        counts = tuple(int(n) for n in command.stream_counts) or (1, 2, 4, 8)
+        if any(not 1 <= n <= 64 for n in counts):
+            raise ArtifactError(f"benchmark: stream_counts must be 1..64, got {list(counts)}")
+        step_s = float(command.stream_step_s or 10.0)
+        if not 0.2 <= step_s <= 600:
+            raise ArtifactError(f"benchmark: stream_step_s must be 0.2..600 s, got {step_s:g}")
+        return StreamScenario(clip=video_in(folder), counts=counts, step_s=step_s)
 
     def _benchmark_one(
         self,

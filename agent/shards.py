@@ -16,6 +16,25 @@ class Shards:
 
     calibration: Path | None = None
     evaluation: Path | None = None
+    stream_clip: Path | None = None  # the benchmark's stream scenario: a tar holding one video
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".avi")
+
+
+def video_in(folder: Path) -> Path:
+    """The one video file of an extracted clip shard (the stream scenario's reference clip)."""
+    videos = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise ArtifactError(
+            f"stream clip shard {folder.name} holds no video file ({', '.join(VIDEO_SUFFIXES)})"
+        )
+    if len(videos) > 1:
+        names = ", ".join(p.name for p in videos[:4])
+        raise ArtifactError(
+            f"stream clip shard {folder.name} holds {len(videos)} videos ({names}); one is needed"
+        )
+    return videos[0]
 
 
 def extract_shard(path: Path | None, root: Path) -> Path | None:

@@ -132,7 +132,7 @@ class DeviceBase(SQLModel):
 STRICT = SQLModelConfig(extra="forbid")  # SQLModel's own ConfigDict type
 Precision = Literal["fp32", "fp16", "int8"]
 BackendName = Literal["", "auto", "onnxruntime", "tensorrt"]
-Scenario = Literal["singlestream", "offline", "server"]
+Scenario = Literal["singlestream", "offline", "server", "stream"]
 TRAINER_TASKS = ("classification", "detection")  # trainer/tasks/registry.py
 
 
@@ -472,6 +472,26 @@ class BenchmarkCreate(SQLModel):
     evaluation_artifact_id: str | None = None
     calibration_artifact_id: str | None = None
     round_id: str = Field(default="", max_length=100)
+    # scenario "stream": N live copies of this clip (a shard: a .tar holding one video) through the
+    # device's video pipeline, for each count in order until one misses; stream_step_s each
+    stream_clip_artifact_id: str | None = None
+    stream_counts: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1, max_length=8)
+    stream_step_s: float = Field(default=10.0, ge=0.2, le=600)
+
+    @field_validator("stream_counts")
+    @classmethod
+    def _counts_in_range(cls, counts: list[int]) -> list[int]:
+        if any(not 1 <= n <= 64 for n in counts):
+            raise ValueError(f"stream counts must be 1..64, got {counts}")
+        return counts
+
+    @model_validator(mode="after")
+    def _stream_needs_a_clip(self) -> BenchmarkCreate:
+        if "stream" in self.scenarios and not self.stream_clip_artifact_id:
+            raise ValueError(
+                "scenario 'stream' needs stream_clip_artifact_id (a shard holding the reference clip)"
+            )
+        return self
 
 
 class CalibrateCreate(SQLModel):
@@ -526,6 +546,9 @@ class ResultBase(SQLModel):
     peak_memory_bytes: int = Field(default=0, sa_type=BigInteger)
     round_id: str = Field(default="", max_length=100)
     command_id: str = Field(default="", max_length=64)
+    # the stream scenario: most live streams of the reference clip each kept at stream_fps (None: not run)
+    stream_capacity: int | None = None
+    stream_fps: float | None = None
 
 
 class Result(ResultBase, table=True):

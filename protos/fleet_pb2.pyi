@@ -243,7 +243,7 @@ class DynamicBatching(_message.Message):
     def __init__(self, preferred_batch_sizes: _Optional[_Iterable[int]] = ..., max_queue_delay_us: _Optional[int] = ..., max_batch: _Optional[int] = ...) -> None: ...
 
 class Benchmark(_message.Message):
-    __slots__ = ("artifact", "backends", "precisions", "scenarios", "calibration", "evaluation", "duration_ms", "round_id")
+    __slots__ = ("artifact", "backends", "precisions", "scenarios", "calibration", "evaluation", "duration_ms", "round_id", "stream_clip", "stream_counts", "stream_step_s")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     PRECISIONS_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,9 @@ class Benchmark(_message.Message):
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CLIP_FIELD_NUMBER: _ClassVar[int]
+    STREAM_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_STEP_S_FIELD_NUMBER: _ClassVar[int]
     artifact: ArtifactRef
     backends: _containers.RepeatedScalarFieldContainer[str]
     precisions: _containers.RepeatedScalarFieldContainer[str]
@@ -260,7 +263,10 @@ class Benchmark(_message.Message):
     evaluation: ArtifactRef
     duration_ms: int
     round_id: str
-    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., backends: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., scenarios: _Optional[_Iterable[str]] = ..., calibration: _Optional[_Union[ArtifactRef, _Mapping]] = ..., evaluation: _Optional[_Union[ArtifactRef, _Mapping]] = ..., duration_ms: _Optional[int] = ..., round_id: _Optional[str] = ...) -> None: ...
+    stream_clip: ArtifactRef
+    stream_counts: _containers.RepeatedScalarFieldContainer[int]
+    stream_step_s: float
+    def __init__(self, artifact: _Optional[_Union[ArtifactRef, _Mapping]] = ..., backends: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., scenarios: _Optional[_Iterable[str]] = ..., calibration: _Optional[_Union[ArtifactRef, _Mapping]] = ..., evaluation: _Optional[_Union[ArtifactRef, _Mapping]] = ..., duration_ms: _Optional[int] = ..., round_id: _Optional[str] = ..., stream_clip: _Optional[_Union[ArtifactRef, _Mapping]] = ..., stream_counts: _Optional[_Iterable[int]] = ..., stream_step_s: _Optional[float] = ...) -> None: ...
 
 class Calibrate(_message.Message):
     __slots__ = ("artifact", "backend", "precision", "calibration")
@@ -347,7 +353,7 @@ class ArtifactChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class ScenarioResult(_message.Message):
-    __slots__ = ("scenario", "batch_size", "throughput_fps", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "target_latency_ms", "valid", "compute_mean_ms")
+    __slots__ = ("scenario", "batch_size", "throughput_fps", "latency_mean_ms", "latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "target_latency_ms", "valid", "compute_mean_ms", "streams", "stream_fps", "min_stream_fps", "dropped_frames")
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_FPS_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +365,10 @@ class ScenarioResult(_message.Message):
     TARGET_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     VALID_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MEAN_MS_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FPS_FIELD_NUMBER: _ClassVar[int]
+    MIN_STREAM_FPS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     scenario: str
     batch_size: int
     throughput_fps: float
@@ -370,10 +380,14 @@ class ScenarioResult(_message.Message):
     target_latency_ms: float
     valid: bool
     compute_mean_ms: float
-    def __init__(self, scenario: _Optional[str] = ..., batch_size: _Optional[int] = ..., throughput_fps: _Optional[float] = ..., latency_mean_ms: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p90_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., target_latency_ms: _Optional[float] = ..., valid: _Optional[bool] = ..., compute_mean_ms: _Optional[float] = ...) -> None: ...
+    streams: int
+    stream_fps: float
+    min_stream_fps: float
+    dropped_frames: int
+    def __init__(self, scenario: _Optional[str] = ..., batch_size: _Optional[int] = ..., throughput_fps: _Optional[float] = ..., latency_mean_ms: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p90_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., target_latency_ms: _Optional[float] = ..., valid: _Optional[bool] = ..., compute_mean_ms: _Optional[float] = ..., streams: _Optional[int] = ..., stream_fps: _Optional[float] = ..., min_stream_fps: _Optional[float] = ..., dropped_frames: _Optional[int] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("artifact_id", "model_version", "backend", "precision", "accuracy", "scenarios", "peak_memory_bytes", "build_time_s", "calibration_time_s", "errors", "engine_key", "hardware_fingerprint", "round_id", "command_id")
+    __slots__ = ("artifact_id", "model_version", "backend", "precision", "accuracy", "scenarios", "peak_memory_bytes", "build_time_s", "calibration_time_s", "errors", "engine_key", "hardware_fingerprint", "round_id", "command_id", "stream_capacity", "stream_fps")
     class AccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -395,6 +409,8 @@ class Report(_message.Message):
     HARDWARE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FPS_FIELD_NUMBER: _ClassVar[int]
     artifact_id: str
     model_version: str
     backend: str
@@ -409,7 +425,9 @@ class Report(_message.Message):
     hardware_fingerprint: str
     round_id: str
     command_id: str
-    def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Mapping[str, float]] = ..., scenarios: _Optional[_Iterable[_Union[ScenarioResult, _Mapping]]] = ..., peak_memory_bytes: _Optional[int] = ..., build_time_s: _Optional[float] = ..., calibration_time_s: _Optional[float] = ..., errors: _Optional[_Iterable[str]] = ..., engine_key: _Optional[str] = ..., hardware_fingerprint: _Optional[str] = ..., round_id: _Optional[str] = ..., command_id: _Optional[str] = ...) -> None: ...
+    stream_capacity: int
+    stream_fps: float
+    def __init__(self, artifact_id: _Optional[str] = ..., model_version: _Optional[str] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., accuracy: _Optional[_Mapping[str, float]] = ..., scenarios: _Optional[_Iterable[_Union[ScenarioResult, _Mapping]]] = ..., peak_memory_bytes: _Optional[int] = ..., build_time_s: _Optional[float] = ..., calibration_time_s: _Optional[float] = ..., errors: _Optional[_Iterable[str]] = ..., engine_key: _Optional[str] = ..., hardware_fingerprint: _Optional[str] = ..., round_id: _Optional[str] = ..., command_id: _Optional[str] = ..., stream_capacity: _Optional[int] = ..., stream_fps: _Optional[float] = ...) -> None: ...
 
 class ResultReport(_message.Message):
     __slots__ = ("report",)

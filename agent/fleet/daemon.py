@@ -200,10 +200,16 @@ class FleetAgent:
         # a break of the link resumes (``_retrying``); bytes that fail verification start over from 0
         return fetch_verified(lambda: self._retrying(what, once), attempts=DOWNLOAD_ATTEMPTS, what=what)
 
-    def _shards(self, calibration: fleet_pb2.ArtifactRef, evaluation: fleet_pb2.ArtifactRef) -> Shards:
+    def _shards(
+        self,
+        calibration: fleet_pb2.ArtifactRef,
+        evaluation: fleet_pb2.ArtifactRef,
+        stream_clip: fleet_pb2.ArtifactRef | None = None,
+    ) -> Shards:
         return Shards(
             calibration=self.fetch(calibration) if calibration.artifact_id else None,
             evaluation=self.fetch(evaluation) if evaluation.artifact_id else None,
+            stream_clip=self.fetch(stream_clip) if stream_clip and stream_clip.artifact_id else None,
         )
 
     # -- commands
@@ -227,7 +233,7 @@ class FleetAgent:
     def _do_benchmark(self, command: fleet_pb2.ControllerCommand) -> tuple[str, str]:
         b = command.benchmark
         onnx_path = self.fetch(b.artifact, command.command_id)
-        shards = self._shards(b.calibration, b.evaluation)
+        shards = self._shards(b.calibration, b.evaluation, b.stream_clip)
         reports = self.device.benchmark(
             onnx_path=onnx_path, manifest_json=b.artifact.manifest_json, command=b, shards=shards
         )

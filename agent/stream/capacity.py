@@ -64,12 +64,30 @@ def run_step(clip: str | Path, streams: int, fps: float, build: Callable | None,
     )
 
 
+def clip_fps(clip: str | Path) -> float:
+    """The reference clip's own frame rate (the rate its live copies are played at)."""
+    import av
+
+    clip = Path(clip)
+    if not clip.is_file():
+        raise FileNotFoundError(f"stream clip not found: {clip}")
+    try:
+        with av.open(str(clip)) as container:
+            if not container.streams.video:
+                raise ValueError(f"stream clip {clip.name} has no video stream")
+            return float(container.streams.video[0].average_rate or 25)
+    except av.FFmpegError as exc:
+        raise ValueError(f"stream clip {clip.name} cannot be read: {exc}") from exc
+
+
 def stream_capacity(clip: str | Path, fps: float, build: Callable | None, model_overrides: Sequence[str] = (),
-                    *, steps: Sequence[int] = (1, 2, 4, 8), slots=None, duration_s: float = 10.0) -> dict:  # fmt: skip
+                    *, steps: Sequence[int] = (1, 2, 4, 8), slots=None, duration_s: float = 10.0,
+                    max_batch: int = 8) -> dict:  # fmt: skip
     """Steps in order until one misses; ``capacity`` = the most streams that met ``fps``."""
     results: list[StreamStep] = []
     for n in steps:
-        step = run_step(clip, n, fps, build, model_overrides, slots=slots, duration_s=duration_s)
+        step = run_step(clip, n, fps, build, model_overrides, slots=slots, duration_s=duration_s,
+                        max_batch=max_batch)  # fmt: skip
         results.append(step)
         if not step.meets:
             break

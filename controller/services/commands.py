@@ -107,6 +107,12 @@ def send_benchmark(
         body.calibration.CopyFrom(
             artifact_ref(crud.get_artifact(session=session, artifact_id=benchmark_in.calibration_artifact_id))
         )
+    if "stream" in benchmark_in.scenarios and benchmark_in.stream_clip_artifact_id:
+        body.stream_clip.CopyFrom(
+            artifact_ref(crud.get_artifact(session=session, artifact_id=benchmark_in.stream_clip_artifact_id))
+        )
+        body.stream_counts.extend(benchmark_in.stream_counts)
+        body.stream_step_s = benchmark_in.stream_step_s
     return create_command(
         session=session,
         hub=hub,

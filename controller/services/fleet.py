@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import threading
 
 from google.protobuf import json_format
@@ -233,12 +234,15 @@ def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report)
         )
         for s in report.scenarios
     ]
-    by_name = {s.scenario: s for s in report.scenarios}
-    valid_fps = [s.throughput_fps for s in report.scenarios if s.throughput_fps > 0]
+    engine_runs = [s for s in report.scenarios if s.scenario != "stream"]  # LoadGen's; streams below
+    by_name = {s.scenario: s for s in engine_runs}
+    valid_fps = [s.throughput_fps for s in engine_runs if s.throughput_fps > 0]
     fps = (
         by_name["offline"].throughput_fps if "offline" in by_name else (max(valid_fps) if valid_fps else None)
     )
-    lat = by_name.get("singlestream") or (report.scenarios[0] if report.scenarios else None)
+    lat = by_name.get("singlestream") or (engine_runs[0] if engine_runs else None)
+    if report.stream_fps < 0 or report.stream_capacity < 0 or not math.isfinite(report.stream_fps):
+        raise InvalidInput("report: stream_fps and stream_capacity must be finite and >= 0")
     result = Result(
         device_id=device_id,
         hardware_class=device.hardware_class,
@@ -260,6 +264,8 @@ def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report)
         build_time_s=report.build_time_s,
         calibration_time_s=report.calibration_time_s,
         engine_key=report.engine_key,
+        stream_capacity=report.stream_capacity if report.stream_fps > 0 else None,
+        stream_fps=report.stream_fps or None,
     )
     session.add(result)
     session.flush()

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from google.protobuf import json_format
 from stream_testkit import read_jsonl
+
+from protos import fleet_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,12 +51,14 @@ def test_bench_stream_scenario_reports_capacity(clip, detector, tmp_path: Path) 
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "stream scenario (conveyor.mp4, 15 FPS live)" in run.stdout
-    stream = json.loads((tmp_path / "bench.json").read_text())["stream"]
-    steps = stream["steps"]
-    assert stream["stream_fps"] == 15 and 1 <= len(steps) <= 2 and steps[0]["streams"] == 1
+    assert "stream scenario (15 FPS live per stream): capacity" in run.stdout
+    # the JSON is the fleet.Report the device would send: parsed back, the stream fields are there
+    report = json_format.ParseDict(json.loads((tmp_path / "bench.json").read_text()), fleet_pb2.Report())
+    steps = [s for s in report.scenarios if s.scenario == "stream"]
+    assert report.stream_fps == 15 and 1 <= len(steps) <= 2 and steps[0].streams == 1
     # the capacity is what the steps measured: the most streams among those that met the rate
-    assert stream["capacity"] == max([s["streams"] for s in steps if s["meets"]], default=0)
+    assert report.stream_capacity == max([s.streams for s in steps if s.valid], default=0)
     for s in steps:
-        assert s["meets"] == (s["min_stream_fps"] >= 0.95 * 15)
-        assert s["decoded"] > 0 and s["latency_p99_ms"] >= s["latency_p50_ms"] > 0
+        assert s.valid == (s.min_stream_fps >= 0.95 * 15) and s.stream_fps == 15
+        assert s.throughput_fps > 0 and s.latency_p99_ms >= s.latency_p50_ms > 0
+    assert [s.scenario for s in report.scenarios][0] == "singlestream"  # LoadGen's ran first

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 from ctl_helpers import make_controller, minimal_hardware, trust, wait_until  # noqa: E402
@@ -143,6 +144,54 @@ def test_controller_configures_pipelines_on_a_device_and_a_group(clip, detector,
         assert (
             httpx.post(f"{base}/pipelines", headers=API, timeout=10, json={"spec": spec}).status_code == 422
         )
+    finally:
+        agent.stop()
+        runtime.close()
+        ctl.stop()
+
+
+def test_a_benchmark_command_measures_stream_capacity_and_the_controller_stores_it(
+    clip, detector, tmp_path: Path
+) -> None:
+    """The fleet path of the stream scenario: the controller sends a benchmark command naming a
+    clip shard, a real runtime plays it through its pipeline on the benchmark's engine, and the
+    fleet.Report fields (stream_capacity, stream_fps, one ``stream`` ScenarioResult per step)
+    arrive over gRPC and are stored with the device's other measurements."""
+    import tarfile
+
+    from ctl_helpers import start_agent
+
+    from controller.inprocess import InProcessAPI
+
+    video, _ = clip
+    ctl = make_controller(tmp_path / "data", f"sqlite:///{tmp_path / 'controller.db'}")
+    runtime = AgentRuntime(AgentSettings(agent_dir=tmp_path / "agent-rt", serve_port=-1, http_port=-1, threads=1),
+                           deploy_bench=None).start()  # fmt: skip
+    agent = start_agent(ctl.grpc_target, tmp_path / "agent", "test-enrollment-token", name="cam-box",
+                        executor=runtime)  # fmt: skip
+    api = InProcessAPI(ctl.ctx)
+    try:
+        version = api.import_artifact_dir(detector.parent).version
+        with tarfile.open(tmp_path / "clip.tar", "w") as tar:
+            tar.add(video, arcname=f"clip/{video.name}")
+        clip_id = api.import_shard(tmp_path / "clip.tar", name="conveyor").id
+        body = {"model_version": version, "scenarios": ["singlestream", "stream"], "duration_ms": 300,
+                "stream_clip_artifact_id": clip_id, "stream_counts": [1, 2], "stream_step_s": 1.0}  # fmt: skip
+        command_id = api.send_benchmark(agent.device_id, body)
+        (cmd,) = api.wait_for_commands([command_id], timeout_s=120)
+        assert cmd.state.value == "succeeded", cmd.message
+        (stored,) = api.wait_for_reports([command_id], timeout_s=30)
+        assert not stored.errors, stored.errors
+        steps = [s for s in stored.scenarios if s["scenario"] == "stream"]
+        assert stored.stream_fps == 15 and [s["streams"] for s in steps][:1] == [1]
+        assert stored.stream_capacity == max([s["streams"] for s in steps if s["valid"]], default=0)
+        assert all(s["stream_fps"] == 15 and s["throughput_fps"] > 0 for s in steps)
+        # the LoadGen figures are the engine's alone: the stream steps do not stand in for them
+        single = next(s for s in stored.scenarios if s["scenario"] == "singlestream")
+        assert stored.latency_p90_ms == single["latency_p90_ms"]
+        # a stream scenario without a clip is refused before anything is sent
+        with pytest.raises(ValueError, match="scenario 'stream' needs stream_clip_artifact_id"):
+            api.send_benchmark(agent.device_id, {"model_version": version, "scenarios": ["stream"]})
     finally:
         agent.stop()
         runtime.close()
