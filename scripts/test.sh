@@ -26,6 +26,12 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
     || echo "could not install nginx; the artifact-URL tests are skipped"
 fi
+# haproxy for the load-balancer test (tests/controller/test_load_balancer.py starts its own on free
+# ports with deploy/haproxy/edgeloop.cfg in front of two controllers; it skips without it).
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null) \
+    || echo "could not install haproxy; the load-balancer test is skipped"
+fi
 # Headless Chromium for the dashboard test (tests/controller/test_dashboard.py skips without it).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

@@ -12,12 +12,15 @@ import json
 import os
 import platform
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import onnx
 from onnx import TensorProto, helper
 
@@ -268,3 +271,35 @@ def make_controller(
     else:
         _TRUST[ctl.grpc_target] = {"enroll_target": ctl.enroll_target, "ca_fingerprint": ctl.ca_fingerprint}
     return ctl
+
+
+def controller_healthy(http_port: int) -> bool:
+    """``/healthz`` answers 200 (the controller is up and reads its database)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve_controller(
+    data: Path,
+    db_url: str,
+    log: Path,
+    *,
+    grpc_port: int,
+    http_port: int,
+    enroll_port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``edgeloop controller serve`` as a real process (to be SIGKILLed), healthy when returned."""
+    environ = dict(
+        os.environ, EDGELOOP_HEARTBEAT_INTERVAL_S="1", EDGELOOP_ROLLOUT_TICK_S="0.1", **(env or {})
+    )
+    if enroll_port is not None:
+        environ["EDGELOOP_ENROLL_PORT"] = str(enroll_port)
+    cmd = [sys.executable, "-m", "edgeloop.cli", "controller", "serve", "--data-dir", str(data), "--host", "127.0.0.1",
+           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--no-broker", "--db", db_url]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=environ, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    wait_until(lambda: controller_healthy(http_port) or proc.poll() is not None, 60, "controller healthy")
+    assert proc.poll() is None, log.read_text()[-3000:]
+    return proc
