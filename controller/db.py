@@ -56,6 +56,10 @@ def migrate(engine: Engine) -> None:
 
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # several controllers starting at once: one migrates
+            from sqlalchemy import text
+
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key("edgeloop.migrate")})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     log.info("database at head (%s)", engine.url.render_as_string(hide_password=True))
@@ -81,8 +85,11 @@ def xact_lock(session: Session, name: str) -> None:
         return
     from sqlalchemy import text
 
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(name)})
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 @contextmanager

@@ -194,6 +194,7 @@ class Device(DeviceBase, table=True):
     previous_version: str = Field(default="", max_length=200)  # what a rollback returns to
     revoked: bool = False
     connected: bool = False  # the gRPC control stream is open
+    controller_id: str | None = Field(default=None, index=True, max_length=64)  # which process holds it
     telemetry_state: str = Field(default="unknown", max_length=16)  # MQTT retained state
     last_seen: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     enrolled_at: datetime = _ts_field()
@@ -225,6 +226,16 @@ class DevicePublic(DeviceBase):
 class DevicesPublic(SQLModel):
     data: list[DevicePublic]
     count: int
+
+
+class ControllerInstance(SQLModel, table=True):
+    """A running controller process (``Settings.instance_id``); ``last_seen`` is refreshed every
+    few seconds, so the others notice one that died and put its devices offline."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    started_at: datetime = _ts_field()
+    last_seen: datetime = _ts_field()
+    database: str = Field(default="", max_length=16)
 
 
 # ---------------------------------------------------------------- artifacts and models

@@ -10,9 +10,11 @@ them in reverse. A started ``Controller`` is also the in-process API (``controll
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,8 +30,10 @@ from controller.inprocess import InProcessAPI
 from controller.loop.service import LoopRunner
 from controller.main import create_app
 from controller.metrics import Metrics
-from controller.services import fleet, jobs
+from controller.services import instances, jobs
+from controller.services.bus_listener import BusListener
 from controller.services.ca import load_or_create_ca
+from controller.services.hub import SessionHub
 from controller.services.signing import load_or_create_signer
 from controller.services.storage import store_from_settings
 from controller.telemetry import TelemetryIngest
@@ -49,6 +53,8 @@ class Controller(InProcessAPI):
         self.http: uvicorn.Server | None = None
         self.http_port: int | None = None
         self.loops: LoopRunner | None = None
+        self.bus: BusListener | None = None
+        self._sqlite_lock: int | None = None  # the fd of the one-process lock beside a SQLite file
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -64,10 +70,12 @@ class Controller(InProcessAPI):
     def _start(self, *, http: bool, telemetry: bool) -> Controller:
         s = self.settings
         s.resolve_secrets()
+        if s.database_url.startswith("sqlite:///") and not s.database_url.endswith(":memory:"):
+            self._sqlite_lock = instances.claim_sqlite(Path(s.database_url.removeprefix("sqlite:///")))
         engine = make_engine(s.database_url)
         migrate(engine)
         with session_scope(engine) as session:
-            fleet.mark_all_disconnected(session=session)
+            instances.join(session=session, instance_id=s.instance_id, database=engine.dialect.name)
             jobs.recover_interrupted(session=session)
         signer = load_or_create_signer(s.keys_dir)
         metrics = Metrics()
@@ -79,9 +87,11 @@ class Controller(InProcessAPI):
                 "--insecure: plaintext gRPC, device tokens in metadata (no TLS, no client certificates)"
             )
         ctx = ControllerContext(settings=s, engine=engine, signer=signer, metrics=metrics, mqtt_url=mqtt_url,
+                                hub=SessionHub(s.instance_id),
                                 store=store_from_settings(s), ca=ca,
                                 broker_accounts=self.broker_accounts, streams=streams)  # fmt: skip
         self._ctx = ctx
+        self.bus = BusListener(engine, ctx.hub, on_kick=self._kicked).start()
         self.grpc = GrpcServer(ctx, s.grpc_host, s.grpc_port).start()
         self._spawn("rollout-engine", lambda: run_rollout_engine(ctx, self._stop))
         self._spawn("job-runner", lambda: run_job_runner(ctx, self._stop))
@@ -89,6 +99,12 @@ class Controller(InProcessAPI):
         if http:
             self.start_http()
         return self
+
+    def _kicked(self, device_id: str) -> None:
+        """Another controller revoked or re-enrolled the device: its streams and cached
+        credential here end too."""
+        self.ctx.tokens.drop(device_id)
+        self.ctx.hub.kick(device_id)
 
     def _start_telemetry(
         self, engine: Engine, metrics: Metrics, streams: dict[str, dict] | None = None
@@ -158,12 +174,22 @@ class Controller(InProcessAPI):
             self.grpc.stop(grace=0.5)
         for t in self._threads:
             t.join(timeout=15)
+        if self.bus is not None:
+            self.bus.stop()
         if self.telemetry is not None:
             self.telemetry.stop()
         if self.broker is not None:
             self.broker.stop()
         if self._ctx is not None:
+            try:
+                with session_scope(self._ctx.engine) as session:
+                    instances.leave(session=session, instance_id=self.settings.instance_id)
+            except Exception:  # the database may be gone already
+                log.debug("could not remove this controller's instance row", exc_info=True)
             self._ctx.engine.dispose()
+        if self._sqlite_lock is not None:
+            os.close(self._sqlite_lock)
+            self._sqlite_lock = None
 
     # ------------------------------------------------------------ where agents reach it
     @property

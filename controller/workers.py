@@ -2,7 +2,8 @@
 
 - the rollout engine: a tick of ``services.rollouts.tick`` whenever the context is woken (a
   status, a report, an operator action) or ``rollout_tick_s`` passes; every two seconds it also
-  writes the heartbeats the hub collected in memory and refreshes the fleet gauges.
+  writes the heartbeats the hub collected in memory, says this controller process is alive
+  (``services.instances``: the devices of one gone silent go offline) and refreshes the gauges.
 - the job runner: trainer jobs one at a time (``services.jobs``); what an export produced is
   imported through the in-process API, like any other artifact.
 
@@ -24,7 +25,7 @@ from controller.errors import Conflict
 from controller.inprocess import InProcessAPI
 from controller.metrics import Metrics
 from controller.models import Deployment, DeploymentState, Device, Rollout, RolloutState
-from controller.services import fleet, jobs, rollouts
+from controller.services import fleet, instances, jobs, rollouts
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def run_rollout_engine(ctx: ControllerContext, stop: threading.Event) -> None:
                 with session_scope(ctx.engine) as session:
                     if seen:
                         fleet.flush_heartbeats(session=session, seen=seen)
+                    instances.beat(session=session, instance_id=ctx.hub.instance_id)
                     update_gauges(session=session, metrics=ctx.metrics)
                 last_flush = time.monotonic()
         except Exception:

@@ -7,7 +7,9 @@ at import), so tests and the CLI make their own with overrides.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import socket
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +62,12 @@ class Settings(BaseSettings):
     # the controller's MQTT session: fixed across restarts so the broker keeps what arrives while
     # it is down; None = derived from the data dir (two controllers on one broker do not collide)
     mqtt_client_id: str | None = None
+    # this process among several controllers on one PostgreSQL (docs/deploy.md "Several
+    # controllers"): names who holds a device's stream; None = hostname:grpc_port
+    controller_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # MQTT shared subscription group ($share/<group>/...): the controllers of one fleet split
+    # the telemetry between them instead of each taking all of it; None = a plain subscription
+    telemetry_share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     max_upload_bytes: int = 8 << 30  # REST uploads (models, shards): streamed to disk, refused beyond
     api_token: str | None = None
     enrollment_token: str | None = None
@@ -126,10 +134,20 @@ class Settings(BaseSettings):
         return self.db_url or f"sqlite:///{self.data_dir / 'edgeloop.db'}"
 
     @property
+    def instance_id(self) -> str:
+        """``controller_id``, else hostname:gRPC port (the pid when the port is picked at bind)."""
+        return self.controller_id or f"{socket.gethostname()}:{self.grpc_port or os.getpid()}"[:64]
+
+    @property
     def mqtt_session_id(self) -> str:
+        """Fixed across restarts (the broker keeps the session), distinct per controller: from
+        the data dir, and the instance id when one is set (controllers sharing a data dir)."""
         if self.mqtt_client_id:
             return self.mqtt_client_id
-        digest = hashlib.sha256(str(self.data_dir.expanduser().resolve()).encode()).hexdigest()[:12]
+        key = str(self.data_dir.expanduser().resolve())
+        if self.controller_id:
+            key += "|" + self.controller_id
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return f"edgeloop-controller-{digest}"
 
     @property

@@ -32,8 +32,8 @@ from controller.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from controller.services import enrollment, fleet
-from controller.services.ca import peer_identity
+from controller.services import bus, enrollment, fleet
+from controller.services.ca import ControllerCA, peer_identity
 from controller.services.commands import command_to_proto
 from controller.services.hub import StreamSession
 from controller.services.limits import check_device_message
@@ -216,7 +216,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         caller = await self._caller(context)
         try:
             done = await self._db(
-                enrollment.enrol,
+                self._enrol,
                 request=request,
                 bootstrap=self.ctx.settings.enrollment_token or "",
                 ca=self.ctx.ca,
@@ -266,7 +266,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self.ctx.metrics.streams.inc()
         reader: asyncio.Task | None = None
         try:
-            backlog = await self._db(fleet.record_connected, device_id=device_id, hello=hello, connected=True)
+            backlog = await self._db(fleet.record_connected, device_id=device_id, hello=hello, connected=True,
+                                     controller_id=self.ctx.hub.instance_id)  # fmt: skip
             for command in backlog:
                 session.queue.put_nowait(command_to_proto(command))
             reader = asyncio.create_task(self._read(device_id, request_iterator, session))
@@ -281,7 +282,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 reader.cancel()
             if self.ctx.hub.detach(session):
                 try:
-                    await self._db(fleet.record_connected, device_id=device_id, hello=None, connected=False)
+                    await self._db(fleet.record_connected, device_id=device_id, hello=None, connected=False,
+                                   controller_id=self.ctx.hub.instance_id)  # fmt: skip
                 except Exception:  # the DB may be going away with the controller
                     log.debug("could not record disconnect of %s", device_id, exc_info=True)
 
@@ -309,9 +311,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                     self.ctx.wake()
                 elif kind == "hello":
                     try:
-                        await self._db(
-                            fleet.record_connected, device_id=device_id, hello=msg.hello, connected=True
-                        )
+                        await self._db(fleet.record_connected, device_id=device_id, hello=msg.hello,
+                                       connected=True, controller_id=self.ctx.hub.instance_id)  # fmt: skip
                     except ControllerError as exc:
                         log.warning("bad hello from %s: %s", device_id, exc.message)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -320,6 +321,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             log.exception("control stream of %s failed", device_id)
         finally:
             session.queue.put_nowait(None)
+
+    def _enrol(
+        self, *, session: Session, request: fleet_pb2.RegisterRequest, bootstrap: str, ca: ControllerCA | None,
+        caller: str,
+    ) -> enrollment.Enrolled:  # fmt: skip
+        """Enrol; an operator's re-enrolment (not the device renewing its own credential) also
+        ends the device's streams on the other controller processes, at the same commit."""
+        done = enrollment.enrol(session=session, request=request, bootstrap=bootstrap, ca=ca, caller=caller)
+        if caller != done.device.id:
+            bus.publish(session, origin=self.ctx.hub.instance_id, kind=bus.KICK, device_id=done.device.id)
+        return done
 
     def _with_urls(self, device_id: str, command: fleet_pb2.ControllerCommand) -> fleet_pb2.ControllerCommand:
         """Fresh expiring URLs for the artifacts the command names, for this device only, made as

@@ -27,6 +27,7 @@ from controller.models import (
     new_id,
     utcnow,
 )
+from controller.services import bus
 from controller.services.artifacts import artifact_ref
 from controller.services.hub import SessionHub
 from protos import fleet_pb2
@@ -82,6 +83,8 @@ def create_command(
     session.add(command)
     session.flush()
     dispatch_after_commit(session, hub, command)
+    # the device's stream may be held by another controller process: it learns at this commit
+    bus.publish(session, origin=hub.instance_id, kind=bus.COMMAND, device_id=device_id, command_id=command_id)
     return command
 
 

@@ -102,6 +102,7 @@ def revoke_device(*, session: Session, cache: TokenCache, device_id: str) -> Dev
     device = crud.get_device(session=session, device_id=device_id)
     device.revoked = True
     device.connected = False
+    device.controller_id = None
     device.token_hash = ""
     session.add(device)
     for command in crud.open_commands_for_device(session=session, device_id=device_id):
@@ -113,11 +114,21 @@ def revoke_device(*, session: Session, cache: TokenCache, device_id: str) -> Dev
 
 
 def record_connected(
-    *, session: Session, device_id: str, hello: fleet_pb2.Hello | None, connected: bool
+    *,
+    session: Session,
+    device_id: str,
+    hello: fleet_pb2.Hello | None,
+    connected: bool,
+    controller_id: str = "",
 ) -> list[Command]:
-    """Stream opened (with its hello) or closed. On open, returns the commands to (re)send."""
+    """Stream opened (with its hello) or closed, on the controller process ``controller_id``.
+    On open, returns the commands to (re)send. A close is recorded only by the process that
+    holds the stream now: a device that already moved to another controller stays connected."""
     device = crud.get_device(session=session, device_id=device_id)
+    if not connected and controller_id and device.controller_id not in (None, controller_id):
+        return []
     device.connected = connected
+    device.controller_id = (controller_id or None) if connected else None
     device.last_seen = utcnow()
     if hello is not None:
         check_device_message(hello, "hello")
@@ -273,25 +284,22 @@ def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report)
 
 
 def flush_heartbeats(*, session: Session, seen: dict[str, HeartbeatSeen]) -> None:
-    """One UPDATE per device seen since the last flush (heartbeats are not written one by one)."""
+    """The heartbeats seen since the last flush, as one batched UPDATE by primary key (an
+    executemany: one round trip per batch, not one statement per heartbeat)."""
     from datetime import datetime, timezone
 
-    for device_id, hb in seen.items():
-        session.exec(
-            update(Device)
-            .where(col(Device.id) == device_id)
-            .values(
-                last_seen=datetime.fromtimestamp(hb.ts, timezone.utc),
-                active_version=hb.active_version,
-                candidate_version=hb.candidate_version,
-                previous_version=hb.previous_version,
-            )
-        )
-
-
-def mark_all_disconnected(*, session: Session) -> None:
-    """At start-up no stream is open, whatever the last run left in the table."""
-    session.exec(update(Device).where(col(Device.connected).is_(True)).values(connected=False))
+    rows = [
+        {"id": device_id, "last_seen": datetime.fromtimestamp(hb.ts, timezone.utc),
+         "active_version": hb.active_version, "candidate_version": hb.candidate_version,
+         "previous_version": hb.previous_version}
+        for device_id, hb in seen.items()
+    ]  # fmt: skip
+    known = (
+        set(session.exec(select(Device.id).where(col(Device.id).in_(list(seen)))).all()) if rows else set()
+    )
+    rows = [r for r in rows if r["id"] in known]  # a device deleted meanwhile is not an error
+    if rows:
+        session.execute(update(Device), rows)
 
 
 def device_ids_connected(*, session: Session) -> list[str]:

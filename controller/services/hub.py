@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from protos import fleet_pb2
@@ -29,7 +30,11 @@ class HeartbeatSeen:
 
 
 class SessionHub:
-    def __init__(self) -> None:
+    """``instance_id`` names this controller process among several on one database
+    (``Settings.instance_id``): the controller bus (``bus.py``) ignores its own messages."""
+
+    def __init__(self, instance_id: str = "") -> None:
+        self.instance_id = instance_id or uuid.uuid4().hex
         self._lock = threading.Lock()
         self._sessions: dict[str, StreamSession] = {}
         self._heartbeats: dict[str, HeartbeatSeen] = {}

@@ -28,7 +28,7 @@ from controller.models import (
     SwitchCreate,
     TelemetryAggregatePublic,
 )
-from controller.services import commands, enrollment, fleet
+from controller.services import bus, commands, enrollment, fleet
 from controller.telemetry import WINDOW_S
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -141,6 +141,7 @@ def update_device(session: SessionDep, device_id: str, device_in: DeviceUpdate) 
 @router.post("/{device_id}/revoke", response_model=DevicePublic)
 def revoke_device(session: SessionDep, ctx: ContextDep, device_id: str) -> DevicePublic:
     device = fleet.revoke_device(session=session, cache=ctx.tokens, device_id=device_id)
+    bus.publish(session, origin=ctx.hub.instance_id, kind=bus.KICK, device_id=device_id)  # other controllers
     session.commit()
     ctx.hub.kick(device_id)  # its open streams end now; its certificate is refused from now on
     if ctx.broker_accounts is not None:
@@ -155,6 +156,7 @@ def reenrol_device(session: SessionDep, ctx: ContextDep, device_id: str) -> Enro
     --enrollment-token-file ... on the device, with its old credentials removed)."""
     fleet.revoke_device(session=session, cache=ctx.tokens, device_id=device_id)
     row, token = enrollment.reenrol_token(session=session, device_id=device_id)
+    bus.publish(session, origin=ctx.hub.instance_id, kind=bus.KICK, device_id=device_id)  # other controllers
     session.commit()
     ctx.hub.kick(device_id)
     if ctx.broker_accounts is not None:
