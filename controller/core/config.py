@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controller.core.private import private_dir, read_secret, touch_private, write_private
+from controller.core.private import created_once, private_dir, read_secret, touch_private, write_private
 
 VERSION = "0.1.0"
 PLACEHOLDER_SECRETS = {"changethis", "change-me", "secret", "token", ""}
@@ -183,12 +183,13 @@ class Settings(BaseSettings):
                 setattr(self, name, read_secret(source))
                 continue
             path = self.data_dir / name
-            if path.exists():
-                setattr(self, name, read_secret(path))
-            else:
-                value = secrets.token_hex(24)  # never starts with '-'
-                write_private(path, value + "\n")
-                setattr(self, name, value)
+            with created_once(self.data_dir):  # controllers sharing the data dir share the token
+                if path.exists():
+                    setattr(self, name, read_secret(path))
+                else:
+                    value = secrets.token_hex(24)  # never starts with '-'
+                    write_private(path, value + "\n")
+                    setattr(self, name, value)
         if self.mqtt_password_file is not None and self.mqtt_url:
             self.mqtt_url = with_password(self.mqtt_url, read_secret(self.mqtt_password_file))
 

@@ -6,7 +6,10 @@ write, which leaves a window), in directories of mode 0700.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -35,6 +38,20 @@ def write_private(path: Path, data: bytes | str) -> Path:
         os.close(fd)
     os.replace(tmp, path)
     return path
+
+
+@contextmanager
+def created_once(folder: Path) -> Iterator[None]:
+    """Held while a file of ``folder`` is read or, when missing, made: several controller
+    processes that share the data dir (docs/deploy.md) start at once, and each must end up with
+    the same CA, signing key or token, never its own (an exclusive ``flock`` on
+    ``<folder>/.create.lock``, released when the block ends or the process dies)."""
+    fd = os.open(private_dir(folder) / ".create.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def touch_private(path: Path) -> Path:

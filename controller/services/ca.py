@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller.core.private import private_dir, write_private
+from controller.core.private import created_once, write_private
 from controller.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -171,18 +171,18 @@ def _server_cert(
 
 def load_or_create_ca(keys_dir: Path, names: tuple[str, ...] = ()) -> ControllerCA:
     """The CA of this data dir (created on first start) and a fresh server certificate."""
-    private_dir(keys_dir)
     key_path, cert_path = keys_dir / CA_KEY, keys_dir / CA_CERT
-    if key_path.exists() and cert_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_path} is not an EC private key")
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    else:
-        key, cert = _make_ca()
-        write_private(key_path, _pem_key(key))
-        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-        log.info("created the controller CA in %s", keys_dir)
+    with created_once(keys_dir):  # controllers sharing the data dir share one CA
+        if key_path.exists() and cert_path.exists():
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{key_path} is not an EC private key")
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        else:
+            key, cert = _make_ca()
+            write_private(key_path, _pem_key(key))
+            write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            log.info("created the controller CA in %s", keys_dir)
     server_key, server_cert = _server_cert(key, cert, names)
     return ControllerCA(key=key, cert=cert, server_key_pem=server_key, server_cert_pem=server_cert)
 

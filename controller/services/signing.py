@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller.core.private import private_dir, write_private
+from controller.core.private import created_once, write_private
 
 log = logging.getLogger(__name__)
 KEY_FILE = "artifact_signing_ed25519.pem"
@@ -34,17 +34,17 @@ class Signer:
 
 
 def load_or_create_signer(keys_dir: Path) -> Signer:
-    private_dir(keys_dir)
     path = keys_dir / KEY_FILE
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an ed25519 private key")
-        return Signer(key)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_private(path, pem)
+    with created_once(keys_dir):  # controllers sharing the data dir share one signing key
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError(f"{path} is not an ed25519 private key")
+            return Signer(key)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_private(path, pem)
     log.info("created artifact signing key %s", path)
     return Signer(key)

@@ -62,3 +62,36 @@ def test_metrics_name_no_device_without_the_api_token(tmp_path: Path) -> None:
         agent.stop()
     finally:
         ctl.stop()
+
+
+def _make_keys(data: str, barrier, out) -> None:  # noqa: ANN001 - multiprocessing objects
+    from controller.core.config import get_settings
+    from controller.services.ca import load_or_create_ca
+    from controller.services.signing import load_or_create_signer
+
+    settings = get_settings(data_dir=Path(data))
+    barrier.wait()  # every process at the empty data dir at the same moment
+    settings.resolve_secrets()
+    ca = load_or_create_ca(settings.keys_dir)
+    signer = load_or_create_signer(settings.keys_dir)
+    out.put((ca.fingerprint, signer.public_key_bytes.hex(), settings.api_token, settings.enrollment_token))
+
+
+def test_controllers_started_at_once_on_one_data_dir_share_one_ca_key_and_tokens(tmp_path: Path) -> None:
+    """Several controllers on a shared data dir (docs/deploy.md) starting together: each must use
+    the CA, signing key and tokens on disk, never one it made in the same instant."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    n = 4
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_make_keys, args=(str(tmp_path / "data"), barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * n, "a process failed (two writers of one file)"
+    seen = [out.get(timeout=5) for _ in procs]
+    assert len(set(seen)) == 1, seen
+    keys = tmp_path / "data" / "keys"
+    assert (keys / "ca_cert.pem").exists() and stat.S_IMODE((keys / ".create.lock").stat().st_mode) == 0o600
