@@ -297,7 +297,31 @@ def test_ports_are_the_conventions_defaults() -> None:
     assert (env["EDGELOOP_GRPC_PORT"], env["EDGELOOP_HTTP_PORT"]) == ("50051", "8000")
     for name, service in compose["services"].items():
         if name.startswith("agent-"):
-            assert service["environment"]["EDGELOOP_CONTROLLER"] == "controller:50051"
+            assert service["environment"]["EDGELOOP_CONTROLLER"] == "lb:50051"
+
+
+def test_compose_load_balancer_reaches_every_controller_on_the_default_ports() -> None:
+    """lb (haproxy) publishes the controller ports, and its config's servers are the compose
+    controllers, by the names (aliases) they have on the network, on the ports they listen on."""
+    services = compose_config()["services"]
+    controllers = {n: s for n, s in services.items() if "build" in s and service_argv(s) == CONTROLLER_ARGV}
+    assert len(controllers) == 2 and all("ports" not in s for s in controllers.values())
+    names: set[str] = set()
+    for name, service in controllers.items():
+        env = service["environment"]
+        assert (env["EDGELOOP_GRPC_PORT"], env["EDGELOOP_HTTP_PORT"]) == ("50051", "8000"), name
+        nets = service["networks"]
+        aliases = nets["edgeloop"].get("aliases", []) if isinstance(nets, dict) else []
+        names |= {name, *aliases}
+    assert len({s["environment"]["EDGELOOP_MQTT_CLIENT_ID"] for s in controllers.values()}) == 2
+    lb = services["lb"]
+    assert lb["image"].startswith("haproxy:")
+    assert {p.split(":")[-1] for p in lb["ports"]} >= {"8000", "50051", "50052"}
+    (mount,) = [v for v in lb["volumes"] if "haproxy.cfg" in v]
+    cfg = (DEPLOY / mount.split(":")[0].removeprefix("./")).read_text(encoding="utf-8")
+    servers = re.findall(r"^\s+server \S+ ([\w.-]+):(\d+)", cfg, re.M)
+    assert {host for host, _ in servers} <= names and len({host for host, _ in servers}) == 2, servers
+    assert {port for _, port in servers} == {"50051", "50052", "8000"}
 
 
 def test_controller_probes_use_the_path_the_image_healthcheck_uses() -> None:
@@ -308,3 +332,16 @@ def test_controller_probes_use_the_path_the_image_healthcheck_uses() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == path, probe
+
+
+def test_k8s_controller_replicas_share_one_volume_and_have_their_own_mqtt_sessions() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_documents()}
+    deployment = docs[("Deployment", "edgeloop-controller")]
+    assert deployment["spec"]["replicas"] >= 2
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EDGELOOP_MQTT_CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    claim = docs[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every replica mounts the data dir"
+    assert docs[("PodDisruptionBudget", "edgeloop-controller")]["spec"]["minAvailable"] == 1
