@@ -44,8 +44,15 @@ class ControllerProc:
 
 
 def start_controller(
-    data_dir: Path, db_url: str | None = None, extra_env: dict | None = None
+    data_dir: Path,
+    db_url: str | None = None,
+    extra_env: dict | None = None,
+    *,
+    name: str = "controller",
+    mqtt_url: str | None = None,
 ) -> ControllerProc:
+    """``name`` names the log (``<data dir>/../<name>.log``): several controllers may share one
+    data dir (docs/deploy.md). ``mqtt_url``: telemetry from that broker (default: none)."""
     grpc_port, http_port = free_port(), free_port()
     env = dict(os.environ)
     env.update(
@@ -72,17 +79,18 @@ def start_controller(
         str(http_port),
         "--host",
         "127.0.0.1",
-        "--no-broker",
+        *(["--mqtt", mqtt_url] if mqtt_url else ["--no-broker"]),
     ]
     if db_url:
         cmd += ["--db", db_url]
-    log = open(data_dir.parent / "controller.log", "wb")  # noqa: SIM115 - lives with the process
+    log_path = data_dir.parent / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - lives with the process
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     ctl = ControllerProc(proc, data_dir, grpc_port, http_port)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"controller exited: see {data_dir.parent / 'controller.log'}")
+            raise RuntimeError(f"controller exited: see {log_path}")
         try:
             if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).status_code == 200:
                 return ctl

@@ -15,20 +15,44 @@ carry signed URLs and the simulated agents fetch every byte from nginx over HTTP
 plain asyncio stream, counted like the gRPC bytes; ``_http_get_count`` says why not httpx). ``--bytes-from grpc nginx``
 runs both for each N, the gRPC path as the baseline of the same run.
 
+``--controllers 2 --db postgres`` runs two controller processes on one PostgreSQL (a scratch
+database made on $EDGELOOP_TEST_POSTGRES_URL's server or 127.0.0.1:5432 for each run, dropped
+after) sharing one data dir, as docs/deploy.md deploys them; agent ``i`` dials controller
+``i % K`` (what a list of addresses or a TCP load balancer does; haproxy itself is left out: at
+two file descriptors per proxied connection, 10,000 agents exceed this machine's fd limit, and
+tests/controller/test_load_balancer.py covers it). The REST probe asks the controllers in turn.
+``--telemetry-s S`` starts a Mosquitto and has every device publish a metrics message every S
+seconds (published by one MQTT connection per agent process: the ingest load, not 10,000 broker
+sessions); the controllers subscribe to it.
+
+The simulated agents speak plaintext gRPC (the controllers run with ``--insecure``): mutual TLS
+would make the load generator, on the same two cores, pay 10,000 handshakes and CSRs per run,
+which measures the simulation, not the controller. Its cost on a real agent is in the README
+(TLS by default and its measured cost).
+
     .venv/bin/python benchmarks/fleet_scale.py --agents 100 1000
     .venv/bin/python benchmarks/fleet_scale.py --agents 1000 --bytes-from grpc nginx
+    .venv/bin/python benchmarks/fleet_scale.py --agents 10000 --size-mb 1 --controllers 2 --db postgres \
+        --telemetry-s 10 --heartbeat-s 10 --procs 4 --bytes-from grpc nginx
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import multiprocessing as mp
+import os
+import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,6 +65,7 @@ from _controller_proc import start_controller  # noqa: E402
 from _nginx_proc import NGINX, start_nginx  # noqa: E402
 
 TAG = "sim"
+TAG_PREFIX = "edgeloop"  # the controllers' telemetry prefix (their default)
 SECRET = "bench-secure-link-secret"
 
 
@@ -70,7 +95,9 @@ def make_model(dest: Path, size_mb: int) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------- simulated agents (child processes)
-async def _agent(i: int, target: str, token: str, connected: asyncio.Event, stats: dict) -> None:
+async def _agent(
+    i: int, target: str, token: str, connected: asyncio.Event, stats: dict, devices: list[str]
+) -> None:
     import grpc
 
     from protos import fleet_pb2, fleet_pb2_grpc
@@ -97,6 +124,7 @@ async def _agent(i: int, target: str, token: str, connected: asyncio.Event, stat
             await asyncio.sleep(0.2 * (attempt + 1))
     else:
         raise RuntimeError(f"sim-{i} could not register")
+    devices.append(reg.device_id)  # for the telemetry publisher of this process
     md = (("authorization", f"Bearer {reg.device_token}"), ("x-edgeloop-device", reg.device_id))
     out: asyncio.Queue = asyncio.Queue()
     await out.put(fleet_pb2.AgentMessage(hello=fleet_pb2.Hello(agent_version="sim")))
@@ -196,21 +224,56 @@ async def _http_get_count(url: str) -> int:
         writer.close()
 
 
-def _agents_proc(ids: list[int], target: str, token: str, conn) -> None:  # noqa: ANN001 - a Pipe end
+async def _publish_telemetry(url: str, devices: list[str], every_s: float, stats: dict) -> None:
+    """Each device of ``devices`` (filled as agents enrol) sends a metrics message every
+    ``every_s`` seconds, spread evenly over the period, through one MQTT connection."""
+    import paho.mqtt.client as mqtt
+
+    parts = urlsplit(url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-telemetry-{uuid.uuid4().hex[:8]}")
+    client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    client.loop_start()
+    try:
+        while True:
+            t0 = time.monotonic()
+            batch = list(devices)
+            for k, device in enumerate(batch):
+                payload = {"device_id": device, "fps": 30.0 + k % 7, "cpu_percent": 20.0 + k % 50,
+                           "latency_ms": {"p99": 12.0}, "memory_bytes": 200 << 20, "active_version": ""}  # fmt: skip
+                client.publish(f"{TAG_PREFIX}/devices/{device}/metrics", json.dumps(payload), qos=0)
+                stats["telemetry_sent"] += 1
+                if k % 50 == 49:  # spread over the period
+                    await asyncio.sleep(max(0.0, every_s * (k + 1) / len(batch) - (time.monotonic() - t0)))
+            await asyncio.sleep(max(0.05, every_s - (time.monotonic() - t0)))
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _agents_proc(
+    ids: list[int], targets: list[str], token: str, conn, telemetry: tuple[str, float] | None
+) -> None:  # noqa: ANN001 - a Pipe end
+    """Agents ``ids``, agent ``i`` on ``targets[i % len(targets)]``; ``telemetry``: (broker URL,
+    seconds between two metrics messages of one device) or None."""
+
     async def main() -> None:
-        stats = {"bytes": 0, "http_bytes": 0, "download_s": []}
+        stats = {"bytes": 0, "http_bytes": 0, "download_s": [], "telemetry_sent": 0}
+        devices: list[str] = []
         sem = asyncio.Semaphore(64)
 
         async def one(i: int) -> None:
             connected = asyncio.Event()
+            target = targets[i % len(targets)]
             async with sem:  # at most 64 enrolments in flight per process
-                task = asyncio.create_task(_agent(i, target, token, connected, stats))
+                task = asyncio.create_task(_agent(i, target, token, connected, stats, devices))
                 waiter = asyncio.create_task(connected.wait())
                 await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
             await task
 
         tasks = [asyncio.create_task(one(i)) for i in ids]
+        if telemetry is not None:
+            tasks.append(asyncio.create_task(_publish_telemetry(telemetry[0], devices, telemetry[1], stats)))
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # the parent says stop
         for t in tasks:
             t.cancel()
@@ -222,25 +285,33 @@ def _agents_proc(ids: list[int], target: str, token: str, conn) -> None:  # noqa
 
 # ---------------------------------------------------------------- the run
 def _probe(
-    base: str,
+    bases: list[str],
     headers: dict,
     stop: threading.Event,
     latencies: list[float],
     rollout_id: list[str],
     by_path: dict[str, list[float]],
 ) -> None:
-    with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+    """Two REST reads every 0.1 s, each to the next controller of ``bases`` (a load balancer's
+    round robin)."""
+    clients = [httpx.Client(base_url=b, headers=headers, timeout=30) for b in bases]
+    turn = itertools.cycle(clients)
+    try:
         while not stop.is_set():
             for name, path in (
                 ("devices page", "/devices/?limit=50"),
                 ("rollout detail", f"/rollouts/{rollout_id[0]}"),
             ):
+                http = next(turn)
                 t0 = time.perf_counter()
                 http.get(path).raise_for_status()
                 ms = (time.perf_counter() - t0) * 1000
                 latencies.append(ms)
                 by_path.setdefault(name, []).append(ms)
             stop.wait(0.1)
+    finally:
+        for c in clients:
+            c.close()
 
 
 def _p99(values: list[float]) -> float:
@@ -248,116 +319,192 @@ def _p99(values: list[float]) -> float:
     return v[min(len(v) - 1, int(0.99 * len(v)))] if v else float("nan")
 
 
-def run_once(n: int, procs: int, size_mb: int, db_url: str | None, tmp: Path, source: str = "grpc") -> dict:
-    run_dir = tmp / f"n{n}-{source}"
+@contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A fresh database for one run on the PostgreSQL the tests use, dropped afterwards."""
+    import sqlalchemy as sa
+
+    server = os.environ.get(
+        "EDGELOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"edgeloop_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server.rpartition('/')[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _telemetry_ingested(ctls: list) -> float:  # noqa: ANN001 - ControllerProc
+    """Metrics messages the controllers have taken in so far (their public /metrics)."""
+    total = 0.0
+    for ctl in ctls:
+        text = httpx.get(f"http://127.0.0.1:{ctl.http_port}/metrics", timeout=10).text
+        found = re.search(r'^edgeloop_telemetry_messages_total\{kind="metrics"\} (\S+)$', text, re.M)
+        total += float(found.group(1)) if found else 0.0
+    return total
+
+
+def run_once(
+    n: int,
+    procs: int,
+    size_mb: int,
+    db_url: str | None,
+    tmp: Path,
+    source: str = "grpc",
+    *,
+    controllers: int = 1,
+    telemetry_s: float = 0.0,
+    heartbeat_s: int = 5,
+) -> dict:
+    run_dir = tmp / f"n{n}-{source}-c{controllers}"
     data = run_dir / "data"
     data.mkdir(parents=True)
-    nginx, extra_env = None, {}
+    nginx, extra_env = None, {"EDGELOOP_HEARTBEAT_INTERVAL_S": str(heartbeat_s)}
     if source == "nginx":
         nginx = start_nginx(run_dir / "nginx", data, SECRET)
-        extra_env = {"EDGELOOP_ARTIFACT_URL_BASE": nginx.base_url, "EDGELOOP_ARTIFACT_URL_SECRET": SECRET}
-    ctl = start_controller(data, db_url, extra_env=extra_env)
-    cproc = psutil.Process(ctl.proc.pid)
+        extra_env |= {"EDGELOOP_ARTIFACT_URL_BASE": nginx.base_url, "EDGELOOP_ARTIFACT_URL_SECRET": SECRET}
+    broker = None
+    if telemetry_s:
+        from controller.broker import start_local_broker
+
+        broker = start_local_broker("mosquitto")  # anonymous on loopback, like the --insecure fleet
+    ctls: list = []
     try:
-        model_dir = run_dir / "model"
-        model_dir.mkdir()
-        onnx_path, manifest = make_model(model_dir, size_mb)
-        with ctl.http as http, open(onnx_path, "rb") as o, open(manifest, "rb") as m:
-            http.post("/models/import", files={"onnx": o, "manifest": m}).raise_for_status()
-        ctx = mp.get_context("spawn")
-        pipes, children = [], []
-        t_enrol = time.perf_counter()
-        for p in range(procs):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_agents_proc,
-                args=(list(range(p, n, procs)), ctl.grpc_target, ctl.enrollment_token, child),
+        for k in range(controllers):  # one after the other: the first makes the keys
+            ctls.append(
+                start_controller(
+                    data,
+                    db_url,
+                    extra_env=extra_env | {"EDGELOOP_MQTT_CLIENT_ID": f"bench-ctl-{k + 1}"},
+                    name=f"controller-{k + 1}",
+                    mqtt_url=broker.url if broker else None,
+                )  # fmt: skip
             )
-            proc.start()
-            pipes.append(parent)
-            children.append(proc)
-        with ctl.http as http:
-            while True:
-                online = http.get("/devices/", params={"online": "true", "limit": 1}).json()["count"]
-                if online >= n:
-                    break
-                if time.perf_counter() - t_enrol > 600:
-                    raise TimeoutError(f"only {online}/{n} agents connected")
-                time.sleep(0.25)
-        enrol_s = time.perf_counter() - t_enrol
-        time.sleep(1.0)  # a heartbeat round with everyone connected
-        latencies: list[float] = []
-        by_path: dict[str, list[float]] = {}
-        stop = threading.Event()
-        rid: list[str] = []
-        cpu0 = cproc.cpu_times()
-        nginx0 = _nginx_cpu_s(nginx)
-        t0 = time.perf_counter()
-        with ctl.http as http:
-            r = http.post(
-                "/rollouts/",
-                json={
-                    "model_version": "scale:1",
-                    "selector": {"tags": [TAG]},
-                    "strategy": {
-                        "canary_share": 0.01,
-                        "waves": 4,
-                        "max_failure_share": 0.0,
-                        "max_accuracy_drop": 1.0,
-                        "min_fps_ratio": 0.9,
-                        "deploy_timeout_s": 600,
-                    },
-                },
-            )
-            r.raise_for_status()
-            rid.append(r.json()["id"])
-            prober = threading.Thread(
-                target=_probe, args=(str(http.base_url), dict(http.headers), stop, latencies, rid, by_path)
-            )
-            prober.start()
-            while True:
-                state = http.get(f"/rollouts/{rid[0]}", params={"deployments": "false"}).json()
-                if state["state"] != "running":
-                    break
-                if time.perf_counter() - t0 > 900:
-                    raise TimeoutError(f"rollout still running: {state['counts']}")
-                time.sleep(0.2)
-        rollout_s = time.perf_counter() - t0
-        cpu1 = cproc.cpu_times()
-        nginx_cpu_s = _nginx_cpu_s(nginx) - nginx0
-        stop.set()
-        prober.join()
-        stats = []
-        for pipe in pipes:
-            pipe.send("stop")
-        for pipe, proc in zip(pipes, children, strict=True):
-            stats.append(pipe.recv() if pipe.poll(60) else {"bytes": 0, "http_bytes": 0, "download_s": []})
-            proc.join(timeout=30)
-        cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        downloads = [d for s in stats for d in s["download_s"]]
-        lat = sorted(latencies)
-        return {
-            "agents": n,
-            "source": source,
-            "http_bytes": sum(s["http_bytes"] for s in stats),
-            "state": state["state"],
-            "counts": state["counts"],
-            "enrol_s": enrol_s,
-            "rollout_s": rollout_s,
-            "bytes": sum(s["bytes"] for s in stats),
-            "controller_cpu_s": cpu_s,
-            "controller_cpu_pct": 100 * cpu_s / rollout_s,
-            "nginx_cpu_s": nginx_cpu_s,
-            "api_p50_ms": statistics.median(lat) if lat else float("nan"),
-            "api_p99_ms": _p99(lat),
-            "api_by_path": {k: (statistics.median(v), _p99(v)) for k, v in by_path.items()},
-            "api_requests": len(lat),
-            "download_p50_s": statistics.median(downloads) if downloads else float("nan"),
-        }
+        return _measure(n, procs, size_mb, run_dir, source, ctls, nginx, broker, telemetry_s)
     finally:
-        ctl.stop()
+        for ctl in ctls:
+            ctl.stop()
         if nginx is not None:
             nginx.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def _measure(n, procs, size_mb, run_dir, source, ctls, nginx, broker, telemetry_s) -> dict:  # noqa: ANN001
+    ctl = ctls[0]
+    cprocs = [psutil.Process(c.proc.pid) for c in ctls]
+    model_dir = run_dir / "model"
+    model_dir.mkdir()
+    onnx_path, manifest = make_model(model_dir, size_mb)
+    with ctl.http as http, open(onnx_path, "rb") as o, open(manifest, "rb") as m:
+        http.post("/models/import", files={"onnx": o, "manifest": m}).raise_for_status()
+    ctx = mp.get_context("spawn")
+    pipes, children = [], []
+    t_enrol = time.perf_counter()
+    telemetry = (broker.url, telemetry_s) if broker is not None else None
+    targets = [c.grpc_target for c in ctls]
+    for p in range(procs):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_agents_proc,
+            args=(list(range(p, n, procs)), targets, ctl.enrollment_token, child, telemetry),
+        )
+        proc.start()
+        pipes.append(parent)
+        children.append(proc)
+    with ctl.http as http:
+        while True:
+            online = http.get("/devices/", params={"online": "true", "limit": 1}).json()["count"]
+            if online >= n:
+                break
+            if time.perf_counter() - t_enrol > 900:
+                raise TimeoutError(f"only {online}/{n} agents connected")
+            time.sleep(0.5)
+    enrol_s = time.perf_counter() - t_enrol
+    time.sleep(1.0)  # a heartbeat round with everyone connected
+    latencies: list[float] = []
+    by_path: dict[str, list[float]] = {}
+    stop = threading.Event()
+    rid: list[str] = []
+    cpu0 = [c.cpu_times() for c in cprocs]
+    nginx0 = _nginx_cpu_s(nginx)
+    ingested0 = _telemetry_ingested(ctls) if telemetry else 0.0
+    t0 = time.perf_counter()
+    with ctl.http as http:
+        r = http.post(
+            "/rollouts/",
+            json={
+                "model_version": "scale:1",
+                "selector": {"tags": [TAG]},
+                "strategy": {
+                    "canary_share": 0.01,
+                    "waves": 4,
+                    "max_failure_share": 0.0,
+                    "max_accuracy_drop": 1.0,
+                    "min_fps_ratio": 0.9,
+                    "deploy_timeout_s": 600,
+                },
+            },
+        )
+        r.raise_for_status()
+        rid.append(r.json()["id"])
+        bases = [f"http://127.0.0.1:{c.http_port}/api/v1" for c in ctls]
+        prober = threading.Thread(
+            target=_probe, args=(bases, dict(http.headers), stop, latencies, rid, by_path)
+        )
+        prober.start()
+        while True:
+            state = http.get(f"/rollouts/{rid[0]}", params={"deployments": "false"}).json()
+            if state["state"] != "running":
+                break
+            if time.perf_counter() - t0 > 900:
+                raise TimeoutError(f"rollout still running: {state['counts']}")
+            time.sleep(0.2)
+    rollout_s = time.perf_counter() - t0
+    cpu1 = [c.cpu_times() for c in cprocs]
+    nginx_cpu_s = _nginx_cpu_s(nginx) - nginx0
+    ingested = (_telemetry_ingested(ctls) - ingested0) if telemetry else 0.0
+    stop.set()
+    prober.join()
+    stats = []
+    for pipe in pipes:
+        pipe.send("stop")
+    for pipe, proc in zip(pipes, children, strict=True):
+        empty = {"bytes": 0, "http_bytes": 0, "download_s": [], "telemetry_sent": 0}
+        stats.append(pipe.recv() if pipe.poll(60) else empty)
+        proc.join(timeout=30)
+    cpu_each = [(b.user - a.user) + (b.system - a.system) for a, b in zip(cpu0, cpu1, strict=True)]
+    cpu_s = sum(cpu_each)
+    downloads = [d for s in stats for d in s["download_s"]]
+    lat = sorted(latencies)
+    return {
+        "agents": n,
+        "source": source,
+        "controllers": len(ctls),
+        "http_bytes": sum(s["http_bytes"] for s in stats),
+        "state": state["state"],
+        "counts": state["counts"],
+        "enrol_s": enrol_s,
+        "rollout_s": rollout_s,
+        "bytes": sum(s["bytes"] for s in stats),
+        "controller_cpu_s": cpu_s,
+        "controller_cpu_pct": 100 * cpu_s / rollout_s,
+        "controller_cpu_pct_each": [100 * c / rollout_s for c in cpu_each],
+        "nginx_cpu_s": nginx_cpu_s,
+        "telemetry_sent": sum(s["telemetry_sent"] for s in stats),
+        "telemetry_per_s": ingested / rollout_s if telemetry else 0.0,
+        "telemetry_ingested": ingested,
+        "api_p50_ms": statistics.median(lat) if lat else float("nan"),
+        "api_p99_ms": _p99(lat),
+        "api_by_path": {k: (statistics.median(v), _p99(v)) for k, v in by_path.items()},
+        "api_requests": len(lat),
+        "download_p50_s": statistics.median(downloads) if downloads else float("nan"),
+    }
 
 
 def main() -> int:
@@ -365,23 +512,44 @@ def main() -> int:
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--procs", type=int, default=2, help="processes the simulated agents are spread over")
     ap.add_argument("--size-mb", type=int, default=50)
-    ap.add_argument("--db", default=None, help="controller DB URL (default: SQLite in a temp dir)")
+    ap.add_argument("--db", default=None,
+                    help="controller DB URL (default: SQLite in a temp dir); 'postgres': a scratch database per run")  # fmt: skip
+    ap.add_argument("--controllers", type=int, default=1, help="controller processes on the one database")
+    ap.add_argument("--telemetry-s", type=float, default=0.0,
+                    help="every device publishes a metrics message this often (0: no telemetry, no broker)")  # fmt: skip
+    ap.add_argument(
+        "--heartbeat-s", type=int, default=5, help="the agents' heartbeat interval (controller setting)"
+    )
     ap.add_argument("--bytes-from", nargs="+", choices=["grpc", "nginx"], default=["grpc"],
                     help="where agents fetch the artifact: the controller's gRPC, or nginx by signed URL")  # fmt: skip
     args = ap.parse_args()
     if "nginx" in args.bytes_from and NGINX is None:
         ap.error("--bytes-from nginx needs nginx (apt-get install nginx)")
+    if args.controllers > 1 and (args.db is None or args.db.startswith("sqlite")):
+        ap.error("--controllers > 1 needs PostgreSQL (--db postgres or a URL): SQLite is one process's")
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeloop-scale-") as tmp:
         for n in args.agents:
             for source in args.bytes_from:
-                row = run_once(n, args.procs, args.size_mb, args.db, Path(tmp), source)
+                kw = {
+                    "controllers": args.controllers,
+                    "telemetry_s": args.telemetry_s,
+                    "heartbeat_s": args.heartbeat_s,
+                }
+                if args.db == "postgres":
+                    with scratch_postgres() as url:
+                        row = run_once(n, args.procs, args.size_mb, url, Path(tmp), source, **kw)
+                else:
+                    row = run_once(n, args.procs, args.size_mb, args.db, Path(tmp), source, **kw)
                 rows.append(row)
                 _print_row(row)
     print(
         f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; artifact {args.size_mb} MB; "
-        f"{args.procs} agent processes; goal: 1000 agents, rollout < 60 s (bytes from nginx: controller < 25 % "
-        "of one core, API p99 < 100 ms)"
+        f"{args.procs} agent processes; {args.controllers} controller(s) on {args.db or 'SQLite'}; heartbeat every "
+        f"{args.heartbeat_s} s; telemetry {f'every {args.telemetry_s:g} s per device' if args.telemetry_s else 'off'}; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
+        "goals (issue 17): 1000 agents, 50 MB from nginx: 100 % < 60 s, controller < 25 % of one core, API p99 < 100 ms; "
+        "10,000 agents, 1 MB, two controllers on PostgreSQL: rollout < 120 s, API p99 < 200 ms"
     )
     return 0
 
@@ -401,11 +569,19 @@ def _nginx_cpu_s(nginx) -> float:  # noqa: ANN001 - _nginx_proc.Nginx or None
 def _print_row(row: dict) -> None:
     paths = ", ".join(f"{k} p50 {a:.0f} / p99 {b:.0f} ms" for k, (a, b) in row["api_by_path"].items())
     nginx = f"nginx CPU {row['nginx_cpu_s']:.1f} s  " if row["source"] == "nginx" else ""
+    each = " + ".join(f"{p:.0f}" for p in row["controller_cpu_pct_each"])
+    telemetry = (
+        f"telemetry {row['telemetry_per_s']:.0f} msg/s taken in ({row['telemetry_ingested']:.0f} during the rollout, "
+        f"{row['telemetry_sent']} sent in all)  "
+        if row["telemetry_sent"]
+        else ""
+    )
     print(
-        f"N={row['agents']:5d} bytes from {row['source']:5s}  rollout {row['state']} {row['counts']}  "
+        f"N={row['agents']:5d} controllers={row['controllers']} bytes from {row['source']:5s}  "
+        f"rollout {row['state']} {row['counts']}  "
         f"enrol+connect {row['enrol_s']:.1f} s  time to 100% {row['rollout_s']:.1f} s  "
         f"data {row['bytes'] / 1e9:.1f} GB ({row['http_bytes'] / 1e9:.1f} GB over HTTP)  "
-        f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core)  {nginx}"
+        f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core: {each})  {nginx}{telemetry}"
         f"API p50 {row['api_p50_ms']:.1f} ms p99 {row['api_p99_ms']:.1f} ms ({row['api_requests']} requests: {paths})",
         flush=True,
     )
