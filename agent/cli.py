@@ -139,7 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        allow_abbrev=False)  # fmt: skip
     r.add_argument(
         "--controller",
-        help="HOST:PORT of the controller's gRPC (default: EDGELOOP_CONTROLLER or 127.0.0.1:50051)",
+        help="HOST:PORT of the controller's gRPC, or several comma-separated (the agent moves to the next "
+        "when its controller stops answering; default: EDGELOOP_CONTROLLER or 127.0.0.1:50051)",
     )
     r.add_argument("--agent-dir", dest="agent_dir", type=Path,
                    help="credentials, engine cache, model slots (default: EDGELOOP_AGENT_DIR or ~/.edgeloop/agent)")  # fmt: skip
@@ -147,7 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="file holding the enrolment token (default: EDGELOOP_ENROLLMENT_TOKEN); "
                         "a token on the command line would be visible in `ps`")  # fmt: skip
     r.add_argument("--enroll", dest="enroll_target",
-                   help="HOST:PORT of the controller's TLS enrolment port (default: the --controller port + 1)")  # fmt: skip
+                   help="HOST:PORT of the controller's TLS enrolment port, one per --controller address "
+                        "(default: each --controller port + 1)")  # fmt: skip
     r.add_argument("--ca-fingerprint", dest="ca_fingerprint",
                    help="sha256:<hex> of the controller CA, printed by `edgeloop controller serve` "
                         "(default: EDGELOOP_CA_FINGERPRINT); the agent enrols with no other controller")  # fmt: skip

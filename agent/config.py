@@ -57,7 +57,9 @@ class AgentSettings:
     telemetry_prefix: str = DEFAULT_PREFIX  # EDGELOOP_TELEMETRY_PREFIX
     metrics_interval_s: float = 10.0
     # the fleet (agent run)
-    controller: str = DEFAULT_CONTROLLER  # EDGELOOP_CONTROLLER host:port of the controller's gRPC
+    controller: str = (
+        DEFAULT_CONTROLLER  # EDGELOOP_CONTROLLER host:port of the controller's gRPC, or several: a,b
+    )
     enrollment_token: str | None = None  # EDGELOOP_ENROLLMENT_TOKEN (or --enrollment-token-file)
     enroll_target: str | None = None  # EDGELOOP_ENROLL: host:port of the TLS enrolment port (None = port + 1)
     ca_fingerprint: str | None = None  # EDGELOOP_CA_FINGERPRINT: sha256:<hex> of the controller CA

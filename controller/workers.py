@@ -48,7 +48,9 @@ def run_rollout_engine(ctx: ControllerContext, stop: threading.Event) -> None:
                 with session_scope(ctx.engine) as session:
                     if seen:
                         fleet.flush_heartbeats(session=session, seen=seen)
-                    instances.beat(session=session, instance_id=ctx.hub.instance_id)
+                    instances.beat(
+                        session=session, instance_id=ctx.hub.instance_id, holding=ctx.hub.connected()
+                    )
                     update_gauges(session=session, metrics=ctx.metrics)
                 last_flush = time.monotonic()
         except Exception:

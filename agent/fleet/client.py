@@ -4,7 +4,10 @@ Agents always dial out. ``register`` trades the enrollment token for a device id
 (saved 0600 under ``<agent_dir>/fleet/credentials.json``, with the controller's artifact
 public key); later calls carry them as metadata. ``serve_forever`` keeps one bidirectional
 stream open (hello, heartbeats and command status up; commands down) and reconnects with
-exponential backoff and jitter. A device the controller refuses (revoked, unknown) stops with
+exponential backoff and jitter. The target may name several controllers (``host1:port,host2:port``,
+docs/deploy.md "Several controllers"): when the stream to one breaks, the client moves to the
+next (round-robin, ``failovers`` counts it; the backoff grows once every one has failed),
+keeping its identity: its certificate is of the CA the controllers share. A device the controller refuses (revoked, unknown) stops with
 ``DeviceRefused`` instead of hammering the controller.
 """
 
@@ -36,7 +39,16 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_reconnect_backoff_ms", 10_000),  # a controller back after a restart is found soon
 ]
+
+
+def parse_targets(targets: str) -> list[str]:
+    """``host:port[,host:port...]`` -> the addresses, in order; refuses an empty one."""
+    out = [t.strip() for t in targets.split(",")]
+    if not out or any(not t for t in out):
+        raise ValueError(f"controller address list {targets!r} has an empty entry (HOST:PORT[,HOST:PORT...])")
+    return out
 
 
 def _next_port(target: str) -> str:
@@ -138,16 +150,23 @@ class FleetClient:
         --insecure too). Otherwise the agent enrols over TLS at ``enroll_target`` (default: the
         controller's port + 1), trusting only the CA whose fingerprint it was given (or the
         ``ca_pem`` of an enrolment bundle), then makes every call with mutual TLS."""
-        self.target = target
+        self.targets = parse_targets(target)
+        self.enroll_targets = (
+            parse_targets(enroll_target) if enroll_target else [_next_port(t) for t in self.targets]
+        )
+        if len(self.enroll_targets) != len(self.targets):
+            raise ValueError("name one enrolment address per controller address (or none)")
+        self._index = 0  # the controller in use
+        self.failovers = 0  # moves to another controller after the stream to one broke
         self.agent_dir = Path(agent_dir)
         self.identity = identity
         self.enrollment_token = enrollment_token
         self.insecure = insecure
-        self.enroll_target = enroll_target or _next_port(target)
         self.ca_fingerprint = ca_fingerprint
         self.ca_pem = ca_pem
         self.credentials = Credentials.load(self.credentials_path)
         self.channel = channel or self._channel()
+        self._retired: grpc.Channel | None = None  # the channel before the last failover
         self.stub = FleetStub(self.channel)
         self._outbox: queue.Queue[fleet_pb2.AgentMessage | None] = queue.Queue()
         self._stop = threading.Event()
@@ -172,10 +191,36 @@ class FleetClient:
             self.target, tls, options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)]
         )
 
+    @property
+    def target(self) -> str:
+        """The controller in use."""
+        return self.targets[self._index]
+
+    @property
+    def enroll_target(self) -> str:
+        return self.enroll_targets[self._index]
+
     def _use_channel(self, channel: grpc.Channel) -> None:
         old, self.channel = self.channel, channel
         self.stub = FleetStub(channel)
         old.close()
+
+    def failover(self, from_target: str = "") -> str:
+        """Move to the next controller of the list; returns it. ``from_target``: the one a call
+        failed on (no move when the client already left it). A download or report retrying
+        takes the new channel at its next attempt; the old one is closed only at the next
+        failover, so a call still running on it is not cut."""
+        if len(self.targets) < 2 or (from_target and from_target != self.target):
+            return self.target
+        old = self.target
+        self._index = (self._index + 1) % len(self.targets)
+        self.failovers += 1
+        log.warning("controller %s unreachable: moving to %s (failover %d)", old, self.target, self.failovers)
+        if self._retired is not None:
+            self._retired.close()
+        self._retired, self.channel = self.channel, self._channel()
+        self.stub = FleetStub(self.channel)
+        return self.target
 
     @property
     def credentials_path(self) -> Path:
@@ -344,8 +389,10 @@ class FleetClient:
     ) -> None:
         """Register when needed and keep the stream up until ``stop()``; raises DeviceRefused."""
         backoff = 0.5
+        failed_in_a_row = 0  # stream attempts that broke, on any controller, since one stayed up
         while not self._stop.is_set():
-            started = time.monotonic()
+            started, target = time.monotonic(), self.target
+            broke = False
             try:
                 if self.credentials is None:
                     self.register()
@@ -365,10 +412,18 @@ class FleetClient:
                     raise DeviceRefused(f"controller refused this device: {exc.details()}") from exc
                 elif code != grpc.StatusCode.CANCELLED or not self._stop.is_set():
                     log.warning("control stream to %s broke: %s %s", self.target, code.name, exc.details())
+                    broke = True
             if self._stop.is_set():
                 break
             if time.monotonic() - started > 10:
-                backoff = 0.5  # it was up for a while: start the backoff again
+                backoff, failed_in_a_row = 0.5, 0  # it was up for a while: start the backoff again
+            if broke and len(self.targets) > 1:
+                failed_in_a_row += 1
+                self.failover(from_target=target)  # a command's retries may have moved already
+                if failed_in_a_row < len(self.targets):  # another controller not tried yet: at once
+                    self._stop.wait(0.2 * random.random())
+                    continue
+                failed_in_a_row = 0
             delay = backoff * (0.5 + random.random())
             log.info("reconnecting in %.1fs", delay)
             self._stop.wait(delay)
@@ -384,3 +439,5 @@ class FleetClient:
     def close(self) -> None:
         self.stop()
         self.channel.close()
+        if self._retired is not None:
+            self._retired.close()

@@ -142,18 +142,23 @@ class FleetAgent:
     # -- retries across controller restarts and network blips
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         """Call ``fn`` until it succeeds, retrying transient failures with backoff for up to
-        ``retry_budget_s`` (the controller may be restarting)."""
+        ``retry_budget_s`` (the controller may be restarting; with several controllers, one that
+        does not answer is left for the next: ``FleetClient.failover``)."""
         delay, deadline = 0.5, time.monotonic() + self.retry_budget_s
         while True:
+            target = self.client.target
             try:
                 return fn()
             except grpc.RpcError as exc:
                 if exc.code() not in TRANSIENT or time.monotonic() > deadline:
                     raise
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:  # the next controller, when several
+                    self.client.failover(from_target=target)
                 log.warning("%s: %s; retrying in %.1fs", what, exc.code().name, delay)
             except DownloadInterrupted as exc:
                 if time.monotonic() > deadline:
                     raise
+                self.client.failover(from_target=target)
                 log.warning("%s: %s; resuming in %.1fs", what, exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -23,7 +23,7 @@ from sqlmodel import Session, col, delete, or_, select, update
 from controller.models import ControllerInstance, Device, utcnow
 
 log = logging.getLogger(__name__)
-STALE_S = 15.0  # three missed refreshes (the engine refreshes every HEARTBEAT_FLUSH_S = 2 s)
+STALE_S = 30.0  # 15 missed refreshes (every HEARTBEAT_FLUSH_S = 2 s): a busy host is not a dead one
 
 
 class DatabaseInUse(RuntimeError):
@@ -62,13 +62,27 @@ def join(*, session: Session, instance_id: str, database: str) -> None:
     )
 
 
-def beat(*, session: Session, instance_id: str) -> list[str]:
+def beat(
+    *, session: Session, instance_id: str, holding: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
     """Refresh this process's row; put the devices of processes gone silent offline and forget
-    those processes. Returns their ids."""
+    those processes. Returns their ids. When a peer took this (starved, not dead) process for
+    gone, its row comes back and the streams it ``holding`` are recorded as its own again."""
     now = utcnow()
-    row = session.get(ControllerInstance, instance_id) or ControllerInstance(id=instance_id, started_at=now)
-    row.last_seen = now
-    session.add(row)
+    refreshed = session.exec(
+        update(ControllerInstance).where(col(ControllerInstance.id) == instance_id).values(last_seen=now)
+    ).rowcount
+    if not refreshed:
+        session.add(ControllerInstance(id=instance_id, started_at=now, last_seen=now))
+        if holding:
+            log.warning(
+                "this controller was taken for gone: %d streams recorded as its own again", len(holding)
+            )
+            session.exec(
+                update(Device)
+                .where(col(Device.id).in_(sorted(holding)))
+                .values(connected=True, controller_id=instance_id)
+            )
     stale = list(
         session.exec(
             select(ControllerInstance.id)
