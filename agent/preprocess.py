@@ -69,40 +69,71 @@ class Preprocessor:
     def channels(self) -> int:
         return 3
 
-    def resize(self, image: Image.Image) -> Image.Image:
-        resample = _RESAMPLE[self.interpolation]
+    def geometry(self, iw: int, ih: int) -> tuple[int, int, int, int]:
+        """Where an ``iw`` x ``ih`` image goes: resized to ``(nw, nh)``, then cut at ``(left,
+        top)`` (``center_crop``) or pasted at ``(left, top)`` on the grey canvas (``letterbox``).
+        One rule for every resizer (PIL here, FFmpeg's swscale in the video pipeline)."""
         h, w = self.height, self.width
         if self.resize_mode == "stretch":
-            return image.resize((w, h), resample)
-        iw, ih = image.size
+            return w, h, 0, 0
         if self.resize_mode == "center_crop":
             ratio = max(w / iw, h / ih)
             nw, nh = max(w, round(iw * ratio)), max(h, round(ih * ratio))
-            image = image.resize((nw, nh), resample)
-            left, top = (nw - w) // 2, (nh - h) // 2
-            return image.crop((left, top, left + w, top + h))
+            return nw, nh, (nw - w) // 2, (nh - h) // 2
         ratio = min(w / iw, h / ih)  # letterbox
         nw, nh = max(1, round(iw * ratio)), max(1, round(ih * ratio))
-        canvas = Image.new("RGB", (w, h), (114, 114, 114))
-        canvas.paste(image.resize((nw, nh), resample), ((w - nw) // 2, (h - nh) // 2))
+        return nw, nh, (w - nw) // 2, (h - nh) // 2
+
+    def place(self, resized: np.ndarray) -> np.ndarray:
+        """An image already resized to ``geometry``'s ``(nw, nh)`` (H, W, C uint8) -> the model's
+        height x width: cut (``center_crop``), padded with grey 114 (``letterbox``) or as is."""
+        h, w = self.height, self.width
+        nh, nw = resized.shape[:2]
+        if self.resize_mode == "stretch":
+            return resized
+        if self.resize_mode == "center_crop":
+            left, top = (nw - w) // 2, (nh - h) // 2
+            return resized[top : top + h, left : left + w]
+        canvas = np.full((h, w, 3), 114, dtype=np.uint8)
+        left, top = (w - nw) // 2, (h - nh) // 2
+        canvas[top : top + nh, left : left + nw] = resized
+        return canvas
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        resample = _RESAMPLE[self.interpolation]
+        nw, nh, left, top = self.geometry(*image.size)
+        resized = image.resize((nw, nh), resample)
+        if self.resize_mode == "stretch":
+            return resized
+        if self.resize_mode == "center_crop":
+            return resized.crop((left, top, left + self.width, top + self.height))
+        canvas = Image.new("RGB", (self.width, self.height), (114, 114, 114))  # letterbox
+        canvas.paste(resized, (left, top))
         return canvas
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        array = np.asarray(self.resize(image.convert("RGB")))  # H, W, C uint8 RGB
+        return self.normalize(np.asarray(self.resize(image.convert("RGB"))))
+
+    def normalize(self, array: np.ndarray) -> np.ndarray:
+        """An RGB image at the model's size (H, W, C uint8) -> the input tensor: colour order,
+        scale, mean/std, dtype and layout as the manifest says. The channels move first while
+        they are bytes, so the float work runs on contiguous planes (the same operations in the
+        same order as always: the result is bit-identical)."""
         if self.color_order == "BGR":
             array = array[..., ::-1]
-        if np.dtype(self.dtype) == np.uint8:
-            out = np.ascontiguousarray(array)
-        else:
-            out = array.astype(np.float32) * np.float32(self.scale)
-            if self.mean:
-                out -= np.asarray(self.mean, dtype=np.float32)
-            if self.std:
-                out /= np.asarray(self.std, dtype=np.float32)
-            out = out.astype(self.dtype, copy=False)
         if self.layout == "NCHW":
-            out = out.transpose(2, 0, 1)
-        return np.ascontiguousarray(out)
+            array = array.transpose(2, 0, 1)
+        array = np.ascontiguousarray(array)
+        if np.dtype(self.dtype) == np.uint8:
+            return array
+        out = array.astype(np.float32)
+        out *= np.float32(self.scale)
+        shape = (-1, 1, 1) if self.layout == "NCHW" else (-1,)
+        if self.mean:
+            out -= np.asarray(self.mean, dtype=np.float32).reshape(shape)
+        if self.std:
+            out /= np.asarray(self.std, dtype=np.float32).reshape(shape)
+        return out.astype(self.dtype, copy=False)
 
     def load(self, path: str | Path) -> np.ndarray:
         with Image.open(path) as image:

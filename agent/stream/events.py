@@ -29,7 +29,7 @@ def _key(det: Detections) -> frozenset:
 def build_event(pipeline: str, frame: Frame, det: Detections, model_version: str,
                 change: tuple[list, list] | None = None) -> dict:  # fmt: skip
     """The JSON-ready event for one processed frame."""
-    h, w = frame.image.shape[:2]
+    h, w = frame.height, frame.width
     objects = []
     for i in range(len(det.scores)):
         objects.append({

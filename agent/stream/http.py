@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
-
 from agent.stream.annotate import annotate, jpeg
 from agent.stream.infer import Detections
+from agent.stream.muxer import Frame
 
 log = logging.getLogger(__name__)
 BOUNDARY = "edgeloopframe"
@@ -35,7 +34,7 @@ class ViewServer:
         self.stats = stats
         self.quality = quality
         self.max_fps = max_fps
-        self._latest: dict[str, tuple[int, np.ndarray, Detections, str]] = {}
+        self._latest: dict[str, tuple[int, Frame, Detections, str]] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer((host, port), self._handler())
@@ -66,10 +65,11 @@ class ViewServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def offer(self, source_id: str, image: np.ndarray, det: Detections, caption: str) -> None:
+    def offer(self, source_id: str, frame: Frame, det: Detections, caption: str) -> None:
+        """The latest frame of a source; converted to RGB and drawn only if a viewer asks."""
         with self._cond:
             seq = self._latest.get(source_id, (0,))[0] + 1
-            self._latest[source_id] = (seq, image, det, caption)
+            self._latest[source_id] = (seq, frame, det, caption)
             self._cond.notify_all()
 
     def remove_source(self, source_id: str) -> None:
@@ -82,8 +82,8 @@ class ViewServer:
             item = self._latest.get(source_id)
         if item is None:
             return None
-        seq, image, det, caption = item
-        return seq, jpeg(annotate(image, det, caption), self.quality)
+        seq, frame, det, caption = item
+        return seq, jpeg(annotate(frame.image, det, caption), self.quality)
 
     def _wait_newer(self, source_id: str, seq: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -12,11 +12,13 @@ frame prepared for another model is prepared again here.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -125,9 +127,30 @@ class ModelProvider:
             self._fixed.engine.close()
 
 
+# the manifest's interpolation as FFmpeg's swscale names it
+_SWSCALE = {"bilinear": "BILINEAR", "nearest": "POINT", "bicubic": "BICUBIC", "": "BILINEAR"}
+
+
+def model_input(decoded: Any, pre: Preprocessor) -> np.ndarray:
+    """The input tensor of one frame. A decoded ``av.VideoFrame`` is scaled and converted to RGB
+    by swscale in one pass, from its own pixel format straight to the size ``pre.geometry``
+    gives (no full-size RGB image, no PIL), then cut or padded and normalised as the manifest
+    says. An RGB array (image folders) takes the reference path (PIL), as calibration and
+    evaluation do. The two resamplers differ by a grey level or two on average
+    (tests/stream/test_stream_preprocess.py holds the bound)."""
+    if isinstance(decoded, np.ndarray):
+        return pre(Image.fromarray(decoded))
+    nw, nh, _, _ = pre.geometry(decoded.width, decoded.height)
+    # one thread: swscale's default (auto) starts and stops a thread pool for every frame
+    resized = decoded.to_ndarray(
+        width=nw, height=nh, format="rgb24", interpolation=_SWSCALE[pre.interpolation], threads=1
+    )
+    return pre.normalize(pre.place(resized))
+
+
 def prepare(frame: Frame, model: ActiveModel) -> None:
     """Preprocess ``frame`` for ``model`` (in the source's thread)."""
-    frame.tensor = model.preprocess(Image.fromarray(frame.image))
+    frame.tensor = model_input(frame.decoded, model.preprocess)
     frame.tensor_key = model.preprocess
 
 
@@ -203,7 +226,7 @@ class Inference:
         out = []
         for f, (scores, cls, xyxy) in zip(frames, decoded, strict=True):
             keep = scores >= self.post.score_threshold
-            h, w = f.image.shape[:2]
+            h, w = f.height, f.width
             b = (
                 to_image_frame(xyxy[keep], model.preprocess, det.normalized, w, h)
                 if keep.any()
@@ -215,13 +238,24 @@ class Inference:
         return out
 
 
+def engine_threads(spec: ModelSpec, agent_threads: int | None = None) -> int:
+    """Intra-op threads of a pipeline's own engine: ``model.threads``, else the agent's
+    ``--threads``, else one fewer than the cores (at least one). The engine runs one batch at a
+    time while the source threads decode and the publishing thread draws: an engine spread over
+    every core makes its parallel sections wait for whichever core a decoder holds (measured on
+    2 cores: twice the CPU per frame, see docs/stream.md)."""
+    return spec.threads or agent_threads or max(1, (os.cpu_count() or 1) - 1)
+
+
 def build_fixed_engine(
     spec: ModelSpec, profile, cache, threads: int | None = None
 ) -> tuple[Engine, artifact_pb2.Manifest]:
-    """The engine for ``model.path`` (not the slots'), through the agent's engine cache."""
+    """The engine for ``model.path`` (not the slots'), through the agent's engine cache;
+    ``threads``: the agent's ``--threads`` (``engine_threads`` decides)."""
     from agent.engines import build_engine
     from agent.model_spec import resolve_model
 
+    threads = engine_threads(spec, threads or profile.cpu_threads_limit or None)
     resolved = resolve_model(Path(spec.path), spec.manifest)
     built = build_engine(resolved, profile=profile, cache=cache, backend=spec.backend, precision=spec.precision,
                          device=spec.device, calib_dir=spec.calib, threads=threads)  # fmt: skip

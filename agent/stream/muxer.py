@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,16 +25,42 @@ from agent.stream.metrics import StreamMetrics
 class Frame:
     """One decoded frame. ``pts_s`` is the source's own timestamp (stream time, seconds; None when
     the source gives none), ``captured`` the wall clock when it was decoded (the start of the
-    capture-to-event latency), ``index`` its number in the source (0, 1, ... as decoded)."""
+    capture-to-event latency), ``index`` its number in the source (0, 1, ... as decoded).
+
+    ``decoded`` is what the source gave: an RGB array (H x W x 3 uint8), or the decoder's own
+    ``av.VideoFrame`` (YUV as decoded). The full-size RGB ``image`` is made from it on first use
+    only: preprocessing scales the video frame straight to the model's size, and only drawing
+    (the view, mp4 and RTSP sinks) needs every pixel."""
 
     source_id: str
     index: int
     pts_s: float | None
     captured: float
-    image: np.ndarray  # H x W x 3 uint8 RGB
+    decoded: Any
     tensor: np.ndarray | None = None  # preprocessed in the source thread, for ``tensor_key``
     tensor_key: object = None
     extra: dict = field(default_factory=dict)
+    _rgb: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def width(self) -> int:
+        d = self.decoded
+        return int(d.shape[1]) if isinstance(d, np.ndarray) else int(d.width)
+
+    @property
+    def height(self) -> int:
+        d = self.decoded
+        return int(d.shape[0]) if isinstance(d, np.ndarray) else int(d.height)
+
+    @property
+    def image(self) -> np.ndarray:
+        """H x W x 3 uint8 RGB at the frame's own size (converted once, when first asked)."""
+        rgb = self._rgb
+        if rgb is None:
+            d = self.decoded
+            rgb = d if isinstance(d, np.ndarray) else d.to_ndarray(format="rgb24", threads=1)
+            self._rgb = rgb
+        return rgb
 
 
 @dataclass

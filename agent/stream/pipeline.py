@@ -269,7 +269,7 @@ class Pipeline:
             if draw:
                 caption = f"{frame.source_id} #{frame.index} {metrics.fps():.1f} FPS {model.version}"
                 if self.view is not None:
-                    self.view.offer(frame.source_id, frame.image, det, caption)
+                    self.view.offer(frame.source_id, frame, det, caption)
                 if any(s.wants_image for s in self.sinks):
                     from agent.stream.annotate import annotate
 
@@ -277,7 +277,7 @@ class Pipeline:
             for sink in self.sinks:
                 sink.write(event, annotated)
         elif draw and self.view is not None:
-            self.view.offer(frame.source_id, frame.image, det, f"{frame.source_id} #{frame.index}")
+            self.view.offer(frame.source_id, frame, det, f"{frame.source_id} #{frame.index}")
         t2 = time.perf_counter()
         self.times.add("track", t1 - t0)
         self.times.add("sinks", t2 - t1)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -59,8 +60,10 @@ def _open_av(spec: SourceSpec):
     return container
 
 
-def _av_frames(spec: SourceSpec) -> Generator[tuple[np.ndarray, float | None, float], None, None]:
-    """(RGB image, pts seconds, nominal fps) of one opening of the source."""
+def _av_frames(spec: SourceSpec) -> Generator[tuple[Any, float | None, float], None, None]:
+    """(``av.VideoFrame`` as decoded, pts seconds, nominal fps) of one opening of the source. The
+    frame stays in the decoder's pixel format: preprocessing scales it to the model's size in one
+    swscale pass, and it becomes full-size RGB only if something draws on it."""
     container = _open_av(spec)
     try:
         stream = container.streams.video[0]
@@ -68,7 +71,7 @@ def _av_frames(spec: SourceSpec) -> Generator[tuple[np.ndarray, float | None, fl
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         for frame in container.decode(stream):
             pts = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
-            yield frame.to_ndarray(format="rgb24"), pts, rate
+            yield frame, pts, rate
     finally:
         container.close()
 
@@ -127,20 +130,20 @@ class Source:
     def join(self, timeout_s: float | None = None) -> None:
         self._thread.join(timeout_s)
 
-    def _frames(self) -> Generator[tuple[np.ndarray, float | None, float], None, None]:
+    def _frames(self) -> Generator[tuple[Any, float | None, float], None, None]:
         if self.spec.resolved_kind() is SourceKind.IMAGES:
             return _folder_frames(self.spec)
         return _av_frames(self.spec)
 
-    def _emit(self, image: np.ndarray, pts: float | None) -> bool:
-        h, w = image.shape[:2]
+    def _emit(self, decoded: Any, pts: float | None) -> bool:
+        frame = Frame(self.spec.id, self._index, pts, time.time(), decoded)
+        w, h = frame.width, frame.height
         m = self.metrics
         if m.width and (w, h) != (m.width, m.height):
             m.count("resolution_changes")
             log.warning("source %s: resolution changed from %dx%d to %dx%d; processing goes on",
                         self.spec.id, m.width, m.height, w, h)  # fmt: skip
         m.width, m.height = w, h
-        frame = Frame(self.spec.id, self._index, pts, time.time(), image)
         self._index += 1
         m.count("decoded")
         if self.prepare is not None and (not self.live or self.muxer.has_room(self.spec.id)):
@@ -164,7 +167,7 @@ class Source:
                     self.times.add("decode", time.perf_counter() - t0)
                 if item is None:
                     break
-                image, pts, rate = item
+                decoded, pts, rate = item
                 if self._stop.is_set():
                     break
                 if self.spec.pace:
@@ -181,7 +184,7 @@ class Source:
                         self._lost = False
                         self.metrics.count("reconnects")
                         log.info("source %s: reconnected", self.spec.id)
-                if not self._emit(image, pts):
+                if not self._emit(decoded, pts):
                     self._stop.set()
                     break
                 emitted += 1

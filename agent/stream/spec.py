@@ -98,6 +98,9 @@ class ModelSpec(_Strict):
     precision: str = "fp32"  # fp32 | fp16 | int8
     device: str | None = None  # cpu | gpu:N | dla:N
     calib: str | None = None  # INT8 calibration images
+    # CPU intra-op threads of the pipeline's own engine (model.path: MODEL.onnx); 0 = the agent's
+    # --threads, else one fewer than the cores: decoding, drawing and sinks keep a core
+    threads: int = Field(default=0, ge=0, le=256)
 
     @field_validator("precision")
     @classmethod
