@@ -10,11 +10,18 @@
 - The clip: ``edgeloop data synth --task detection --video`` at ``--size``, decoded by every
   stream (N streams = the same file N times).
 - **plain loop**: one thread reads each stream in turn with PyAV, preprocesses, runs the engine
-  on one frame, decodes the boxes, draws them and writes the event as a JSON line.
+  on one frame, decodes the boxes, draws them and writes the event as a JSON line. It uses the
+  pipeline's own per-frame code (swscale preprocessing, drawing, event), and it runs twice: on
+  an engine with ONNX Runtime's default threads and on one with the pipeline's engine threads.
+  The faster of the two is the baseline.
 - **pipeline**: ``agent.stream`` with N file sources, ``max_batch`` = 8, ByteTrack, JSON-lines
   sink, frames drawn (a sink that takes the annotated image), every frame processed.
 - **bare engine**: ``engine.run`` on ready batches of 8 preprocessed frames: the images/s the
-  pipeline could reach if decoding, preprocessing, tracking and sinks cost nothing.
+  pipeline could reach if decoding, preprocessing, tracking and sinks cost nothing. Measured
+  right before and right after each row's pipeline run, each time with both thread settings;
+  the best of the four is the baseline (a shared host's speed drifts).
+- CPU ms per frame (the process's CPU time over the frames) is printed beside each FPS: it
+  moves much less than FPS when other work shares the host.
 - **live**: one source paced at 15 FPS (a file played as a camera): capture-to-event latency
   p50/p99 against 3 frame periods; then 8 live sources at the clip's rate for ``--overload-s``
   seconds, more than the engine can take: frames dropped (counted) and latency p99 per 10 s window
@@ -41,7 +48,7 @@ from agent.engine_cache import EngineCache  # noqa: E402
 from agent.engines import build_engine  # noqa: E402
 from agent.model_spec import resolve_model  # noqa: E402
 from agent.probe import probe_hardware  # noqa: E402
-from agent.stream.infer import Inference, _active_model, build_fixed_engine  # noqa: E402
+from agent.stream.infer import Inference, _active_model, build_fixed_engine, engine_threads, model_input  # noqa: E402
 from agent.stream.metrics import StageTimes  # noqa: E402
 from agent.stream.pipeline import Pipeline  # noqa: E402
 from agent.stream.sinks import Sink  # noqa: E402
@@ -89,10 +96,10 @@ def make_clip(work: Path, size: tuple[int, int], seconds: float, fps: float) -> 
     return clip
 
 
-def plain_loop(model, clip: Path, streams: int, out: Path, threshold: float) -> tuple[int, float]:
-    """Read, infer one frame at a time, draw, publish: the loop a user writes first."""
+def plain_loop(model, clip: Path, streams: int, out: Path, threshold: float) -> tuple[int, float, float]:
+    """Read, infer one frame at a time, draw, publish: the loop a user writes first (with the
+    pipeline's per-frame code). Returns (frames, seconds, CPU seconds)."""
     import av
-    from PIL import Image
 
     from agent.stream.annotate import annotate
     from agent.stream.events import build_event
@@ -102,7 +109,7 @@ def plain_loop(model, clip: Path, streams: int, out: Path, threshold: float) -> 
     containers = [av.open(str(clip)) for _ in range(streams)]
     decoders = [c.decode(video=0) for c in containers]
     frames = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with out.open("w") as sink:
         live = list(range(streams))
         index = [0] * streams
@@ -112,35 +119,42 @@ def plain_loop(model, clip: Path, streams: int, out: Path, threshold: float) -> 
                 if vf is None:
                     live.remove(s)
                     continue
-                image = vf.to_ndarray(format="rgb24")
-                frame = Frame(f"s{s}", index[s], None, time.time(), image)
+                frame = Frame(f"s{s}", index[s], None, time.time(), vf)
                 index[s] += 1
-                frame.tensor = model.preprocess(Image.fromarray(image))
-                frame.tensor_key = model.preprocess
+                frame.tensor, frame.tensor_key = model_input(vf, model.preprocess), model.preprocess
                 det = infer(model, [frame])[0]
-                annotate(image, det)
+                annotate(frame.image, det)
                 sink.write(json.dumps(build_event("plain", frame, det, model.version)) + "\n")
                 frames += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     for c in containers:
         c.close()
-    return frames, elapsed
+    return frames, elapsed, cpu
 
 
-def bare_engine(model, clip: Path, batch: int, seconds: float = 5.0) -> float:
+def bare_engine(model, clip: Path, batch: int, seconds: float = 5.0) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of ``engine.run`` on one ready batch, again and again."""
     import av
-    from PIL import Image
 
     with av.open(str(clip)) as c:
-        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(batch), c.decode(video=0), strict=False)]
-    tensors = np.stack([model.preprocess(Image.fromarray(i)) for i in images])
+        frames = [f for _, f in zip(range(batch), c.decode(video=0), strict=False)]
+    tensors = np.stack([model_input(f, model.preprocess) for f in frames])
     infer = Inference(Postprocess(), StageTimes())
     infer._run_engine(model, tensors)  # warm-up
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         infer._run_engine(model, tensors)
         n += len(tensors)
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), (time.process_time() - cpu) / n * 1000
+
+
+def best_bare(engines: dict, clip: Path, batch: int = 8) -> dict:
+    """The bare engine at each thread setting: {label: (images/s, CPU ms/image)}."""
+    return {label: bare_engine(m, clip, batch) for label, m in engines.items()}
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 def run_pipeline(model_args: list[str], build, clip: Path, streams: int, work: Path, *, live: bool = False, pace: bool = False,
@@ -155,7 +169,7 @@ def run_pipeline(model_args: list[str], build, clip: Path, streams: int, work: P
     p = Pipeline(spec, build=build)
     p.sinks.append(DrawnSink())
     p.start()  # engine loaded in the constructor, tracker imported here: neither is counted
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if duration_s:
         next_window = start + 10
         while time.perf_counter() - start < duration_s:
@@ -168,11 +182,12 @@ def run_pipeline(model_args: list[str], build, clip: Path, streams: int, work: P
                 next_window += 10
     else:
         assert p.wait(1800), "pipeline did not finish"
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     stats = p.stats()
     p.stop()
     frames = sum(s["processed"] for s in stats["sources"])
-    return {"frames": frames, "elapsed_s": elapsed, "fps": frames / elapsed, "stats": stats}
+    return {"frames": frames, "elapsed_s": elapsed, "fps": frames / elapsed, "stats": stats,
+            "cpu_ms_per_frame": round(cpu / max(1, frames) * 1000, 1)}  # fmt: skip
 
 
 def main() -> int:
@@ -202,37 +217,55 @@ def main() -> int:
     cache = EngineCache(args.work / "engines")
     calib = args.work / "pcb_det" / "train" if args.precision == "int8" else None
     resolved = resolve_model(onnx)
-    built = build_engine(resolved, profile=profile, cache=cache, precision=args.precision, calib_dir=calib,
-                         threads=args.threads or None)  # fmt: skip
-    model = _active_model(resolved.manifest.version, built.engine, resolved.manifest)
     model_args = [
         f"model.path={onnx}",
         f"model.precision={args.precision}",
         f"postprocess.score_threshold={args.score_threshold}",
     ] + ([f"model.calib={calib}"] if calib else [])
+    pipe_threads = engine_threads(load_pipeline_spec({"sources": []}, model_args).model, args.threads or None)
+    engines = {}  # the baselines run on both: ONNX Runtime's default threads and the pipeline's
+    wanted = {args.threads or None: "default", pipe_threads: f"{pipe_threads} thread(s)"}  # one when equal
+    for threads, label in wanted.items():
+        built = build_engine(resolved, profile=profile, cache=cache, precision=args.precision, calib_dir=calib,
+                             threads=threads)  # fmt: skip
+        engines[label] = _active_model(resolved.manifest.version, built.engine, resolved.manifest)
+    model = next(iter(engines.values()))
     # each pipeline loads its own engine from the cache (a hit: the INT8 calibration is not redone)
     build = lambda spec: build_fixed_engine(spec, profile, cache, args.threads or None)  # noqa: E731
     print(f"detector {model.version} {built.backend}/{built.precision}, input {model.preprocess.width}x"
-          f"{model.preprocess.height}; clip {clip.name}", flush=True)  # fmt: skip
+          f"{model.preprocess.height}; clip {clip.name}; pipeline engine threads {pipe_threads}; "
+          f"baselines on engines {list(engines)}; load average {load()}", flush=True)  # fmt: skip
 
-    bare = bare_engine(model, clip, 8)
-    print(f"bare engine, batch 8: {bare:.1f} images/s", flush=True)
+    first_bare = best_bare(engines, clip)
+    bare = max(v[0] for v in first_bare.values())
+    print(f"bare engine, batch 8: {json.dumps(first_bare)} (images/s, CPU ms/image)", flush=True)
     rows = []
     for n in [int(x) for x in args.streams.split(",")]:
-        plain_frames, plain_s = plain_loop(
-            model, clip, n, args.work / f"plain_{n}.jsonl", args.score_threshold
-        )
-        plain = plain_frames / plain_s
+        load_before = load()
+        plains = {}
+        for label, m in engines.items():
+            f, secs, cpu = plain_loop(m, clip, n, args.work / f"plain_{n}.jsonl", args.score_threshold)
+            plains[label] = (round(f / secs, 2), round(cpu / f * 1000, 1))
+        plain_label = max(plains, key=lambda k: plains[k][0])
+        plain = plains[plain_label][0]
+        before = best_bare(engines, clip)
         pipe = run_pipeline(model_args, build, clip, n, args.work)
-        row_bare = bare_engine(model, clip, 8)  # again beside this row: a shared host's speed drifts
+        after = best_bare(engines, clip)  # beside this row, before and after: a shared host's speed drifts
+        bare_label, (row_bare, bare_cpu) = max(
+            ((f"{k} {when}", v) for when, d in (("before", before), ("after", after)) for k, v in d.items()),
+            key=lambda kv: kv[1][0],
+        )
         frames = pipe["frames"]
         events = [json.loads(line) for line in (args.work / f"events_{n}_0.jsonl").read_text().splitlines()]
         stages = {k: round(v / frames * 1000, 2) for k, v in pipe["stats"]["stage_s"].items()}
-        row = {"streams": n, "plain_fps": round(plain, 1), "pipeline_fps": round(pipe["fps"], 1),
-               "vs_plain": round(pipe["fps"] / plain, 2), "bare_fps": round(row_bare, 1),
-            "vs_bare": round(pipe["fps"] / row_bare, 2),
+        row = {"streams": n, "plain_fps": round(plain, 1), "plain_engine": plain_label, "plain_runs": plains,
+               "pipeline_fps": round(pipe["fps"], 1), "pipeline_cpu_ms_per_frame": pipe["cpu_ms_per_frame"],
+               "vs_plain": round(pipe["fps"] / plain, 2), "bare_fps": round(row_bare, 1), "bare_engine": bare_label,
+               "bare_cpu_ms_per_image": round(bare_cpu, 1), "bare_runs": {"before": before, "after": after},
+               "vs_bare": round(pipe["fps"] / row_bare, 2),
                "mean_batch": pipe["stats"]["mean_batch"], "frames": frames,
-               "objects_per_frame": round(sum(len(e["objects"]) for e in events) / max(1, len(events)), 1), "stage_ms_per_frame": stages}  # fmt: skip
+               "objects_per_frame": round(sum(len(e["objects"]) for e in events) / max(1, len(events)), 1),
+               "stage_ms_per_frame": stages, "load_average": [load_before, load()]}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -259,13 +292,14 @@ def main() -> int:
                 "p99_ms": max(s["latency_ms"]["p99"] for s in srcs), "windows": windows}  # fmt: skip
     print("overloaded 8 live sources:", json.dumps(over_row), flush=True)
 
-    print(
-        "\n| streams | plain loop FPS | pipeline FPS | bare engine img/s | vs plain | vs bare engine | mean batch |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| streams | plain loop FPS | pipeline FPS | bare engine img/s | vs plain | vs bare engine | mean batch "
+          "| CPU ms/frame: plain, pipeline, bare | load average |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        pcpu = r["plain_runs"][r["plain_engine"]][1]
         print(f"| {r['streams']} | {r['plain_fps']} | {r['pipeline_fps']} | {r['bare_fps']} | {r['vs_plain']}x "
-              f"| {r['vs_bare']} | {r['mean_batch']} |")  # fmt: skip
+              f"| {r['vs_bare']} | {r['mean_batch']} | {pcpu}, {r['pipeline_cpu_ms_per_frame']}, "
+              f"{r['bare_cpu_ms_per_image']} | {r['load_average'][0]}-{r['load_average'][1]} |")  # fmt: skip
     print(f"\nbare engine (batch 8): {bare:.1f} images/s; per-stage ms/frame at {rows[-1]['streams']} streams: "
           f"{rows[-1]['stage_ms_per_frame']}")  # fmt: skip
     if args.json:
