@@ -79,6 +79,20 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainSpec, steps_per_epoch: 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def backbone_param_groups(
+    model: nn.Module, backbone_params: Iterable[nn.Parameter], cfg: TrainSpec
+) -> list[dict[str, Any]] | None:
+    """``train.backbone_lr_mult``: ``backbone_params`` at ``lr x mult``, the rest of ``model`` at
+    ``lr`` (None when the multiplier is 1: plain ``model.parameters()``). A pretrained backbone
+    then moves less than the freshly initialised head and neck."""
+    if cfg.backbone_lr_mult == 1.0:
+        return None
+    body = set(map(id, backbone_params))
+    backbone = [p for p in model.parameters() if id(p) in body]
+    rest = [p for p in model.parameters() if id(p) not in body]
+    return [{"params": rest}, {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_mult}]
+
+
 @dataclass
 class TrainStep:
     """One optimisation step; returns the loss as a tensor (no host sync)."""

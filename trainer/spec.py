@@ -98,6 +98,9 @@ class TrainSpec(Section):
     step_size: int = Field(10, ge=1, description="epochs between lr drops for scheduler=step")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     clip_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this total norm (0 = off)")
+    backbone_lr_mult: float = Field(
+        1.0, gt=0, le=1, description="the backbone's lr = lr x this (e.g. 0.1 for a pretrained backbone)"
+    )
     num_workers: int = Field(2, ge=0)
     resume: bool | str = Field(
         False, description="true: resume from <results_dir>/<action>/last.pth; or a checkpoint path"

@@ -81,10 +81,18 @@ def test_classification_fine_tunes_from_ssl_backbone(ssl_run, tiny_data: Path, m
     assert counts["loaded"] == len(state) and counts["missing"] == 0
     assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
 
+    # train.backbone_lr_mult: the pretrained body barely moves, the new head trains at full lr
     ft = make_spec(tiny_data, tmp_path, model={"pretrained_path": str(res.model_path)})
+    ft["train"]["backbone_lr_mult"] = 1e-6
     out = run_action("classification", "train", ft)
     assert out.status == "succeeded" and (out.output_dir / "model.pth").is_file()
     assert f"loaded {res.model_path}" in (out.output_dir / "log.txt").read_text()
+    last = torch.load(out.output_dir / "last.pth", weights_only=True)
+    body = [k for k in state if k.endswith(".weight") and "bn" not in k and "downsample.1" not in k]
+    assert body and all(torch.allclose(last["state_dict"][k], state[k], atol=1e-5) for k in body)
+    head, rest = last["optimizer"]["param_groups"]
+    assert len(head["params"]) == 2  # fc.weight, fc.bias
+    assert rest["initial_lr"] == pytest.approx(head["initial_lr"] * 1e-6)
 
 
 def test_detection_fine_tunes_from_ssl_backbone(ssl_run, tmp_path) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.engine import FitState, cross_entropy, fit, predict
+from trainer.engine import FitState, backbone_param_groups, cross_entropy, fit, predict
+from trainer.models.backbones import head_module
 from trainer.models.checkpoint import Checkpoint, count_params, load_checkpoint, save_checkpoint
 from trainer.runtime import ActionOutput, RunContext, select_device
 from trainer.tasks.classification.common import (
@@ -98,6 +99,12 @@ def run_training(
             save_checkpoint(ck, ctx.out_dir / "model.pth")
 
     target = fit_model if fit_model is not None else model
+    groups = None
+    if fit_model is None:  # train / retrain: the network minus its classifier is the backbone
+        head = set(map(id, head_module(model, backbone).parameters()))
+        groups = backbone_param_groups(
+            model, [p for p in model.parameters() if id(p) not in head], spec.train
+        )
     state = fit(
         target,
         cfg=spec.train,
@@ -110,6 +117,7 @@ def run_training(
         save=save,
         extra_params=extra_params,
         resume=resume_state,
+        param_groups=groups,
     )
     metrics: dict[str, Any] = {
         "epochs": state.epoch,

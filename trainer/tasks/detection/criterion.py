@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 
-def _xyxy(b: torch.Tensor) -> torch.Tensor:
+def xyxy(b: torch.Tensor) -> torch.Tensor:
+    """cxcywh -> xyxy."""
     cx, cy, w, h = b.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
@@ -36,11 +37,11 @@ def box_iou_giou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    union = area_a + area_b - inter
+    union = (area_a + area_b - inter).clamp(min=1e-7)  # degenerate boxes: no 0 / 0
     iou = inter / union
     lt_c = torch.minimum(a[..., :2], b[..., :2])
     rb_c = torch.maximum(a[..., 2:], b[..., 2:])
-    hull = (rb_c - lt_c).clamp(min=0).prod(-1)
+    hull = (rb_c - lt_c).clamp(min=0).prod(-1).clamp(min=1e-7)
     return iou, iou - (hull - union) / hull
 
 
@@ -109,7 +110,7 @@ def match_cost(logits: torch.Tensor, boxes: torch.Tensor, tgt: PaddedTargets, w:
     pb = boxes.float()[:, :, :, None, :]
     tb = tgt.boxes[None, :, None, :, :]
     l1 = (pb - tb).abs().sum(-1)
-    _, giou = box_iou_giou(_xyxy(pb), _xyxy(tb))
+    _, giou = box_iou_giou(xyxy(pb), xyxy(tb))
     cost = w.cost_bbox * l1 + w.cost_class * (pos - neg) - w.cost_giou * giou
     big = torch.finfo(cost.dtype).max
     return torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
@@ -166,7 +167,7 @@ def _terms(
     logits = logits.float()
     src = boxes.float()[g, b, q]
     dst = tgt.boxes[b, t]
-    iou, giou = box_iou_giou(_xyxy(src), _xyxy(dst))
+    iou, giou = box_iou_giou(xyxy(src), xyxy(dst))
     target = torch.zeros_like(logits)
     labels = tgt.labels[b, t]
     target[g, b, q, labels] = 1.0

@@ -9,7 +9,8 @@ Loss = ``gt_weight`` x the student's own RT-DETR loss
        with the teacher's (Hungarian, on |p_s - p_t| + |b_s - b_t|), then the student's class
        probabilities follow the teacher's (BCE on sigmoid(logits / T)) and its boxes follow the
        teacher's (L1 + GIoU, weighted by the teacher's confidence so background queries do not
-       pull boxes around).
+       pull boxes around). The matching and these terms are batched over the images
+       (:func:`match_queries`), as the training criterion's are.
 """
 
 from __future__ import annotations
@@ -22,28 +23,29 @@ from torch import nn
 
 from trainer.distill import Binding, FeatureBindings
 from trainer.models.checkpoint import unwrap
+from trainer.tasks.detection.criterion import assign, box_iou_giou, xyxy
 from trainer.tasks.detection.loss import targets_to
 from trainer.tasks.detection.spec import DistillSpec
 
 log = logging.getLogger(__name__)
 
 
-def box_cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-
-
-def giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise generalised IoU of xyxy boxes [..., 4]."""
-    lt, rb = torch.max(a[..., :2], b[..., :2]), torch.min(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    union = area_a + area_b - inter
-    iou = inter / union.clamp(min=1e-7)
-    lt_c, rb_c = torch.min(a[..., :2], b[..., :2]), torch.max(a[..., 2:], b[..., 2:])
-    hull = (rb_c - lt_c).clamp(min=0).prod(-1)
-    return iou - (hull - union) / hull.clamp(min=1e-7)
+@torch.no_grad()
+def match_queries(
+    s_prob: torch.Tensor, s_boxes: torch.Tensor, t_prob: torch.Tensor, t_boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One-to-one match of every image's student queries with its teacher queries (Hungarian on
+    |p_s - p_t|_1 + |b_s - b_t|_1): the cost of the whole batch in one pass on the device, one
+    copy to the host, and the training criterion's :func:`~trainer.tasks.detection.criterion.assign`
+    on each image's small matrix. Returns flat ``(image, student query, teacher query)`` indices
+    on the device, image by image, each image's rows sorted."""
+    cost = torch.cdist(s_prob.float(), t_prob.float(), p=1) + torch.cdist(
+        s_boxes.float(), t_boxes.float(), p=1
+    )
+    b, _, qt = cost.shape
+    _, bi, qi, ti = assign(cost[None], [qt] * b)
+    dev = s_prob.device
+    return tuple(torch.from_numpy(a).to(dev, non_blocking=True) for a in (bi, qi, ti))  # type: ignore[return-value]
 
 
 class DetectionDistiller(nn.Module):
@@ -79,29 +81,25 @@ class DetectionDistiller(nn.Module):
         self.features.remove_hooks()
 
     def _prediction_loss(self, s_logits, s_boxes, t_logits, t_boxes) -> torch.Tensor:
-        from scipy.optimize import linear_sum_assignment
-
+        """Class BCE and confidence-weighted L1 + GIoU on the matched queries, batched: the same
+        value as a per-image loop (each image's terms normalised on its own, then averaged over
+        images), in a fixed number of device ops whatever the batch size."""
         temp = self.cfg.temperature
-        s_prob, t_prob = torch.sigmoid(s_logits.float() / temp), torch.sigmoid(t_logits.float() / temp)
-        with torch.no_grad():
-            cost = torch.cdist(s_prob, t_prob, p=1) + torch.cdist(s_boxes.float(), t_boxes.float(), p=1)
-            cost = cost.cpu().numpy()
-        cls_loss = box_loss = torch.zeros((), device=s_logits.device)
-        for i in range(s_logits.shape[0]):
-            rows, cols = linear_sum_assignment(cost[i])
-            r = torch.as_tensor(rows, device=s_logits.device)
-            c = torch.as_tensor(cols, device=s_logits.device)
-            cls_loss = (
-                cls_loss
-                + F.binary_cross_entropy_with_logits(s_logits[i, r].float() / temp, t_prob[i, c]) * temp**2
-            )
-            conf = t_prob[i, c].max(-1).values.detach()
-            sb, tb = s_boxes[i, r].float(), t_boxes[i, c].float()
-            l1 = (sb - tb).abs().sum(-1)
-            g = 1 - giou(box_cxcywh_to_xyxy(sb), box_cxcywh_to_xyxy(tb))
-            box_loss = box_loss + ((l1 + g) * conf).sum() / conf.sum().clamp(min=1.0)
         n = s_logits.shape[0]
-        return self.cfg.logit_weight * cls_loss / n + self.cfg.box_weight * box_loss / n
+        s_prob, t_prob = torch.sigmoid(s_logits.float() / temp), torch.sigmoid(t_logits.float() / temp)
+        b, r, c = match_queries(s_prob, s_boxes, t_prob, t_boxes)
+        tp = t_prob[b, c]
+        # every image has min(Q_s, Q_t) matched rows, so the mean over all rows is the mean of
+        # the per-image means
+        cls_loss = F.binary_cross_entropy_with_logits(s_logits[b, r].float() / temp, tp) * temp**2
+        conf = tp.max(-1).values.detach()
+        sb, tb = s_boxes[b, r].float(), t_boxes[b, c].float()
+        _, g = box_iou_giou(xyxy(sb), xyxy(tb))
+        per_row = ((sb - tb).abs().sum(-1) + 1 - g) * conf
+        num = torch.zeros(n, device=per_row.device).index_add_(0, b, per_row)
+        den = torch.zeros(n, device=conf.device).index_add_(0, b, conf).clamp(min=1.0)
+        box_loss = (num / den).sum() / n
+        return self.cfg.logit_weight * cls_loss + self.cfg.box_weight * box_loss
 
     def loss(
         self, model: nn.Module, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]

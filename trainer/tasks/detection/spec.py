@@ -125,9 +125,6 @@ class DetectionTrainSpec(TrainSpec):
         ge=0,
         description="training budget in images seen (0 = none), like time_limit_s; the first to end wins",
     )
-    backbone_lr_mult: float = Field(
-        1.0, gt=0, le=1, description="the backbone's lr = lr x this (0.1 for a pretrained backbone)"
-    )
     ema_decay: float = Field(
         0.999, ge=0, lt=1, description="EMA of the weights, validated and exported (0 = off)"
     )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from trainer.ema import ModelEMA
-from trainer.engine import fit
+from trainer.engine import backbone_param_groups, fit
 from trainer.models.checkpoint import unwrap
 from trainer.runtime import ActionOutput, RunContext, select_device
 from trainer.schedule import Budget
@@ -55,12 +55,7 @@ def auto_batch_size(spec: DetectionSpec, device: torch.device) -> int:
 
 def param_groups(model: nn.Module, spec: DetectionSpec) -> list[dict[str, Any]] | None:
     """The backbone at ``lr x train.backbone_lr_mult``, the rest at ``lr`` (None when 1)."""
-    if spec.train.backbone_lr_mult == 1.0:
-        return None
-    body = set(map(id, unwrap(model).model.backbone.parameters()))
-    backbone = [p for p in model.parameters() if id(p) in body]
-    rest = [p for p in model.parameters() if id(p) not in body]
-    return [{"params": rest}, {"params": backbone, "lr": spec.train.lr * spec.train.backbone_lr_mult}]
+    return backbone_param_groups(model, unwrap(model).model.backbone.parameters(), spec.train)
 
 
 def _validator(spec: DetectionSpec, val: CocoSplit, device: torch.device, budget: Budget):
