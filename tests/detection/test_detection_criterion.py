@@ -111,7 +111,9 @@ def _per_image_distill_loss(s_logits, s_boxes, t_logits, t_boxes, temp, logit_w,
         cost = torch.cdist(s_prob[i], t_prob[i], p=1) + torch.cdist(s_boxes[i], t_boxes[i], p=1)
         r, c = (torch.as_tensor(a) for a in linear_sum_assignment(cost.detach().numpy()))
         matches.append((r.tolist(), c.tolist()))
-        cls_loss = cls_loss + F.binary_cross_entropy_with_logits(s_logits[i, r] / temp, t_prob[i, c]) * temp**2
+        cls_loss = (
+            cls_loss + F.binary_cross_entropy_with_logits(s_logits[i, r] / temp, t_prob[i, c]) * temp**2
+        )
         conf = t_prob[i, c].max(-1).values.detach()
         sb, tb = s_boxes[i, r], t_boxes[i, c]
         g = generalized_box_iou(xyxy(sb), xyxy(tb)).diagonal()
@@ -136,9 +138,7 @@ def test_batched_distill_matching_equals_per_image(seed):
     t_boxes = torch.rand(batch, q_t, 4) * 0.5 + 0.2
     temp, logit_w, box_w = 2.0, 1.0, 2.0
     ref, matches = _per_image_distill_loss(s_logits, s_boxes, t_logits, t_boxes, temp, logit_w, box_w)
-    b, r, c = match_queries(
-        torch.sigmoid(s_logits / temp), s_boxes, torch.sigmoid(t_logits / temp), t_boxes
-    )
+    b, r, c = match_queries(torch.sigmoid(s_logits / temp), s_boxes, torch.sigmoid(t_logits / temp), t_boxes)
     for i, (rows, cols) in enumerate(matches):
         sel = b == i
         assert r[sel].tolist() == rows and c[sel].tolist() == cols

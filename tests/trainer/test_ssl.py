@@ -234,10 +234,13 @@ def test_label_efficiency_benchmark_runs(tmp_path, capsys) -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "r.json"
-    assert mod.main(["--quick", "--work", str(tmp_path / "w"), "--fractions", "50", "--json", str(out)]) == 0
+    args = ["--quick", "--work", str(tmp_path / "w"), "--fractions", "50", "--json", str(out)]
+    assert mod.main([*args, "--ssl-augment-on", "device", "--ssl-lr-mults", "0.1"]) == 0
     res = json.loads(out.read_text())
     cell = res["cells"]["50 %"]
-    assert {"scratch", "ssl"} <= set(cell) and 0 <= cell["ssl"]["test_accuracy"] <= 1
+    ssl = "ssl, backbone lr x0.1"
+    assert {"scratch", ssl} <= set(cell) and 0 <= cell[ssl]["test_accuracy"] <= 1
+    assert res["ssl"]["views_on"] == "cpu"  # the device path, on this machine's CPU
     # the SSL pool is the train split minus the labelled 10 %: no labelled image leaks into it
     train = len(list((tmp_path / "w" / "data" / "train").rglob("*.png")))
     assert res["unlabelled_images"] == train - 6  # one labelled image per class at 10 %
@@ -296,3 +299,68 @@ def test_time_limit_shortens_the_schedule(tiny_data: Path, unlabeled: Path, make
     assert res.metrics["epochs"] == 1
     progress = [s for s in _status(res.output_dir) if s["status"] == "progress" and "epoch" in s]
     assert [p["horizon_epochs"] for p in progress] == [1]
+
+
+def _device_crop(**kw):
+    from trainer.ssl.device_views import DeviceMultiCrop
+
+    args = dict(
+        global_size=32,
+        local_size=16,
+        local_views=3,
+        global_scale=(0.4, 1.0),
+        local_scale=(0.05, 0.4),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    return DeviceMultiCrop(**{**args, **kw})
+
+
+def test_device_views_shapes_and_per_image_randomness() -> None:
+    """The device path (run here on the CPU) makes 2 global + N local normalised float views of a
+    uint8 batch; two copies of one image in a batch get different random views."""
+    torch.manual_seed(0)
+    img = torch.randint(0, 256, (1, 3, 40, 40), dtype=torch.uint8)
+    views = _device_crop()(img.repeat(4, 1, 1, 1))
+    assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 3
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
+    assert all(not torch.allclose(v[0], v[1]) for v in views)
+    with pytest.raises(ValueError, match="uint8"):
+        _device_crop()(img.float())
+
+
+def test_device_view_ops_do_what_they_say() -> None:
+    from trainer.ssl.device_views import color_jitter, gaussian_blur, random_grayscale, resized_crop, solarize
+
+    torch.manual_seed(1)
+    flat = torch.full((3, 3, 24, 24), 0.3)  # crop + resample + blur of a constant image stays constant
+    out = gaussian_blur(resized_crop(flat, 16, (0.1, 0.5), 0.5, 0.5), 1.0, (0.5, 2.0))
+    assert torch.allclose(out, torch.full_like(out, 0.3), atol=1e-5)
+    ramp = torch.linspace(0, 1, 24).expand(2, 3, 24, 24).contiguous()  # bright to the right
+    right = resized_crop(ramp, 16, (1.0, 1.0), hflip=0.0, vflip=0.0)
+    left = resized_crop(ramp, 16, (1.0, 1.0), hflip=1.0, vflip=0.0)
+    assert (right[..., 1:] >= right[..., :-1]).all() and (left[..., 1:] <= left[..., :-1]).all()
+    x = torch.rand(4, 3, 8, 8)
+    assert torch.equal(color_jitter(x, 0.0, 0.4, 0.4, 0.2, 0.1), x)
+    jit = color_jitter(x, 1.0, 0.4, 0.4, 0.2, 0.1)
+    assert not torch.allclose(jit, x) and jit.min() >= 0 and jit.max() <= 1
+    g = random_grayscale(x, 1.0)
+    assert torch.allclose(g[:, 0], g[:, 1]) and torch.allclose(g[:, 1], g[:, 2])
+    assert torch.equal(solarize(x, 1.0), torch.where(x >= 0.5, 1 - x, x))
+    sharp = torch.zeros(1, 3, 9, 9)
+    sharp[..., 4, 4] = 1.0
+    blurred = gaussian_blur(sharp, 1.0, (1.0, 1.0))
+    assert blurred[..., 4, 4].max() < 1.0 and torch.allclose(blurred.sum((2, 3)), torch.ones(1, 3))
+
+
+def test_ssl_with_views_made_on_the_device_path(
+    tiny_data: Path, unlabeled: Path, make_spec, tmp_path
+) -> None:
+    """ssl.augment_on=device runs the GPU code path (here on the CPU) end to end."""
+    spec = make_spec(tiny_data, tmp_path, ssl={**TINY_SSL, "epochs": 1, "augment_on": "device"})
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    res = run_action("classification", "ssl", spec)
+    assert res.status == "succeeded" and res.metrics["views_on"] == "cpu"
+    assert res.metrics["ssl_loss"] > 0 and (res.output_dir / "backbone.pth").is_file()
+    spec["ssl"]["augment_on"] = "auto"  # on a CPU machine auto keeps lightly's loader transform
+    assert run_action("classification", "ssl", spec).metrics["views_on"] == "loader"

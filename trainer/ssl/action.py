@@ -22,9 +22,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer.runtime import ActionOutput, RunContext, amp_dtype, select_device
-from trainer.ssl.data import MultiViewDataset, scan_unlabeled
+from trainer.ssl.data import MultiViewDataset, Uint8Image, scan_unlabeled
+from trainer.ssl.device_views import DeviceMultiCrop
 from trainer.ssl.dino import DINO, backbone_state, classification_name, headless_backbone
-from trainer.ssl.spec import SSLSpec
+from trainer.ssl.spec import AugmentOn, SSLSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,29 @@ def _transform(cfg: SSLSpec, image_size: int, mean, std):
         cj_prob=cfg.color_jitter,
         solarization_prob=cfg.solarization,
         normalize={"mean": list(mean), "std": list(std)},
+    )
+
+
+def on_device(cfg: SSLSpec, device: torch.device) -> bool:
+    """Whether the views are made on the training device (``ssl.augment_on``)."""
+    if cfg.augment_on == AugmentOn.auto:
+        return device.type == "cuda"
+    return cfg.augment_on == AugmentOn.device
+
+
+def _device_views(cfg: SSLSpec, image_size: int, mean, std) -> DeviceMultiCrop:
+    """The same views as :func:`_transform`, made on the device (lightly's DINO defaults)."""
+    return DeviceMultiCrop(
+        global_size=image_size,
+        local_size=local_crop_size(cfg, image_size),
+        local_views=cfg.local_views,
+        global_scale=tuple(cfg.global_crop_scale),  # type: ignore[arg-type]
+        local_scale=tuple(cfg.local_crop_scale),  # type: ignore[arg-type]
+        mean=list(mean),
+        std=list(std),
+        vflip=cfg.vflip,
+        color_jitter=cfg.color_jitter,
+        solarization=cfg.solarization,
     )
 
 
@@ -90,8 +114,10 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
     n = len(data.paths)
     bs = min(cfg.batch_size, n)
     nw = spec.train.num_workers
+    gpu_views = _device_views(cfg, ds.image_size, ds.mean, ds.std) if on_device(cfg, device) else None
+    per_image = Uint8Image(ds.image_size) if gpu_views else _transform(cfg, ds.image_size, ds.mean, ds.std)
     loader = DataLoader(
-        MultiViewDataset(data.paths, _transform(cfg, ds.image_size, ds.mean, ds.std)),
+        MultiViewDataset(data.paths, per_image),
         batch_size=bs,
         shuffle=True,
         num_workers=nw,
@@ -134,7 +160,13 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     log.info(
-        "ssl %s on %d images (%s, %d features), %d steps/epoch", cfg.method.value, n, name, feat_dim, spe
+        "ssl %s on %d images (%s, %d features), %d steps/epoch, views made on %s",
+        cfg.method.value,
+        n,
+        name,
+        feat_dim,
+        spe,
+        device.type if gpu_views else "the loader workers",
     )
     epoch = 0
     for epoch in range(cfg.epochs):
@@ -160,6 +192,8 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
                 g["lr"] = lr
             momentum = float(cosine_schedule(step, max(1, total), cfg.momentum_start, 1.0))
             model.update_teacher(momentum)
+            if gpu_views is not None:
+                views = gpu_views(views.to(device, non_blocking=True))
             views = [v.to(device, non_blocking=True, memory_format=fmt) for v in views]
             b = views[0].shape[0]
             with autocast():
@@ -234,5 +268,6 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         "images_per_s": last.get("images_per_s"),
         "feature_std": last.get("feature_std"),
         "feature_dim": feat_dim,
+        "views_on": device.type if gpu_views else "loader",
     }
     return ActionOutput(metrics=metrics, model_path=out_path)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -70,3 +72,17 @@ class MultiViewDataset(Dataset):
                 log.warning("cannot decode %s (%s): another image is used", self.paths[i], exc)
                 i = random.randrange(len(self.paths))
         raise ValueError(f"10 images in a row failed to decode under {self.paths[0].parent}")
+
+
+class Uint8Image:
+    """The loader's whole job when the views are made on the device
+    (:mod:`trainer.ssl.device_views`): the image stretched to ``size`` x ``size`` as a uint8
+    ``[3, size, size]`` tensor (a quarter of float32's bytes through the loader's queue)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)

@@ -14,6 +14,12 @@ class SSLMethod(str, Enum):
     dino = "dino"
 
 
+class AugmentOn(str, Enum):
+    auto = "auto"  # the device on CUDA, the loader workers on CPU
+    cpu = "cpu"  # lightly's DINOTransform in the loader workers (PIL)
+    device = "device"  # trainer.ssl.device_views on the training device
+
+
 def _scale(v: tuple[float, float]) -> tuple[float, float]:
     if not 0 < v[0] <= v[1] <= 1:
         raise ValueError("must be two numbers 0 < low <= high <= 1")
@@ -51,6 +57,11 @@ class SSLSpec(Section):
     vflip: float = Field(0.0, ge=0, le=1, description="vertical flip probability (top-down images)")
     color_jitter: float = Field(0.8, ge=0, le=1, description="probability of colour jitter")
     solarization: float = Field(0.2, ge=0, le=1)
+    augment_on: AugmentOn = Field(
+        AugmentOn.auto,
+        description="where the multi-crop views are made: auto = the GPU when training on one, else "
+        "the loader workers",
+    )
 
     @field_validator("global_crop_scale", "local_crop_scale")
     @classmethod
