@@ -22,7 +22,10 @@ import torch.nn.functional as F
 
 # ITU-R BT.601 luma, as torchvision's rgb_to_grayscale
 _LUMA = (0.299, 0.587, 0.114)
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB_TO_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 @dataclass(frozen=True)
@@ -141,13 +144,13 @@ def color_jitter(
     g = _gray(y)
     y = ((y - g) * sf.view(b, 1, 1, 1) + g).clamp(0, 1)
     # hue: rotate the (I, Q) chroma plane by 2 pi x factor
-    to_yiq = _RGB_TO_YIQ.to(dev)
+    to_yiq, to_rgb = _RGB_TO_YIQ.to(dev, torch.float32), _YIQ_TO_RGB.to(dev, torch.float32)
     ang = 2 * math.pi * hf
     cos, sin = ang.cos(), ang.sin()
     rot = torch.zeros(b, 3, 3, device=dev)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    mat = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # [B, 3, 3]
+    mat = to_rgb @ rot @ to_yiq  # [B, 3, 3]
     y = torch.einsum("bij,bjhw->bihw", mat, y).clamp(0, 1)
     return torch.where(on, y, x)
 
