@@ -8,8 +8,10 @@ import hmac
 import logging
 import math
 import threading
+from datetime import datetime, timezone
 
 from google.protobuf import json_format
+from sqlalchemy import bindparam, or_
 from sqlmodel import Session, col, select, update
 
 from controller import crud
@@ -167,6 +169,9 @@ def record_status(*, session: Session, device_id: str, status: fleet_pb2.Command
             if active and active != device.active_version:
                 device.previous_version = device.active_version
                 device.active_version = active
+                # a heartbeat received before this status must not put the old version back
+                # (flush_heartbeats writes versions only from heartbeats newer than last_seen)
+                device.last_seen = utcnow()
         session.add(device)
     session.flush()
     return command
@@ -284,22 +289,35 @@ def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report)
 
 
 def flush_heartbeats(*, session: Session, seen: dict[str, HeartbeatSeen]) -> None:
-    """The heartbeats seen since the last flush, as one batched UPDATE by primary key (an
-    executemany: one round trip per batch, not one statement per heartbeat)."""
-    from datetime import datetime, timezone
+    """The heartbeats seen since the last flush, as one batched UPDATE (an executemany: one round
+    trip per batch, not one statement per heartbeat).
 
+    A heartbeat is written only if it was received after the device's ``last_seen``. A command
+    status that changed the active version, and a hello, set ``last_seen`` when they are
+    recorded. So a heartbeat that was waiting in the buffer from before them is dropped: it would
+    put back the versions the device had before the switch. The next rollout would then find no
+    baseline and gate the candidate against nothing."""
     rows = [
-        {"id": device_id, "last_seen": datetime.fromtimestamp(hb.ts, timezone.utc),
-         "active_version": hb.active_version, "candidate_version": hb.candidate_version,
-         "previous_version": hb.previous_version}
+        {"b_id": device_id, "b_seen": datetime.fromtimestamp(hb.ts, timezone.utc),
+         "b_active": hb.active_version, "b_candidate": hb.candidate_version,
+         "b_previous": hb.previous_version}
         for device_id, hb in seen.items()
     ]  # fmt: skip
-    known = (
-        set(session.exec(select(Device.id).where(col(Device.id).in_(list(seen)))).all()) if rows else set()
+    if not rows:
+        return
+    table = Device.__table__  # type: ignore[attr-defined]
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .where(or_(table.c.last_seen.is_(None), table.c.last_seen <= bindparam("b_seen")))
+        .values(
+            last_seen=bindparam("b_seen"),
+            active_version=bindparam("b_active"),
+            candidate_version=bindparam("b_candidate"),
+            previous_version=bindparam("b_previous"),
+        )
     )
-    rows = [r for r in rows if r["id"] in known]  # a device deleted meanwhile is not an error
-    if rows:
-        session.execute(update(Device), rows)
+    session.connection().execute(stmt, rows)  # a device deleted meanwhile matches no row
 
 
 def device_ids_connected(*, session: Session) -> list[str]:

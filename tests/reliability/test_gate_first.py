@@ -57,7 +57,7 @@ def test_a_failing_candidate_serves_zero_live_requests(tmp_path: Path) -> None:
         before = client.total()
         failed = h.finished(api, h.rollout(api, "colour:3", eval_id)["id"])
         during = client.total() - before
-        assert failed["state"] == "aborted", failed
+        assert failed["state"] == "aborted", failed["deployments"]
         message = failed["deployments"][0]["message"]
         assert "gate failed" in message and "never switched in" in message, message
         h.wait_until(lambda: client.total() >= before + during + 5, 30, "still answering after")
