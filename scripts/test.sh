@@ -75,4 +75,6 @@ echo "== types (pyproject.toml [tool.mypy])"
 echo "== generated protos"
 "$VENV/bin/python" protos/generate.py --check
 echo "== pytest"
-"$VENV/bin/python" -m pytest "$@"
+# Two worker processes, one test file each at a time (--dist loadfile keeps a file's module
+# fixtures in one process). EDGELOOP_TEST_WORKERS=0 runs everything in this process.
+"$VENV/bin/python" -m pytest -n "${EDGELOOP_TEST_WORKERS:-2}" --dist loadfile "$@"
