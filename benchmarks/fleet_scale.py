@@ -304,7 +304,11 @@ def _probe(
             ):
                 http = next(turn)
                 t0 = time.perf_counter()
-                http.get(path).raise_for_status()
+                try:
+                    http.get(path).raise_for_status()
+                except httpx.HTTPError as exc:  # counted and shown, not a dead probe
+                    by_path.setdefault(f"{name} errors ({type(exc).__name__})", []).append(float("nan"))
+                    continue
                 ms = (time.perf_counter() - t0) * 1000
                 latencies.append(ms)
                 by_path.setdefault(name, []).append(ms)
@@ -413,10 +417,21 @@ def _measure(n, procs, size_mb, run_dir, source, ctls, nginx, broker, telemetry_
         proc = ctx.Process(
             target=_agents_proc,
             args=(list(range(p, n, procs)), targets, ctl.enrollment_token, child, telemetry),
+            daemon=True,  # an interrupted run leaves no agent process behind
         )
         proc.start()
         pipes.append(parent)
         children.append(proc)
+    try:
+        return _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source)
+    finally:
+        for proc in children:
+            if proc.is_alive():
+                proc.terminate()
+
+
+def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source) -> dict:  # noqa: ANN001
+    ctl = ctls[0]
     with ctl.http as http:
         while True:
             online = http.get("/devices/", params={"online": "true", "limit": 1}).json()["count"]
@@ -501,7 +516,7 @@ def _measure(n, procs, size_mb, run_dir, source, ctls, nginx, broker, telemetry_
         "telemetry_ingested": ingested,
         "api_p50_ms": statistics.median(lat) if lat else float("nan"),
         "api_p99_ms": _p99(lat),
-        "api_by_path": {k: (statistics.median(v), _p99(v)) for k, v in by_path.items()},
+        "api_by_path": {k: (statistics.median(v), _p99(v), len(v)) for k, v in by_path.items()},
         "api_requests": len(lat),
         "download_p50_s": statistics.median(downloads) if downloads else float("nan"),
     }
@@ -567,7 +582,10 @@ def _nginx_cpu_s(nginx) -> float:  # noqa: ANN001 - _nginx_proc.Nginx or None
 
 
 def _print_row(row: dict) -> None:
-    paths = ", ".join(f"{k} p50 {a:.0f} / p99 {b:.0f} ms" for k, (a, b) in row["api_by_path"].items())
+    paths = ", ".join(
+        f"{k}: {n}" if k.endswith(")") else f"{k} p50 {a:.0f} / p99 {b:.0f} ms"
+        for k, (a, b, n) in row["api_by_path"].items()
+    )
     nginx = f"nginx CPU {row['nginx_cpu_s']:.1f} s  " if row["source"] == "nginx" else ""
     each = " + ".join(f"{p:.0f}" for p in row["controller_cpu_pct_each"])
     telemetry = (
