@@ -447,6 +447,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
     stop = threading.Event()
     rid: list[str] = []
     cpu0 = [c.cpu_times() for c in cprocs]
+    agents_cpu0 = _cpu_s([p.pid for p in children])
     nginx0 = _nginx_cpu_s(nginx)
     ingested0 = _telemetry_ingested(ctls) if telemetry else 0.0
     t0 = time.perf_counter()
@@ -482,6 +483,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
             time.sleep(0.2)
     rollout_s = time.perf_counter() - t0
     cpu1 = [c.cpu_times() for c in cprocs]
+    agents_cpu_s = _cpu_s([p.pid for p in children]) - agents_cpu0
     nginx_cpu_s = _nginx_cpu_s(nginx) - nginx0
     ingested = (_telemetry_ingested(ctls) - ingested0) if telemetry else 0.0
     stop.set()
@@ -511,6 +513,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
         "controller_cpu_pct": 100 * cpu_s / rollout_s,
         "controller_cpu_pct_each": [100 * c / rollout_s for c in cpu_each],
         "nginx_cpu_s": nginx_cpu_s,
+        "agents_cpu_s": agents_cpu_s,
         "telemetry_sent": sum(s["telemetry_sent"] for s in stats),
         "telemetry_per_s": ingested / rollout_s if telemetry else 0.0,
         "telemetry_ingested": ingested,
@@ -569,6 +572,18 @@ def main() -> int:
     return 0
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds the processes ``pids`` have used so far (those still running)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def _nginx_cpu_s(nginx) -> float:  # noqa: ANN001 - _nginx_proc.Nginx or None
     """CPU seconds of nginx's master and workers so far (0 without nginx)."""
     if nginx is None:
@@ -587,6 +602,7 @@ def _print_row(row: dict) -> None:
         for k, (a, b, n) in row["api_by_path"].items()
     )
     nginx = f"nginx CPU {row['nginx_cpu_s']:.1f} s  " if row["source"] == "nginx" else ""
+    nginx += f"simulated agents CPU {row['agents_cpu_s']:.1f} s  "
     each = " + ".join(f"{p:.0f}" for p in row["controller_cpu_pct_each"])
     telemetry = (
         f"telemetry {row['telemetry_per_s']:.0f} msg/s taken in ({row['telemetry_ingested']:.0f} during the rollout, "
