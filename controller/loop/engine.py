@@ -56,6 +56,11 @@ class FleetPort(Protocol):
         """Benchmark on one device at every precision it can build; returns what it reported."""
         ...
 
+    def stream_capacity(self, device_id: str, chosen: Measurement) -> Measurement | None:
+        """The chosen candidate with its stream capacity measured on ``device_id`` (the
+        benchmark's stream scenario), or None when the fleet has no reference clip."""
+        ...
+
     def roll_out(self, device_class: str, measurement: Measurement) -> list[TimelineEvent]:
         """Roll the chosen (version, backend, precision) out to the class with the gates; event
         times are seconds from the rollout's start."""
@@ -173,6 +178,20 @@ def run_loop(
         choices = {c: choose(c, record.measurements, g, base.version) for c, g in goals.items()}
         record.round_log.append(_round_entry(round_no, made, choices))
         record.rounds = round_no
+
+    for device_class, choice in sorted(choices.items()):
+        # what the chosen model sustains as live streams, for the report, where no goal measured it
+        if choice.chosen is None or choice.chosen.stream_capacity is not None:
+            continue
+        canary = classes[device_class][0]
+        progress(f"{device_class}: stream capacity of {choice.chosen.model_version} on {name_of(canary)}")
+        measured = fleet.stream_capacity(canary, choice.chosen)
+        if measured is not None:
+            choice.chosen = measured
+            record.timeline.append(
+                TimelineEvent(time.monotonic() - t0, device_class, name_of(canary), "stream_capacity",
+                              measured.model_version,
+                              f"{measured.stream_capacity} streams at {measured.stream_fps:g} FPS"))  # fmt: skip
 
     for device_class, choice in sorted(choices.items()):
         if choice.chosen is None:

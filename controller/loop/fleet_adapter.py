@@ -4,6 +4,11 @@ Candidates are imported like any artifact; a class's canary measures them with a
 command at every precision its capability list says it can build (INT8 calibrated on the
 device from the calibration shard, accuracy from the evaluation shard); the chosen model goes
 out with a normal gated rollout. Nothing here estimates: a ``Measurement`` is a stored report.
+
+With a reference clip (``stream_clip_artifact_id``, a shard holding one video), a benchmark also
+runs the stream scenario: live copies of the clip through the device's video pipeline. When a
+class goal sets ``min_streams``, every candidate runs it (``with_stream_goals``); otherwise only
+the chosen model does, so the report can show what it sustains (``stream_capacity``).
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controller.context import ControllerContext
 from controller.inprocess import InProcessAPI
 from controller.loop.engine import Candidate
+from controller.loop.goals import ClassGoal, GoalError
 from controller.loop.record import TimelineEvent
 from controller.loop.selection import Measurement
 from controller.models import DevicePublic, ResultPublic
@@ -35,6 +41,27 @@ class FleetSettings:
     rollout_waves: int = 2
     rollout_canary_share: float = 0.5
     rollout_max_accuracy_drop: float | None = 1.0
+    stream_clip_artifact_id: str | None = None  # the stream scenario's reference clip; None: not run
+    stream_counts: tuple[int, ...] = (1, 2, 4, 8)  # tried in order until one misses
+    stream_step_s: float = 10.0  # seconds each count is measured
+    stream_every_benchmark: bool = False  # a goal judges streams: every candidate runs the scenario
+
+
+def with_stream_goals(settings: FleetSettings, goals: dict[str, ClassGoal]) -> FleetSettings:
+    """Settings that measure what the goals judge: when a class sets ``min_streams``, every
+    benchmark runs the stream scenario (refused without a clip, naming the class's key), and the
+    counts tried include each ``min_streams``."""
+    wanted = {name: g.min_streams for name, g in goals.items() if g.min_streams is not None}
+    if not wanted:
+        return settings
+    if not settings.stream_clip_artifact_id:
+        first = sorted(wanted)[0]
+        raise GoalError(
+            f"goals.classes.{first}.min_streams: measuring stream capacity needs a reference clip "
+            "(stream_clip_artifact_id: a shard holding one video)"
+        )
+    counts = tuple(sorted(set(settings.stream_counts) | set(wanted.values())))
+    return replace(settings, stream_counts=counts, stream_every_benchmark=True)
 
 
 def precisions_of(device_capabilities: list[dict]) -> list[str]:
@@ -61,6 +88,8 @@ def measurement_from_report(report: ResultPublic, device_class: str) -> Measurem
         p90_latency_ms=float(report.latency_p90_ms or 0.0),
         memory_mb=report.peak_memory_bytes / 1e6 if report.peak_memory_bytes else 0.0,
         device_id=report.device_id,
+        stream_capacity=report.stream_capacity if report.stream_fps else None,
+        stream_fps=float(report.stream_fps or 0.0),
     )
 
 
@@ -94,6 +123,13 @@ class ControllerFleet:
     def publish(self, candidate: Candidate) -> str:
         return self.api.import_artifact_dir(candidate.artifact_dir, source="loop").version
 
+    def _stream_fields(self) -> dict:
+        return {
+            "stream_clip_artifact_id": self.s.stream_clip_artifact_id,
+            "stream_counts": list(self.s.stream_counts),
+            "stream_step_s": self.s.stream_step_s,
+        }
+
     def measure(self, device_id: str, version: str) -> list[Measurement]:
         device = self._device(device_id)
         body = {
@@ -106,6 +142,8 @@ class ControllerFleet:
             "calibration_artifact_id": self.s.calibration_artifact_id,
             "round_id": self.round_id,
         }
+        if self.s.stream_every_benchmark:
+            body |= {"scenarios": [*self.s.scenarios, "stream"], **self._stream_fields()}
         command_id = self.api.send_benchmark(device_id, body)
         (cmd,) = self.api.wait_for_commands([command_id], timeout_s=self.s.report_timeout_s)
         if cmd.state.value != "succeeded":
@@ -122,6 +160,41 @@ class ControllerFleet:
                 continue
             out.append(m)
         return out
+
+    def stream_capacity(self, device_id: str, chosen: Measurement) -> Measurement | None:
+        """The stream scenario alone for a chosen (version, backend, precision) on ``device_id``;
+        the measurement with its capacity, or None (no clip configured, or the device failed)."""
+        if not self.s.stream_clip_artifact_id:
+            return None
+        device = self._device(device_id)
+        body = {
+            "model_version": chosen.model_version,
+            "backends": [chosen.backend] if chosen.backend else [],
+            "precisions": [chosen.precision],
+            "scenarios": ["stream"],
+            "calibration_artifact_id": self.s.calibration_artifact_id,
+            "round_id": self.round_id,
+            **self._stream_fields(),
+        }
+        command_id = self.api.send_benchmark(device_id, body)
+        (cmd,) = self.api.wait_for_commands([command_id], timeout_s=self.s.report_timeout_s)
+        reports = (
+            self.api.wait_for_reports([command_id], timeout_s=self.s.report_timeout_s)
+            if cmd.state.value == "succeeded"
+            else []
+        )
+        for report in reports:
+            if report.stream_fps and not report.errors:
+                return replace(
+                    chosen, stream_capacity=report.stream_capacity, stream_fps=float(report.stream_fps)
+                )
+        why = (
+            cmd.message if cmd.state.value != "succeeded" else "; ".join(e for r in reports for e in r.errors)
+        )
+        self.failures.append(
+            f"{device.name} {chosen.model_version} {chosen.precision} stream scenario: {why}"
+        )
+        return None
 
     def roll_out(self, device_class: str, measurement: Measurement) -> list[TimelineEvent]:
         t0 = time.monotonic()

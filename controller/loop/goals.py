@@ -7,6 +7,7 @@ Goals come from the REST API or a YAML file such as::
       cpu-1t: {min_fps: 400}
       cpu-2t: {max_p90_latency_ms: 4.0, max_memory_mb: 512}
       cpu-1t-slow: {min_speedup: 4.0}   # offline FPS >= 4x the baseline's, on the same class
+      jetson: {min_streams: 4, stream_fps: 15}  # 4 live streams of the reference clip at 15 FPS each
 
 An unknown key is refused with the allowed keys named; nothing here reads an estimate.
 """
@@ -24,7 +25,9 @@ class GoalError(ValueError):
 
 
 class ClassGoal(BaseModel):
-    """What one device class needs. Throughput is the offline scenario; latency is single-stream p90."""
+    """What one device class needs. Throughput is the offline scenario; latency is single-stream p90;
+    streams are the benchmark's stream scenario (live copies of the reference clip through the
+    video pipeline, each keeping ``stream_fps``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,12 +40,30 @@ class ClassGoal(BaseModel):
         default=1.0, ge=0, description="points below the baseline, same device class"
     )
     max_memory_mb: float | None = Field(default=None, gt=0)
+    min_streams: int | None = Field(
+        default=None, ge=1, le=64, description="live streams of the reference clip, each at stream_fps"
+    )
+    stream_fps: float | None = Field(default=None, gt=0, le=240, description="the rate min_streams is at")
 
     @model_validator(mode="after")
     def _needs_a_speed_goal(self) -> ClassGoal:
-        if self.min_fps is None and self.max_p90_latency_ms is None and self.min_speedup is None:
-            raise ValueError("a class goal needs min_fps, min_speedup or max_p90_latency_ms")
+        if (self.min_streams is None) != (self.stream_fps is None):
+            given, missing = (
+                ("min_streams", "stream_fps") if self.stream_fps is None else ("stream_fps", "min_streams")
+            )
+            raise ValueError(f"{given} needs {missing} (min_streams streams, each at stream_fps)")
+        if (
+            self.min_fps is None
+            and self.max_p90_latency_ms is None
+            and self.min_speedup is None
+            and self.min_streams is None
+        ):
+            raise ValueError("a class goal needs min_fps, min_speedup, max_p90_latency_ms or min_streams")
         return self
+
+    @property
+    def wants_streams(self) -> bool:
+        return self.min_streams is not None
 
 
 class Goals(BaseModel):
@@ -77,8 +98,9 @@ def parse_goals(data: dict) -> dict[str, ClassGoal]:
             goals[name] = ClassGoal(**{**defaults, **raw})
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "(class)"
-            raise GoalError(f"goals.classes.{name}.{loc}: {first['msg']}") from exc
+            loc = ".".join(str(p) for p in first["loc"])
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise GoalError(f"goals.classes.{name}{'.' + loc if loc else ''}: {msg}") from exc
     if not goals:
         raise GoalError("goals.classes is empty: name at least one device class")
     return goals

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from controller.context import ControllerContext
 from controller.loop.engine import LoopBudget, run_loop
-from controller.loop.fleet_adapter import ControllerFleet, FleetSettings
+from controller.loop.fleet_adapter import ControllerFleet, FleetSettings, with_stream_goals
 from controller.loop.goals import ClassGoal
 from controller.loop.planner import Ladders
 from controller.loop.record import LoopRecord
@@ -34,7 +34,7 @@ def run_on_controller(
     progress: Callable[[str], None] = lambda msg: None,
 ) -> tuple[dict[str, Choice], Path]:
     """Run the loop, keep what devices could not measure, write the report; returns (choices, index.html)."""
-    port = ControllerFleet(ctx, fleet, round_id=round_id)
+    port = ControllerFleet(ctx, with_stream_goals(fleet, goals), round_id=round_id)
     choices = run_loop(SpecTrainer(trainer), port, goals, ladders, budget, record, progress=progress)
     record.failures = list(port.failures)
     return choices, render_report(record, report_dir)

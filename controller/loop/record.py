@@ -43,6 +43,9 @@ class ClassSummary:
     chosen_fps: float
     baseline_accuracy: float
     chosen_accuracy: float
+    # the chosen model's stream scenario on the class's canary (None: not measured)
+    chosen_stream_capacity: int | None = None
+    chosen_stream_fps: float = 0.0
 
     @property
     def speedup(self) -> float:
@@ -61,6 +64,9 @@ class LoopRecord:
     lineage: list[LineageNode] = field(default_factory=list)
     round_log: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # candidates a device could not build or measure
+    stream_clip: str = ""  # what the stream scenario played (for the report)
+    stream_frames: list[str] = field(default_factory=list)  # annotated frames (files beside the report)
+    stream_frames_note: str = ""  # which model drew them, on which clip
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -80,6 +86,9 @@ class LoopRecord:
             lineage=[LineageNode(**x) for x in d["lineage"]],
             round_log=d.get("round_log", []),
             failures=d.get("failures", []),
+            stream_clip=d.get("stream_clip", ""),
+            stream_frames=d.get("stream_frames", []),
+            stream_frames_note=d.get("stream_frames_note", ""),
         )
 
 
@@ -97,4 +106,6 @@ def summarize_choice(choice: Choice, goal: dict) -> ClassSummary:
         chosen_fps=chosen.fps if chosen else 0.0,
         baseline_accuracy=base.accuracy if base else 0.0,
         chosen_accuracy=chosen.accuracy if chosen else 0.0,
+        chosen_stream_capacity=chosen.stream_capacity if chosen else None,
+        chosen_stream_fps=chosen.stream_fps if chosen else 0.0,
     )

@@ -49,6 +49,7 @@ def accuracy_axis(accuracies: list[float], floor: float | None) -> AccuracyAxis:
 # timeline marker per event: (marker, colour, legend label); device rows and class rows differ
 TIMELINE_STYLE: dict[str, tuple[str, str, str]] = {
     "benchmarked": ("o", "steelblue", "benchmark on the canary"),
+    "stream_capacity": ("s", "purple", "stream scenario on the canary"),
     "switched": ("o", "green", "deployed (gate passed)"),
     "succeeded": ("o", "green", "deployed (gate passed)"),
     "deploy": ("o", "grey", "deploy sent"),
@@ -210,6 +211,47 @@ def _lineage_chain(record: LoopRecord, version: str) -> list[LineageNode]:
     return list(reversed(chain))
 
 
+def _stream_section(record: LoopRecord) -> list[str]:
+    """The chosen models' stream capacity per class and the annotated frames (when measured)."""
+    measured = [s for s in record.classes if s.chosen_stream_capacity is not None]
+    if not measured and not record.stream_frames:
+        return []
+    esc = html.escape
+    clip = f" of {esc(record.stream_clip)}" if record.stream_clip else ""
+    parts = [
+        "<h2 id='streams'>Stream capacity of the chosen models</h2>",
+        f"<p>The benchmark's stream scenario on each class's canary: live copies{clip} through the "
+        "device's video pipeline (decode, batching, the engine, events). A count is kept when every "
+        "stream sustains at least 95 % of the clip's rate; the capacity is the most streams kept.</p>",
+        "<table><tr><th>class</th><th>chosen</th><th>backend / precision</th><th>live streams kept</th>"
+        "<th>stream goal</th></tr>",
+    ]
+    for s in record.classes:
+        if s.chosen_stream_capacity is None:
+            kept = "not measured"
+        else:
+            kept = f"{s.chosen_stream_capacity} at {s.chosen_stream_fps:g} FPS each"
+        want = s.goal.get("min_streams")
+        goal = f"{want} at {s.goal.get('stream_fps'):g} FPS" if want else "none (reported only)"
+        parts.append(
+            f"<tr><td>{esc(s.device_class)}</td><td>{esc(s.chosen_version)}</td>"
+            f"<td>{esc(s.chosen_backend)} / {esc(s.chosen_precision)}</td><td class='streams'>{esc(kept)}</td>"
+            f"<td>{esc(goal)}</td></tr>"
+        )
+    parts.append("</table>")
+    if record.stream_frames:
+        parts.append(
+            f"<h3 id='annotated-frames'>Annotated frames</h3><p>{esc(record.stream_frames_note)}</p>"
+        )
+        parts.append("<div class='frames'>")
+        parts.extend(
+            f"<img class='frame' src='{esc(name)}' alt='annotated frame {i + 1}'>"
+            for i, name in enumerate(record.stream_frames)
+        )
+        parts.append("</div>")
+    return parts
+
+
 def render_report(record: LoopRecord, out: Path) -> Path:
     """Write record.json, the PNG plots and index.html into ``out``; returns index.html."""
     out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +261,8 @@ def render_report(record: LoopRecord, out: Path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'><title>edgeloop report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}"
-        ".ok{color:#080}.miss{color:#b00}img{max-width:100%}</style></head><body>",
+        ".ok{color:#080}.miss{color:#b00}img{max-width:100%}"
+        ".frames{display:flex;flex-wrap:wrap;gap:8px}.frame{width:32%;min-width:260px}</style></head><body>",
         f"<h1>edgeloop: {esc(record.task)} loop report</h1>",
         f"<p id='emulation'><b>Devices.</b> {esc(record.emulation_note)}</p>",
         f"<p>{record.rounds} round(s); {len(record.measurements)} measurements, all taken on the devices.</p>",
@@ -236,7 +279,9 @@ def render_report(record: LoopRecord, out: Path) -> Path:
             f"<td>{s.baseline_fps:.1f} → {s.chosen_fps:.1f}</td><td>{s.speedup:.2f}x</td>"
             f"<td>{s.baseline_accuracy:.2f} → {s.chosen_accuracy:.2f}</td><td>{verdict}: {esc(s.reason)}</td></tr>"
         )
-    parts.append("</table><h2 id='accuracy-vs-fps'>Accuracy vs FPS per device class</h2>")
+    parts.append("</table>")
+    parts.extend(_stream_section(record))
+    parts.append("<h2 id='accuracy-vs-fps'>Accuracy vs FPS per device class</h2>")
     for s in record.classes:
         img = _plot_class(record, s, out)
         parts.append(

@@ -1,8 +1,9 @@
 """Pareto fronts and the choice per device class, from measured numbers only.
 
 A ``Measurement`` is what one device of a class reported for one candidate (model version x
-backend x precision). The chosen candidate is the most accurate one that meets the class goal;
-when none does, the closest one is chosen and flagged, with the reason.
+backend x precision). The chosen candidate is the most accurate one that meets the class goal
+(offline FPS, latency, memory, and the stream capacity that the benchmark's stream scenario
+measured); when none does, the closest one is chosen and flagged, with the reason.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Measurement:
     p90_latency_ms: float  # single-stream
     memory_mb: float = 0.0
     device_id: str = ""
+    stream_capacity: int | None = None  # live streams of the reference clip kept at stream_fps; None: not run
+    stream_fps: float = 0.0
 
     @property
     def candidate(self) -> tuple[str, str, str]:
@@ -84,7 +87,31 @@ def judge(m: Measurement, goal: ClassGoal, baseline_accuracy: float, baseline_fp
         misses.append(f"accuracy drop {drop:.2f} > {goal.max_accuracy_drop:.2f} pt")
     if goal.max_memory_mb is not None and m.memory_mb > goal.max_memory_mb:
         misses.append(f"memory {m.memory_mb:.0f} MB > {goal.max_memory_mb:.0f} MB")
+    stream_miss = _stream_miss(m, goal)
+    if stream_miss:
+        misses.append(stream_miss)
     return Verdict(m, not misses, misses)
+
+
+def _streams_at_goal_rate(m: Measurement, goal: ClassGoal) -> int | None:
+    """``m``'s measured stream capacity when it was measured at the goal's rate, else None."""
+    if m.stream_capacity is None or goal.stream_fps is None:
+        return None
+    return m.stream_capacity if abs(m.stream_fps - goal.stream_fps) <= 0.01 * goal.stream_fps else None
+
+
+def _stream_miss(m: Measurement, goal: ClassGoal) -> str:
+    """Why ``m``'s measured stream capacity misses ``min_streams`` at ``stream_fps`` ("" when met)."""
+    if goal.min_streams is None or goal.stream_fps is None:
+        return ""
+    if m.stream_capacity is None:
+        return "stream capacity not measured"
+    streams = _streams_at_goal_rate(m, goal)
+    if streams is None:
+        return f"stream capacity measured at {m.stream_fps:g} FPS, the goal is at {goal.stream_fps:g} FPS"
+    if streams < goal.min_streams:
+        return f"streams {streams} < {goal.min_streams} at {goal.stream_fps:g} FPS"
+    return ""
 
 
 def _shortfall(m: Measurement, goal: ClassGoal, baseline_accuracy: float, baseline_fps: float = 0.0) -> float:
@@ -100,6 +127,9 @@ def _shortfall(m: Measurement, goal: ClassGoal, baseline_accuracy: float, baseli
     s += max(0.0, (baseline_accuracy - m.accuracy) - goal.max_accuracy_drop) / 100.0 * 10
     if goal.max_memory_mb is not None and m.memory_mb:
         s += max(0.0, (m.memory_mb - goal.max_memory_mb) / goal.max_memory_mb)
+    if goal.min_streams is not None:
+        have = _streams_at_goal_rate(m, goal) or 0
+        s += max(0, goal.min_streams - have) / goal.min_streams
     return s
 
 

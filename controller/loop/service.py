@@ -25,7 +25,7 @@ from controller.context import ControllerContext
 from controller.errors import InvalidInput, NotFound
 from controller.inprocess import InProcessAPI
 from controller.loop.engine import LoopBudget
-from controller.loop.fleet_adapter import FleetSettings
+from controller.loop.fleet_adapter import FleetSettings, with_stream_goals
 from controller.loop.goals import GoalError, parse_goals
 from controller.loop.on_controller import run_on_controller
 from controller.loop.planner import Ladders
@@ -71,6 +71,10 @@ class LoopCreate(BaseModel):
     evaluation_artifact_id: str
     calibration_artifact_id: str | None = None
     bench_duration_ms: int = Field(default=2000, ge=100, le=60_000)
+    # the stream scenario (goals' min_streams / stream_fps): the reference clip, a shard holding one video
+    stream_clip_artifact_id: str | None = None
+    stream_counts: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1, max_length=8)
+    stream_step_s: float = Field(default=10.0, ge=0.2, le=600)
 
 
 class LoopPublic(BaseModel):
@@ -145,7 +149,13 @@ class LoopRunner:
             raise InvalidInput(str(exc)) from exc
         if not Path(body.spec).is_file():
             raise InvalidInput(f"spec: file not found on the controller host: {body.spec}")
-        for key in ("evaluation_artifact_id", "calibration_artifact_id"):
+        try:
+            with_stream_goals(self._fleet_settings(body), goals)
+        except GoalError as exc:
+            raise InvalidInput(str(exc)) from exc
+        if any(not 1 <= n <= 64 for n in body.stream_counts):
+            raise InvalidInput(f"stream_counts: each must be 1..64, got {body.stream_counts}")
+        for key in ("evaluation_artifact_id", "calibration_artifact_id", "stream_clip_artifact_id"):
             artifact_id = getattr(body, key)
             if artifact_id and not self._artifact_exists(artifact_id):
                 raise NotFound(f"{key}: artifact {artifact_id} not found")
@@ -156,6 +166,17 @@ class LoopRunner:
                 f"goals.classes: no online device of class(es) {missing}; online classes: {sorted(classes)}"
             )
         return goals
+
+    @staticmethod
+    def _fleet_settings(body: LoopCreate) -> FleetSettings:
+        return FleetSettings(
+            evaluation_artifact_id=body.evaluation_artifact_id,
+            calibration_artifact_id=body.calibration_artifact_id,
+            duration_ms=body.bench_duration_ms,
+            stream_clip_artifact_id=body.stream_clip_artifact_id,
+            stream_counts=tuple(body.stream_counts),
+            stream_step_s=body.stream_step_s,
+        )
 
     def _artifact_exists(self, artifact_id: str) -> bool:
         try:
@@ -208,11 +229,7 @@ class LoopRunner:
                     distill_epochs=body.distill_epochs,
                     overrides=body.overrides,
                 ),
-                FleetSettings(
-                    evaluation_artifact_id=body.evaluation_artifact_id,
-                    calibration_artifact_id=body.calibration_artifact_id,
-                    duration_ms=body.bench_duration_ms,
-                ),
+                self._fleet_settings(body),
                 goals,
                 Ladders(
                     prune_ratios=ladders.prune_ratios, students=ladders.students, per_round=ladders.per_round

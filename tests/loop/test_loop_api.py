@@ -91,6 +91,14 @@ def test_bad_loops_are_refused_naming_the_key_and_nothing_starts(ctl: Controller
             "/loops/", json={**_body(data, eval_id, {"classes": {"a": {"min_fps": 1}}}), "epochs": 3}
         )
         assert r.status_code == 422 and "epochs" in r.text  # unknown top-level key
+        streams = {"classes": {"cpu-1t": {"min_streams": 4, "stream_fps": 15}}}
+        r = client.post("/loops/", json=_body(data, eval_id, streams))
+        assert r.status_code == 422 and "goals.classes.cpu-1t.min_streams: measuring stream capacity needs a " \
+            "reference clip" in r.json()["detail"]  # fmt: skip
+        r = client.post("/loops/", json={**_body(data, eval_id, streams), "stream_clip_artifact_id": "nope"})
+        assert (
+            r.status_code == 404 and "stream_clip_artifact_id: artifact nope not found" in r.json()["detail"]
+        )
         assert client.get("/loops/").json() == []
         assert client.get("/loops/unknown").status_code == 404
 

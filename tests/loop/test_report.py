@@ -70,3 +70,37 @@ def test_timeline_rows_put_each_class_rollout_above_its_devices_and_every_event_
         "class rollout aborted / rolled back",
     } <= labels
     assert timeline_style("rollout_paused")[2] == "rollout paused"  # an unknown event still gets a label
+
+
+def test_report_shows_each_class_chosen_stream_capacity_and_the_annotated_frames(tmp_path: Path) -> None:
+    from PIL import Image
+
+    ms = [
+        Measurement("jetson", "base", "tensorrt", "fp16", 60.0, 300.0, 3.0, stream_capacity=2, stream_fps=15),
+        Measurement(
+            "jetson", "small", "tensorrt", "int8", 59.5, 900.0, 1.0, stream_capacity=8, stream_fps=15
+        ),
+        Measurement("cpu-1t", "base", "onnxruntime", "fp32", 60.0, 50.0, 20.0),
+    ]
+    goals = parse_goals(
+        {"classes": {"jetson": {"min_streams": 4, "stream_fps": 15}, "cpu-1t": {"min_fps": 10}}}
+    )
+    classes = [
+        summarize_choice(choose(c, ms, goals[c], "base"), goals[c].model_dump()) for c in sorted(goals)
+    ]
+    Image.new("RGB", (64, 36), (200, 30, 30)).save(tmp_path / "frame_0.jpg")
+    record = LoopRecord(task="detection", metric_name="mAP", emulation_note="", rounds=1, measurements=ms,
+                        classes=classes, stream_clip="conveyor.mp4", stream_frames=["frame_0.jpg"],
+                        stream_frames_note="drawn by small on conveyor.mp4")  # fmt: skip
+    text = render_report(record, tmp_path).read_text()
+    assert "id='streams'" in text and "id='annotated-frames'" in text
+    assert "<td class='streams'>8 at 15 FPS each</td><td>4 at 15 FPS</td>" in text  # jetson: small
+    assert "<td class='streams'>not measured</td><td>none (reported only)</td>" in text  # cpu-1t
+    assert "live copies of conveyor.mp4" in text and "<img class='frame' src='frame_0.jpg'" in text
+    again = LoopRecord.load(tmp_path / "record.json")
+    assert again.classes[1].chosen_stream_capacity == 8 and again.stream_frames == ["frame_0.jpg"]
+    # a record without streams (an older record.json, or a loop with no clip) has no such section
+    assert (
+        "id='streams'"
+        not in render_report(LoopRecord("classification", "top-1", "", 0), tmp_path / "b").read_text()
+    )

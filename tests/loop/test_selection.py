@@ -19,7 +19,7 @@ def test_goals_refuse_unknown_key_naming_allowed() -> None:
 
 
 def test_goals_need_a_speed_target_and_apply_defaults() -> None:
-    with pytest.raises(GoalError, match="min_fps, min_speedup or max_p90_latency_ms"):
+    with pytest.raises(GoalError, match="min_fps, min_speedup, max_p90_latency_ms or min_streams"):
         parse_goals({"classes": {"cpu": {"max_accuracy_drop": 1}}})
     goals = parse_goals({"defaults": {"max_accuracy_drop": 0.5}, "classes": {"a": {"min_fps": 10}}})
     assert goals["a"].max_accuracy_drop == 0.5 and goals["a"].min_fps == 10
@@ -92,3 +92,59 @@ def test_planner_explores_when_asked_although_goals_are_met() -> None:
     assert plan_next_round(met, "base", set(), ladders) == []
     explored = plan_next_round(met, "base", set(), ladders, explore=True)
     assert {r.kind for r in explored} == {"distill", "prune"}
+
+
+def sm(version: str, acc: float, streams: int | None, stream_fps: float = 15.0, fps: float = 500.0):
+    """A measurement with the stream scenario's result (None: the scenario did not run)."""
+    return Measurement("jetson", version, "tensorrt", "int8", acc, fps, 2.0, stream_capacity=streams,
+                       stream_fps=stream_fps if streams is not None else 0.0)  # fmt: skip
+
+
+def test_stream_goals_are_typed_and_refused_naming_the_key() -> None:
+    goals = parse_goals({"classes": {"jetson": {"min_streams": 4, "stream_fps": 15}}})
+    assert goals["jetson"].min_streams == 4 and goals["jetson"].stream_fps == 15.0
+    assert goals["jetson"].min_fps is None  # streams alone are a speed goal
+    with pytest.raises(
+        GoalError, match=r"goals\.classes\.jetson\.min_stream: unknown key; allowed: .*min_streams"
+    ):
+        parse_goals({"classes": {"jetson": {"min_stream": 4, "stream_fps": 15}}})
+    with pytest.raises(GoalError, match=r"goals\.classes\.jetson: min_streams needs stream_fps"):
+        parse_goals({"classes": {"jetson": {"min_streams": 4}}})
+    with pytest.raises(GoalError, match=r"goals\.classes\.jetson: stream_fps needs min_streams"):
+        parse_goals({"classes": {"jetson": {"stream_fps": 15, "min_fps": 10}}})
+    with pytest.raises(GoalError, match=r"goals\.classes\.jetson\.min_streams: .*integer"):
+        parse_goals({"classes": {"jetson": {"min_streams": "four", "stream_fps": 15}}})
+    with pytest.raises(GoalError, match=r"goals\.classes\.jetson\.min_streams: .*greater than or equal to 1"):
+        parse_goals({"classes": {"jetson": {"min_streams": 0, "stream_fps": 15}}})
+    with pytest.raises(GoalError, match=r"goals\.defaults\.stream_fsp: unknown key"):
+        parse_goals({"defaults": {"stream_fsp": 15}, "classes": {"jetson": {"min_fps": 1}}})
+
+
+def test_choose_the_most_accurate_model_whose_stream_capacity_meets_the_goal() -> None:
+    goal = parse_goals({"classes": {"jetson": {"min_streams": 4, "stream_fps": 15, "max_accuracy_drop": 5}}})[
+        "jetson"
+    ]
+    pts = [sm("base", 90, 2), sm("p50", 89, 4), sm("p70", 88, 8), sm("tiny", 80, 16)]
+    c = choose("jetson", pts, goal, "base")
+    assert c.meets_goal and c.chosen.model_version == "p50" and c.chosen.stream_capacity == 4
+    # a model measured at another rate, or not measured, does not count however many streams it kept
+    pts = [
+        sm("base", 90, 2),
+        sm("other-rate", 89.9, 8, stream_fps=30),
+        sm("unmeasured", 89.8, None),
+        sm("p70", 88, 4),
+    ]
+    assert choose("jetson", pts, goal, "base").chosen.model_version == "p70"
+
+
+def test_no_model_meets_the_stream_goal_and_the_reason_says_why() -> None:
+    goal = parse_goals({"classes": {"jetson": {"min_streams": 8, "stream_fps": 15, "max_accuracy_drop": 5}}})[
+        "jetson"
+    ]
+    c = choose("jetson", [sm("base", 90, 2), sm("p50", 89, 4), sm("other", 88, None)], goal, "base")
+    assert not c.meets_goal and c.chosen.model_version == "p50"  # the closest: most streams
+    assert "no candidate meets the goal" in c.reason and "streams 4 < 8 at 15 FPS" in c.reason
+    c = choose("jetson", [sm("base", 90, 8, stream_fps=30)], goal, "base")
+    assert "stream capacity measured at 30 FPS, the goal is at 15 FPS" in c.reason
+    c = choose("jetson", [sm("base", 90, None)], goal, "base")
+    assert "stream capacity not measured" in c.reason

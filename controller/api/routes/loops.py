@@ -40,10 +40,11 @@ def get_loop_report(loops: LoopRunnerDep, loop_id: str) -> HTMLResponse:
         raise NotFound(f"loop {loop_id} has no report yet (state: {loops.get(loop_id).state})")
 
     def inline(match: re.Match) -> str:
-        png = folder / match.group(1)
-        if png.parent != folder or not png.is_file():
+        image = folder / match.group(1)
+        if image.parent != folder or not image.is_file():
             return match.group(0)
-        return f"src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}'"
+        mime = "image/png" if image.suffix == ".png" else "image/jpeg"
+        return f"src='data:{mime};base64,{base64.b64encode(image.read_bytes()).decode()}'"
 
-    html = re.sub(r"src='([\w.\-]+\.png)'", inline, index.read_text(encoding="utf-8"))
+    html = re.sub(r"src='([\w.\-]+\.(?:png|jpg))'", inline, index.read_text(encoding="utf-8"))
     return HTMLResponse(html)
