@@ -22,7 +22,7 @@ from trainer.runtime import ActionResult, dist_env, execute, free_port, latest_s
 from trainer.spec import SpecError, load_spec, spec_to_dict
 from trainer.tasks.registry import get_task
 
-__all__ = ["ActionResult", "SpecError", "run_action", "resolve_spec", "synthesize_dataset"]
+__all__ = ["ActionResult", "SpecError", "run_action", "resolve_spec", "synthesize_clip", "synthesize_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +153,11 @@ def synthesize_dataset(
     if workers > 1:
         return t.synthesize(out, num_images, image_size, seed, workers=workers)
     return t.synthesize(out, num_images, image_size, seed)
+
+
+def synthesize_clip(out: str | Path, seconds: float, fps: float, size: tuple[int, int], seed: int = 0) -> dict:
+    """The synthetic conveyor clip (H.264 mp4, ground truth in ``out`` with ``.gt.json``) that
+    ``edgeloop data synth --task detection --video`` writes; the demo's stream reference clip."""
+    from trainer.tasks.detection.video import synthesize_video
+
+    return synthesize_video(out, seconds, fps, size, seed)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tarfile
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from controller.demo.local_agents import EmulatedClass, LocalFleet, default_classes
 from controller.demo.presets import PRESETS, DemoPreset
+from controller.demo.stream import annotated_frames, artifact_dir_of, make_clip
 from controller.loop.engine import LoopBudget
 from controller.loop.goals import GoalError, load_goals, parse_goals
 from controller.loop.planner import Ladders
@@ -165,6 +167,12 @@ def run_demo(
     data_dir = out / "data"
     prepare_data(preset, data_dir)
     eval_tar, calib_tar = make_shards(data_dir, out / "shards", preset.calibration_images, preset.task)
+    w, h = preset.clip_size
+    say(
+        f"   conveyor clip for the stream scenario: {preset.clip_seconds:g} s, {preset.clip_fps:g} FPS, {w}x{h}",
+        t0,
+    )
+    clip, clip_tar = make_clip(out / "stream", preset.clip_seconds, preset.clip_fps, preset.clip_size)
 
     say("2/5 controller (SQLite) and MQTT broker", t0)
     ctl_dir = out / "controller"
@@ -178,6 +186,7 @@ def run_demo(
         say(f"   dashboard {dashboard}  broker {ctl.public_mqtt_url or 'none'}", t0)
         eval_id = ctl.import_shard(eval_tar, name="pcb-test").id
         calib_id = ctl.import_shard(calib_tar, name="pcb-calib").id
+        clip_id = ctl.import_shard(clip_tar, name="conveyor-clip").id
 
         n_agents = len(classes) * preset.agents_per_class
         say(f"3/5 {n_agents} local agents in {len(classes)} emulated classes", t0)
@@ -213,13 +222,15 @@ def run_demo(
                 classes="; ".join(f"{c.name}: {c.describe()}" for c in classes)
             ),
             rounds=0,
+            stream_clip=f"the synthetic conveyor clip ({preset.clip_seconds:g} s, {preset.clip_fps:g} FPS, {w}x{h})",
         )
         say("4/5 the loop: baseline, then candidates until each class meets its goal", t0)
         _, index = run_on_controller(
             ctl.ctx,
             trainer,
             FleetSettings(evaluation_artifact_id=eval_id, calibration_artifact_id=calib_id,
-                          duration_ms=preset.bench_duration_ms),
+                          duration_ms=preset.bench_duration_ms, stream_clip_artifact_id=clip_id,
+                          stream_counts=preset.stream_counts, stream_step_s=preset.stream_step_s),
             goals,
             Ladders(prune_ratios=preset.prune_ratios, students=preset.students, per_round=preset.per_round),
             LoopBudget(max_rounds=preset.max_rounds, min_rounds=preset.min_rounds),
@@ -227,6 +238,8 @@ def run_demo(
             out / "report",
             round_id=f"demo-{int(time.time())}",
             progress=lambda msg: say("   " + msg, t0),
+            before_report=lambda rec, report_dir: add_annotated_frames(rec, report_dir, out / "models", clip,
+                                                                       preset.task),
         )  # fmt: skip
         say("5/5 report", t0)
         print_summary(record)
@@ -245,12 +258,50 @@ def run_demo(
         ctl.stop()
 
 
+def add_annotated_frames(
+    record: LoopRecord, report_dir: Path, models_dir: Path, clip: Path, task: str
+) -> None:
+    """A few frames of the clip annotated by an agent process with the first class's chosen model."""
+    chosen = next((c for c in record.classes if c.chosen_version), None)
+    folder = artifact_dir_of(models_dir, chosen.chosen_version) if chosen else None
+    if chosen is None or folder is None:
+        record.failures.append("annotated frames: no chosen model with an artifact folder")
+        return
+    try:
+        frames = annotated_frames(folder, clip, report_dir)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        record.failures.append(f"annotated frames: {exc}")
+        return
+    record.stream_frames = [f.name for f in frames]
+    drawn = (
+        "its label for the whole frame, bottom left (trained on board close-ups, so on a conveyor frame "
+        "the label shows the pipeline at work, not accuracy)"
+        if task == "classification"
+        else "its boxes, labels and track ids"
+    )
+    record.stream_frames_note = (
+        f"{len(frames)} frames of {record.stream_clip}, annotated by `edgeloop agent stream` (the agent's "
+        f"pipeline, drawn by agent/stream/annotate.py) running {chosen.chosen_version}, chosen for "
+        f"{chosen.device_class}: {drawn}. The whole clip: annotated.mp4 beside this page."
+    )
+
+
 def print_summary(record: LoopRecord) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"edgeloop demo: what each device class runs ({record.rounds} rounds)")
-    for col in ("class", "goal", "chosen", "precision", "accuracy", "img/s", "speedup", "goal met"):
+    for col in (
+        "class",
+        "goal",
+        "chosen",
+        "precision",
+        "accuracy",
+        "img/s",
+        "speedup",
+        "streams",
+        "goal met",
+    ):
         table.add_column(col)
     for c in record.classes:
         goal = ", ".join(f"{k}={v}" for k, v in c.goal.items() if v is not None)
@@ -262,6 +313,9 @@ def print_summary(record: LoopRecord) -> None:
             f"{c.chosen_accuracy:.1f} (base {c.baseline_accuracy:.1f})",
             f"{c.chosen_fps:.0f} (base {c.baseline_fps:.0f})",
             f"{c.speedup:.2f}x",
+            "-"
+            if c.chosen_stream_capacity is None
+            else f"{c.chosen_stream_capacity} @ {c.chosen_stream_fps:g} FPS",
             "yes" if c.meets_goal else f"no: {c.reason}",
         )
     Console(width=160).print(table)

@@ -34,6 +34,13 @@ class DemoPreset:
     goals: dict
     trainer_overrides: list[str] = field(default_factory=list)
     student_overrides: list[str] = field(default_factory=list)
+    # the stream scenario: the conveyor clip (seconds, fps, WxH) played as live streams on each
+    # class's canary (the chosen model; every candidate when a goal sets min_streams)
+    clip_seconds: float = 2.0
+    clip_fps: float = 30.0
+    clip_size: tuple[int, int] = (320, 192)
+    stream_counts: tuple[int, ...] = (1, 2)
+    stream_step_s: float = 1.0
 
     @property
     def spec_file(self) -> str:
@@ -109,6 +116,10 @@ FULL = DemoPreset(
         },
     },
     trainer_overrides=["train.num_workers=0", "train.optimizer=adamw", "train.lr=0.002"],
+    clip_seconds=4.0,
+    clip_size=(640, 384),
+    stream_counts=(1, 2, 4, 8),
+    stream_step_s=5.0,
 )
 
 # Detection (RT-DETR): candidates are distilled students (no channel pruning for this head);
@@ -182,6 +193,10 @@ FULL_DETECTION = DemoPreset(
     },
     trainer_overrides=["model.d_model=128", "model.num_queries=50", "train.num_workers=0"],
     student_overrides=["model.d_model=64", "model.encoder_ffn_dim=256", "model.decoder_ffn_dim=256"],
+    clip_seconds=4.0,
+    clip_size=(640, 384),
+    stream_counts=(1, 2, 4, 8),
+    stream_step_s=5.0,
 )
 
 PRESETS = {(p.task, p.name): p for p in (QUICK, FULL, QUICK_DETECTION, FULL_DETECTION)}

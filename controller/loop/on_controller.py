@@ -32,9 +32,13 @@ def run_on_controller(
     *,
     round_id: str,
     progress: Callable[[str], None] = lambda msg: None,
+    before_report: Callable[[LoopRecord, Path], None] | None = None,
 ) -> tuple[dict[str, Choice], Path]:
-    """Run the loop, keep what devices could not measure, write the report; returns (choices, index.html)."""
+    """Run the loop, keep what devices could not measure, write the report; returns (choices,
+    index.html). ``before_report(record, report_dir)`` may add to the record (the demo's frames)."""
     port = ControllerFleet(ctx, with_stream_goals(fleet, goals), round_id=round_id)
     choices = run_loop(SpecTrainer(trainer), port, goals, ladders, budget, record, progress=progress)
     record.failures = list(port.failures)
+    if before_report is not None:
+        before_report(record, report_dir)
     return choices, render_report(record, report_dir)

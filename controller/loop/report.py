@@ -211,7 +211,7 @@ def _lineage_chain(record: LoopRecord, version: str) -> list[LineageNode]:
     return list(reversed(chain))
 
 
-def _stream_section(record: LoopRecord) -> list[str]:
+def _stream_section(record: LoopRecord, out: Path) -> list[str]:
     """The chosen models' stream capacity per class and the annotated frames (when measured)."""
     measured = [s for s in record.classes if s.chosen_stream_capacity is not None]
     if not measured and not record.stream_frames:
@@ -229,6 +229,8 @@ def _stream_section(record: LoopRecord) -> list[str]:
     for s in record.classes:
         if s.chosen_stream_capacity is None:
             kept = "not measured"
+        elif s.chosen_stream_capacity == 0:
+            kept = f"none at {s.chosen_stream_fps:g} FPS (one stream fell below 95 %)"
         else:
             kept = f"{s.chosen_stream_capacity} at {s.chosen_stream_fps:g} FPS each"
         want = s.goal.get("min_streams")
@@ -249,6 +251,8 @@ def _stream_section(record: LoopRecord) -> list[str]:
             for i, name in enumerate(record.stream_frames)
         )
         parts.append("</div>")
+        if (out / "annotated.mp4").is_file():
+            parts.append("<p><a href='annotated.mp4'>the whole annotated clip (mp4)</a></p>")
     return parts
 
 
@@ -280,7 +284,7 @@ def render_report(record: LoopRecord, out: Path) -> Path:
             f"<td>{s.baseline_accuracy:.2f} → {s.chosen_accuracy:.2f}</td><td>{verdict}: {esc(s.reason)}</td></tr>"
         )
     parts.append("</table>")
-    parts.extend(_stream_section(record))
+    parts.extend(_stream_section(record, out))
     parts.append("<h2 id='accuracy-vs-fps'>Accuracy vs FPS per device class</h2>")
     for s in record.classes:
         img = _plot_class(record, s, out)

@@ -47,6 +47,34 @@ def test_report_has_every_part(quick_demo: tuple[Path, str]) -> None:
     assert (report / "rollout_timeline.png").stat().st_size > 5000
 
 
+def test_report_shows_each_class_chosen_stream_capacity_and_annotated_frames(
+    quick_demo: tuple[Path, str],
+) -> None:
+    """The stream scenario ran on each class's canary with the chosen model (the quick goals set no
+    stream goal, so only the choice is measured), and an agent process annotated the clip."""
+    out, stdout = quick_demo
+    report = out / "report"
+    record = json.loads((report / "record.json").read_text(encoding="utf-8"))
+    text = (report / "index.html").read_text(encoding="utf-8")
+    assert "id='streams'" in text and "id='annotated-frames'" in text
+    for c in record["classes"]:
+        assert c["chosen_stream_fps"] == QUICK.clip_fps and 0 <= c["chosen_stream_capacity"] <= 2, c
+        n = c["chosen_stream_capacity"]
+        kept = f"{n} at {QUICK.clip_fps:g} FPS each" if n else f"none at {QUICK.clip_fps:g} FPS"
+        assert f"<td class='streams'>{kept}" in text
+    runs = [e for e in record["timeline"] if e["event"] == "stream_capacity"]
+    assert {e["device_class"] for e in runs} == {c["device_class"] for c in record["classes"]}
+    assert (
+        len(record["stream_frames"]) == 3
+        and record["classes"][0]["chosen_version"] in record["stream_frames_note"]
+    )
+    for name in record["stream_frames"]:  # real JPEGs of the clip's size, linked from the page
+        data = (report / name).read_bytes()
+        assert data[:3] == b"\xff\xd8\xff" and len(data) > 2000 and f"src='{name}'" in text
+    assert (report / "annotated.mp4").stat().st_size > 10000 and "href='annotated.mp4'" in text
+    assert "streams" in stdout  # the summary table's column
+
+
 def test_loop_ran_two_rounds_and_judged_only_device_measurements(quick_demo: tuple[Path, str]) -> None:
     out, _ = quick_demo
     record = json.loads((out / "report" / "record.json").read_text(encoding="utf-8"))
