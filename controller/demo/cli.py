@@ -282,7 +282,7 @@ def add_annotated_frames(
     record.stream_frames_note = (
         f"{len(frames)} frames of {record.stream_clip}, annotated by `edgeloop agent stream` (the agent's "
         f"pipeline, drawn by agent/stream/annotate.py) running {chosen.chosen_version}, chosen for "
-        f"{chosen.device_class}: {drawn}. The whole clip: annotated.mp4 beside this page."
+        f"{chosen.device_class}: {drawn}."
     )
 
 

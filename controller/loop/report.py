@@ -230,7 +230,7 @@ def _stream_section(record: LoopRecord, out: Path) -> list[str]:
         if s.chosen_stream_capacity is None:
             kept = "not measured"
         elif s.chosen_stream_capacity == 0:
-            kept = f"none at {s.chosen_stream_fps:g} FPS (one stream fell below 95 %)"
+            kept = f"none at {s.chosen_stream_fps:g} FPS (a single stream kept less than 95 % of it)"
         else:
             kept = f"{s.chosen_stream_capacity} at {s.chosen_stream_fps:g} FPS each"
         want = s.goal.get("min_streams")

@@ -200,3 +200,28 @@ def test_a_deploy_sets_the_models_dynamic_batching_and_a_restart_keeps_it(tmp_pa
         }
     with AgentRuntime(settings, deploy_bench=None) as again:
         assert again.dataplane.model_config("colour")["dynamic_batching"]["preferred_batch_size"] == [4]
+
+
+def test_a_stream_benchmark_without_a_usable_clip_is_refused_naming_why(
+    executor, artifacts, shard, tmp_path
+) -> None:
+    """What a controller (or a forged command) can send: no clip, a clip shard without a video,
+    counts out of range. The command fails with the reason; nothing is measured."""
+    onnx_path = make_artifact(artifacts, "streamless")
+    stream = fleet_pb2.Benchmark(scenarios=["stream"])
+    with pytest.raises(AgentError, match=r"scenario 'stream' needs a stream clip"):
+        executor.benchmark(**_args(onnx_path), command=stream, shards=Shards())
+    with pytest.raises(AgentError, match=r"stream clip shard .* holds no video file"):
+        executor.benchmark(**_args(onnx_path), command=stream, shards=Shards(stream_clip=shard))
+    clip_tar = tmp_path / "clip.tar"
+    (tmp_path / "c.mp4").write_bytes(b"not checked before the counts")
+    with tarfile.open(clip_tar, "w") as tar:
+        tar.add(tmp_path / "c.mp4", arcname="clip/c.mp4")
+    bad_counts = fleet_pb2.Benchmark(scenarios=["stream"], stream_counts=[1, 500])
+    with pytest.raises(AgentError, match=r"stream_counts must be 1\.\.64, got \[1, 500\]"):
+        executor.benchmark(**_args(onnx_path), command=bad_counts, shards=Shards(stream_clip=clip_tar))
+    # a clip that is no video: the report says so (the build and the other scenarios stand)
+    (report,) = executor.benchmark(**_args(onnx_path), command=stream, shards=Shards(stream_clip=clip_tar))
+    assert report.stream_fps == 0 and any(
+        e.startswith("stream: stream clip c.mp4 cannot be read") for e in report.errors
+    )
