@@ -155,7 +155,9 @@ def synthesize_dataset(
     return t.synthesize(out, num_images, image_size, seed)
 
 
-def synthesize_clip(out: str | Path, seconds: float, fps: float, size: tuple[int, int], seed: int = 0) -> dict:
+def synthesize_clip(
+    out: str | Path, seconds: float, fps: float, size: tuple[int, int], seed: int = 0
+) -> dict:
     """The synthetic conveyor clip (H.264 mp4, ground truth in ``out`` with ``.gt.json``) that
     ``edgeloop data synth --task detection --video`` writes; the demo's stream reference clip."""
     from trainer.tasks.detection.video import synthesize_video
