@@ -133,6 +133,7 @@ class Controller(InProcessAPI):
             prefix=self.settings.telemetry_prefix,
             streams=streams,
             client_id=self.settings.mqtt_session_id,
+            share_group=self.settings.telemetry_share_group or "",
         ).start()
         return url
 

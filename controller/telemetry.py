@@ -6,6 +6,12 @@ at once and per-device one-minute aggregates that are written to the DB in batch
 stored as they come. Messages are parsed on paho's thread and written by one flusher thread, so
 a burst of telemetry never holds up the broker connection.
 
+Several controllers share the telemetry with an MQTT shared subscription
+(``$share/<group>/...``, ``share_group``): the broker gives each message to one of them. A
+device's one-minute window is then filled by several processes, so each writes only what it
+added since its last write, merged into the row under a row lock (``_write_window``): sample
+counts add up, maxima take the larger, means are weighted by the samples.
+
 Nothing sent at QoS 1 is lost while the controller is down or killed: the session is persistent
 (a fixed client id, no clean start), so the broker keeps what arrives meanwhile, and a message
 is acknowledged (manual PUBACK) only after the DB transaction that stores it has committed; one
@@ -27,6 +33,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select, update
 
@@ -70,6 +78,26 @@ class _Window:
     stream_n: int = 0
     requests: int = 0
     active_version: str = ""
+    written: tuple[int, float, int, float, int, float, int] = (
+        0,
+        0.0,
+        0,
+        0.0,
+        0,
+        0.0,
+        0,
+    )  # sums already in the row
+
+    def sums(self) -> tuple[int, float, int, float, int, float, int]:
+        return (
+            self.samples,
+            self.fps_sum,
+            self.fps_n,
+            self.cpu_sum,
+            self.cpu_n,
+            self.stream_sum,
+            self.stream_n,
+        )
 
 
 def _text(value: object, limit: int = 200) -> str:
@@ -111,6 +139,7 @@ class TelemetryIngest:
     prefix: str = "edgeloop"
     streams: dict[str, dict] | None = None  # latest video pipeline stats by device (the API reads it)
     client_id: str = "edgeloop-controller"  # fixed: the broker keeps this session's messages
+    share_group: str = ""  # MQTT shared subscription group of the controllers ("" = all messages here)
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
@@ -119,6 +148,7 @@ class TelemetryIngest:
         self._known: set[str] = set()  # enrolled, not revoked devices: telemetry of others is dropped
         self._lookup_window, self._lookups = 0.0, 0
         self._known_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self.dropped = 0  # messages refused (unknown id, id not the topic's, unparsable)
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -163,7 +193,8 @@ class TelemetryIngest:
             log.warning("MQTT connect to %s refused: %s", redact_url(self.url), reason_code)
             return
         for kind, qos in (("state", 1), ("metrics", 0), ("events", 1)):
-            client.subscribe(f"{self.prefix}/devices/+/{kind}", qos=qos)
+            topic = f"{self.prefix}/devices/+/{kind}"
+            client.subscribe(f"$share/{self.share_group}/{topic}" if self.share_group else topic, qos=qos)
         self.connected.set()
         log.info("telemetry subscribed on %s under %s/", redact_url(self.url), self.prefix)
 
@@ -295,6 +326,10 @@ class TelemetryIngest:
         self._flush()
 
     def _flush(self) -> None:
+        with self._flush_lock:  # one writer at a time: a window's deltas are counted once
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         items = []
         while True:
             try:
@@ -303,6 +338,8 @@ class TelemetryIngest:
                 break
         if not items:
             return
+        windows: dict[tuple[str, datetime], _Window] = {}  # a window queued twice is written once
+        written: list[tuple[_Window, tuple[int, float, int, float, int, float, int]]] = []
         with session_scope(self.engine) as session:
             for kind, device_id, payload, _ in items:
                 if kind == "state":
@@ -310,8 +347,12 @@ class TelemetryIngest:
                 elif kind == "events":
                     self._write_event(session, device_id, payload)
                 elif kind == "aggregate":
-                    self._write_window(session, device_id, payload)
+                    windows[(device_id, payload.start)] = payload
+            for (device_id, _), w in windows.items():
+                written.append((w, self._write_window(session, device_id, w)))
             self._refresh_device_gauge(session)
+        for w, sums in written:  # committed: that much of each window is in its row now
+            w.written = sums
         for *_, ack in items:  # committed: now the broker may forget them
             if ack is not None:
                 self._client.ack(*ack)
@@ -342,28 +383,66 @@ class TelemetryIngest:
         session.exec(update(Device).where(col(Device.id) == device_id).values(**values))
         log.info("device %s is %s (telemetry)", device_id, state)
 
-    def _write_window(self, session: Session, device_id: str, w: _Window) -> None:
+    def _write_window(
+        self, session: Session, device_id: str, w: _Window
+    ) -> tuple[int, float, int, float, int, float, int]:
+        """Merge what this process added to the window since its last write into the row
+        (locked: another controller may be merging its share of the same window). Returns the
+        sums now written, recorded on the window once the transaction has committed."""
+        sums = w.sums()
+        was = w.written
+        d_samples, d_fps_n, d_cpu_n, d_stream_n = (
+            sums[0] - was[0],
+            sums[2] - was[2],
+            sums[4] - was[4],
+            sums[6] - was[6],
+        )
+        d_fps, d_cpu, d_stream = sums[1] - was[1], sums[3] - was[3], sums[5] - was[5]
+        dialect = session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(
+            insert(TelemetryAggregate)
+            .values(device_id=device_id, window_start=w.start, samples=0, requests=0, active_version="")
+            .on_conflict_do_nothing(index_elements=["device_id", "window_start"])
+        )
         row = session.exec(
             select(TelemetryAggregate)
             .where(TelemetryAggregate.device_id == device_id)
             .where(TelemetryAggregate.window_start == w.start)
-        ).first() or TelemetryAggregate(device_id=device_id, window_start=w.start)
-        row.samples = w.samples
-        row.fps_mean = w.fps_sum / w.fps_n if w.fps_n else None
-        row.cpu_percent_mean = w.cpu_sum / w.cpu_n if w.cpu_n else None
-        row.latency_p99_ms_max = w.p99_max
-        row.memory_bytes_max = w.mem_max
-        row.temperature_c_max = w.temp_max
-        row.stream_fps_mean = w.stream_sum / w.stream_n if w.stream_n else None
-        row.requests = w.requests
-        row.active_version = w.active_version
+            .with_for_update()
+        ).one()
+        before = row.samples
+        row.samples = before + d_samples
+        row.fps_mean = _merged_mean(row.fps_mean, before, d_fps, d_fps_n)
+        row.cpu_percent_mean = _merged_mean(row.cpu_percent_mean, before, d_cpu, d_cpu_n)
+        row.stream_fps_mean = _merged_mean(row.stream_fps_mean, before, d_stream, d_stream_n)
+        row.latency_p99_ms_max = _max(row.latency_p99_ms_max, w.p99_max)
+        row.memory_bytes_max = _max(row.memory_bytes_max, w.mem_max)
+        row.temperature_c_max = _max(row.temperature_c_max, w.temp_max)
+        row.requests = max(row.requests or 0, w.requests)
+        row.active_version = w.active_version or row.active_version
         session.add(row)
+        return sums
 
     def _refresh_device_gauge(self, session: Session) -> None:
         rows = session.exec(select(Device.connected, Device.telemetry_state, Device.revoked)).all()
         online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
         self.metrics.devices.labels("online").set(online)
         self.metrics.devices.labels("offline").set(len(rows) - online)
+
+
+def _merged_mean(mean: float | None, weight: int, added_sum: float, added_n: int) -> float | None:
+    """The row's mean (over ``weight`` samples) with ``added_n`` new values summing to
+    ``added_sum``. Exact when every sample carried the value (the agents' metrics always do)."""
+    if not added_n:
+        return mean
+    if mean is None or weight <= 0:
+        return added_sum / added_n
+    return (mean * weight + added_sum) / (weight + added_n)
+
+
+def _max(a: float | int | None, b: float | int | None):  # noqa: ANN202 - keeps int as int
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _event_time(ts: object) -> datetime:

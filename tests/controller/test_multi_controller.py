@@ -8,19 +8,25 @@ as far as the database can tell.
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 from ctl_helpers import make_controller, start_agent, wait_until
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from controller.broker import start_local_broker
+from controller.broker_auth import BrokerAccounts
 from controller.db import make_engine, migrate, session_scope
+from controller.metrics import Metrics
 from controller.models import (
     Artifact,
     Command,
@@ -32,10 +38,12 @@ from controller.models import (
     RolloutCreate,
     Selector,
     Strategy,
+    TelemetryAggregate,
     utcnow,
 )
 from controller.services import commands, fleet, instances, rollouts
 from controller.services.hub import SessionHub
+from controller.telemetry import TelemetryIngest
 
 
 @pytest.fixture
@@ -183,8 +191,12 @@ def test_commands_and_revocations_reach_the_controller_holding_the_stream(
         wait_until(lambda: a.bus.listening.is_set() and b.bus.listening.is_set(), 10, "both listening")
         agent = start_agent(a.grpc_target, tmp_path / "agent", "test-enrollment-token", name="d1")
         device_id = agent.device_id
-        with Session(b.ctx.engine) as session:
-            assert session.get(Device, device_id).controller_id == "ctl-a"
+
+        def holder() -> str | None:
+            with Session(b.ctx.engine) as session:
+                return session.get(Device, device_id).controller_id
+
+        wait_until(lambda: holder() == "ctl-a", 10, "A recorded the stream as its own")
         with session_scope(b.ctx.engine) as session:
             command = commands.send_rollback(session=session, hub=b.ctx.hub, device_id=device_id,
                                              rollback_in=RollbackCreate(reason="from b"))  # fmt: skip
@@ -201,3 +213,59 @@ def test_commands_and_revocations_reach_the_controller_holding_the_stream(
             agent.stop()
         b.stop()
         a.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not shutil.which("mosquitto"), reason="needs the mosquitto binary")
+def test_two_controllers_share_the_telemetry(pg_engine: Engine, tmp_path: Path) -> None:
+    """A shared subscription on the controllers' own Mosquitto (its accounts and ACL): the
+    broker splits one device's metrics between two ingests, and the window they both write
+    holds every sample once."""
+    accounts = BrokerAccounts(tmp_path / "mqtt")
+    broker = start_local_broker("mosquitto", passwd=accounts.passwd, acl=accounts.acl)
+    accounts.reload = broker.reload
+    accounts.set("dev-t", "pw-t")
+    with session_scope(pg_engine) as session:
+        session.add(Device(id="dev-t"))
+    url = accounts.controller_url(broker.host, broker.port)
+    ingests = [
+        TelemetryIngest(
+            engine=pg_engine,
+            metrics=Metrics(),
+            url=url,
+            client_id=f"ctl-{i}",
+            share_group="edgeloop-controllers",
+        ).start()  # fmt: skip
+        for i in range(2)
+    ]
+    device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-t")
+    try:
+        assert all(i.connected.wait(15) for i in ingests), "the controller account subscribes to $share"
+        device.username_pw_set("dev-t", "pw-t")
+        device.connect(broker.host, broker.port)
+        device.loop_start()
+        values = [float(v) for v in range(40)]
+        for fps in values:
+            msg = json.dumps({"device_id": "dev-t", "fps": fps, "cpu_percent": 10.0})
+            device.publish("edgeloop/devices/dev-t/metrics", msg, qos=1).wait_for_publish(5)
+
+        def got(i: TelemetryIngest) -> float:
+            return i.metrics.telemetry_messages.labels("metrics")._value.get()
+
+        wait_until(lambda: sum(got(i) for i in ingests) == len(values), 15, "every message ingested once")
+        assert all(got(i) > 0 for i in ingests), "the broker gave each controller a share"
+        for i in ingests:
+            i.flush_windows()
+        for i in ingests:  # a second write of the same windows adds nothing
+            i.flush_windows()
+        with Session(pg_engine) as session:
+            rows = session.exec(
+                select(TelemetryAggregate).where(TelemetryAggregate.device_id == "dev-t")
+            ).all()
+        assert sum(r.samples for r in rows) == len(values)
+        assert sum(r.fps_mean * r.samples for r in rows) == pytest.approx(sum(values))
+    finally:
+        device.loop_stop()
+        for i in ingests:
+            i.stop()
+        broker.stop()
