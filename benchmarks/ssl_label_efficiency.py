@@ -44,6 +44,9 @@ from trainer.jobs import run_action  # noqa: E402
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/ssl_label_eff"))
+    ap.add_argument(
+        "--data", type=Path, default=None, help="the synthetic set (default WORK/data; made when missing)"
+    )
     ap.add_argument("--num-images", type=int, default=6000)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--difficulty", default="easy")
@@ -61,6 +64,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ssl-lr", type=float, default=1e-3)
     ap.add_argument("--ssl-local-views", type=int, default=6)
     ap.add_argument("--ssl-max-steps", type=int, default=0)
+    ap.add_argument(
+        "--ssl-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more ssl.* keys, as spec overrides (e.g. global_crop_scale=[0.8,1.0])",
+    )
+    ap.add_argument(
+        "--no-scratch", action="store_true", help="SSL cells only (scratch cells from another run)"
+    )
     ap.add_argument(
         "--ssl-augment-on", default="auto", choices=["auto", "cpu", "device"], help="ssl.augment_on"
     )
@@ -211,7 +224,7 @@ def table(res: dict, names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     started = time.perf_counter()
-    data = a.work / "data"
+    data = a.data or a.work / "data"
     if not (data / "test").is_dir():
         synthesize(
             data, a.num_images, a.image_size, seed=a.seed, workers=max(1, a.workers), difficulty=a.difficulty
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         "vflip": 0.5,
         "augment_on": a.ssl_augment_on,
     }
-    ssl = run_action("classification", "ssl", spec)
+    ssl = run_action("classification", "ssl", spec, [f"ssl.{kv}" for kv in a.ssl_set])
     res["ssl"] = ssl.metrics
     res["ssl_history"] = json.loads((ssl.output_dir / "backbone.json").read_text())["history"]
     print(f"ssl: {ssl.metrics}", flush=True)
@@ -251,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         picked = subset(order, pct)
         root = labelled_root(data, picked, a.work / f"labels_{pct:g}")
         cell = res["cells"].setdefault(key, {"labelled": sum(len(v) for v in picked.values())})
-        runs = [("scratch", None, 1.0)] + [(ssl_name(m), ssl.model_path, m) for m in a.ssl_lr_mults]
+        runs = [] if a.no_scratch else [("scratch", None, 1.0)]
+        runs += [(ssl_name(m), ssl.model_path, m) for m in a.ssl_lr_mults]
         for i, (name, start, mult) in enumerate(runs):
             cell[name] = run_cell(a, root, a.work / "runs" / f"{pct:g}_{i}", start, mult)
             print(f"{key} {name}: {cell[name]}", flush=True)

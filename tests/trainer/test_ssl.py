@@ -235,7 +235,10 @@ def test_label_efficiency_benchmark_runs(tmp_path, capsys) -> None:
     spec.loader.exec_module(mod)
     out = tmp_path / "r.json"
     args = ["--quick", "--work", str(tmp_path / "w"), "--fractions", "50", "--json", str(out)]
-    assert mod.main([*args, "--ssl-augment-on", "device", "--ssl-lr-mults", "0.1"]) == 0
+    more = ["--ssl-augment-on", "device", "--ssl-lr-mults", "0.1", "--ssl-set", "global_crop_scale=[0.8,1.0]"]
+    assert mod.main([*args, *more]) == 0
+    ssl_spec = (tmp_path / "w" / "runs" / "ssl" / "ssl" / "spec.yaml").read_text()
+    assert "- 0.8" in ssl_spec.split("global_crop_scale:")[1].split(":")[0]
     res = json.loads(out.read_text())
     cell = res["cells"]["50 %"]
     ssl = "ssl, backbone lr x0.1"

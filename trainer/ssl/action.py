@@ -219,14 +219,20 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         mean_loss = float(loss_sum) / max(1, steps)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"ssl loss is {mean_loss} in epoch {epoch + 1}; lower ssl.lr")
-        if cfg.time_limit_s and epoch == 0:
-            # epochs after the first take the steady per-step time (no worker start-up)
+        if cfg.time_limit_s:
+            # the horizon is re-estimated after every epoch from the last epoch's time (the first
+            # epoch's steady per-step time, without the workers' start-up): a first epoch slowed
+            # by warm-up (cuDNN autotuning, allocator growth) once cut a 320 s budget to 131 s
             now = time.perf_counter()
-            per_epoch = (now - t_first) * spe / max(1, steps - 1) if steps > 1 else now - started
-            fit = 1 + int(max(0.0, cfg.time_limit_s - (now - started)) // max(per_epoch, 1e-6))
-            horizon = max(1, min(cfg.epochs, fit))
-            if horizon < cfg.epochs:
-                log.info("ssl.time_limit_s=%s: schedule shortened to %d epochs", cfg.time_limit_s, horizon)
+            if epoch == 0:
+                per_epoch = (now - t_first) * spe / max(1, steps - 1) if steps > 1 else now - started
+            else:
+                per_epoch = now - t0
+            fit = epoch + 1 + int(max(0.0, cfg.time_limit_s - (now - started)) // max(per_epoch, 1e-6))
+            new_horizon = max(epoch + 1, min(cfg.epochs, fit))
+            if epoch == 0 and new_horizon < cfg.epochs:
+                log.info("ssl.time_limit_s=%s: schedule set to %d epochs", cfg.time_limit_s, new_horizon)
+            horizon = new_horizon
         record = {
             "epoch": epoch + 1,
             "ssl_loss": round(mean_loss, 5),
