@@ -69,6 +69,7 @@ class _Lane:
     live: bool
     capacity: int
     metrics: StreamMetrics
+    room: threading.Condition  # a file source waiting for room waits here, woken only for its lane
 
 
 class FrameMuxer:
@@ -79,20 +80,28 @@ class FrameMuxer:
         self._lanes: dict[str, _Lane] = {}
         self._order: list[str] = []
         self._cursor = 0
-        self._cond = threading.Condition()
+        # one lock; the engine waits on ``_cond`` for frames, each file source on its lane's
+        # ``room``: a frame queued wakes the engine only, a frame taken wakes only its source
+        # (not every source thread for every frame, each wake-up a trip for the GIL)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._closed = False
         self.taken = 0  # frames handed out by next_batch (the pipeline settles each one)
 
     def add(self, source_id: str, metrics: StreamMetrics, live: bool, capacity: int) -> None:
         with self._cond:
-            self._lanes[source_id] = _Lane(deque(), live, max(1, capacity), metrics)
+            self._lanes[source_id] = _Lane(
+                deque(), live, max(1, capacity), metrics, threading.Condition(self._lock)
+            )
             self._order.append(source_id)
 
     def remove(self, source_id: str) -> None:
         with self._cond:
-            self._lanes.pop(source_id, None)
+            lane = self._lanes.pop(source_id, None)
             if source_id in self._order:
                 self._order.remove(source_id)
+            if lane is not None:
+                lane.room.notify_all()
             self._cond.notify_all()
 
     def has_room(self, source_id: str) -> bool:
@@ -120,12 +129,13 @@ class FrameMuxer:
             while len(lane.queue) >= lane.capacity:
                 if self._closed or (stop is not None and stop.is_set()) or frame.source_id not in self._lanes:
                     return False
-                self._cond.wait(0.1)
+                lane.room.wait(0.1)
             lane.queue.append(frame)
             self._cond.notify_all()
             return True
 
     def _take(self, limit: int) -> list[Frame]:
+        """Round-robin over the lanes; each lane taken from wakes its waiting source."""
         out: list[Frame] = []
         while len(out) < limit:
             took = False
@@ -135,6 +145,7 @@ class FrameMuxer:
                 lane = self._lanes[sid]
                 if lane.queue:
                     out.append(lane.queue.popleft())
+                    lane.room.notify()
                     took = True
                     if len(out) >= limit:
                         break
@@ -160,7 +171,6 @@ class FrameMuxer:
                 self._cond.wait(left)
                 batch.extend(self._take(self.max_batch - len(batch)))
             self.taken += len(batch)
-            self._cond.notify_all()  # room for waiting file sources
             return batch
 
     def pending(self) -> int:
@@ -170,4 +180,6 @@ class FrameMuxer:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            for lane in self._lanes.values():
+                lane.room.notify_all()
             self._cond.notify_all()

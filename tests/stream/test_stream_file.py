@@ -185,3 +185,36 @@ def test_sources_added_and_removed_while_running(make_pipeline, clip, detector, 
     assert ones and ones == sorted(ones)  # the paced looping source ran, in order, until removed
     assert [s["source_id"] for s in p.stats()["sources"]] == ["two"]
     assert [s.id for s in p.spec.sources] == ["two"]
+
+
+def test_a_file_lane_that_is_full_waits_and_is_woken_by_a_take_or_a_removal() -> None:
+    """Back-pressure of file sources in the muxer: a put on a full lane blocks until the engine
+    takes a frame of that lane; removing the source (or closing) releases it with False."""
+    import threading
+    import time as _time
+
+    from agent.stream.metrics import StreamMetrics
+    from agent.stream.muxer import Frame, FrameMuxer
+
+    mux = FrameMuxer(max_batch=1, max_wait_s=0.0)
+    for sid in ("a", "b"):
+        mux.add(sid, StreamMetrics(sid), live=False, capacity=1)
+    assert mux.put(Frame("a", 0, None, 0.0, np.zeros((2, 2, 3), np.uint8)))
+    assert mux.put(Frame("b", 0, None, 0.0, np.zeros((2, 2, 3), np.uint8)))
+    results: dict[str, bool] = {}
+
+    def blocked_put(sid: str) -> None:
+        results[sid] = mux.put(Frame(sid, 1, None, 0.0, np.zeros((2, 2, 3), np.uint8)))
+
+    threads = {sid: threading.Thread(target=blocked_put, args=(sid,)) for sid in ("a", "b")}
+    for t in threads.values():
+        t.start()
+    _time.sleep(0.3)
+    assert results == {}  # both lanes full: both wait
+    assert [f.source_id for f in mux.next_batch(1.0)] == ["a"]
+    threads["a"].join(2.0)
+    assert results == {"a": True}  # a's frame taken: a's source goes on, b's still waits
+    mux.remove("b")
+    threads["b"].join(2.0)
+    assert results == {"a": True, "b": False}
+    assert [(f.source_id, f.index) for f in mux.next_batch(1.0)] == [("a", 1)]
