@@ -210,8 +210,19 @@ def list_results(
         stmt = stmt.where(Result.round_id == round_id)
     if command_ids is not None:
         stmt = stmt.where(col(Result.command_id).in_(list(command_ids)))
-    rows = list(session.exec(stmt.order_by(col(Result.created_at))).all())
-    return rows[skip : skip + limit], len(rows)
+    count = session.exec(select(func.count()).select_from(stmt.subquery())).one()
+    page = stmt.order_by(col(Result.created_at), col(Result.id)).offset(skip).limit(limit)
+    return list(session.exec(page).all()), int(count)
+
+
+def count_devices_online(*, session: Session) -> tuple[int, int]:
+    """(online, all) devices, counted by the database (the gauges; no row of the fleet is loaded)."""
+    is_online = (col(Device.connected).is_(True) | (Device.telemetry_state == "online")) & col(
+        Device.revoked
+    ).is_(False)
+    online = session.exec(select(func.count()).select_from(Device).where(is_online)).one()
+    total = session.exec(select(func.count()).select_from(Device)).one()
+    return int(online), int(total)
 
 
 def latest_result(

@@ -8,7 +8,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api import errors
 from controller.api.deps import TokenDep, has_token
-from controller.api.routes import dashboard, devices, enrollment, jobs, loops, models, results, rollouts
+from controller.api.routes import (
+    controllers,
+    dashboard,
+    devices,
+    enrollment,
+    jobs,
+    loops,
+    models,
+    results,
+    rollouts,
+)
 from controller.context import ControllerContext
 from controller.core.config import VERSION
 from controller.db import check_db
@@ -36,7 +46,7 @@ def create_app(ctx: ControllerContext, loop_runner: LoopRunner, *, grpc_port: in
     errors.install(app)
 
     api = APIRouter(prefix=API_PREFIX, dependencies=[TokenDep])
-    for module in (devices, enrollment, models, rollouts, results, jobs, loops, dashboard):
+    for module in (devices, enrollment, models, rollouts, results, jobs, loops, dashboard, controllers):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(dashboard.page_router)
@@ -45,7 +55,7 @@ def create_app(ctx: ControllerContext, loop_runner: LoopRunner, *, grpc_port: in
     def healthz() -> dict[str, str]:
         """Touches the database: a controller that cannot read it is not healthy."""
         check_db(ctx.engine)
-        return {"status": "ok", "grpc_port": str(grpc_port)}
+        return {"status": "ok", "grpc_port": str(grpc_port), "controller_id": ctx.hub.instance_id}
 
     @app.get("/metrics", tags=["health"])
     def metrics(request: Request) -> Response:

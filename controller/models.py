@@ -212,6 +212,7 @@ class DevicePublic(DeviceBase):
     previous_version: str
     revoked: bool
     connected: bool
+    controller_id: str | None = None  # the controller process holding its stream
     telemetry_state: str
     online: bool = False
     last_seen: datetime | None
@@ -236,6 +237,15 @@ class ControllerInstance(SQLModel, table=True):
     started_at: datetime = _ts_field()
     last_seen: datetime = _ts_field()
     database: str = Field(default="", max_length=16)
+
+
+class ControllerInstancePublic(SQLModel):
+    id: str
+    started_at: datetime
+    last_seen: datetime
+    database: str
+    streams: int = 0  # device streams it holds
+    this: bool = False  # the process that answered
 
 
 # ---------------------------------------------------------------- artifacts and models
@@ -556,7 +566,7 @@ class ResultBase(SQLModel):
     latency_p99_ms: float | None = None
     peak_memory_bytes: int = Field(default=0, sa_type=BigInteger)
     round_id: str = Field(default="", max_length=100)
-    command_id: str = Field(default="", max_length=64)
+    command_id: str = Field(default="", index=True, max_length=64)
     # the stream scenario: most live streams of the reference clip each kept at stream_fps (None: not run)
     stream_capacity: int | None = None
     stream_fps: float | None = None

@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select, update
 
+from controller import crud
 from controller.db import session_scope
 from controller.metrics import Metrics
 from controller.models import Device, DeviceEvent, TelemetryAggregate
@@ -425,10 +426,9 @@ class TelemetryIngest:
         return sums
 
     def _refresh_device_gauge(self, session: Session) -> None:
-        rows = session.exec(select(Device.connected, Device.telemetry_state, Device.revoked)).all()
-        online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
+        online, total = crud.count_devices_online(session=session)
         self.metrics.devices.labels("online").set(online)
-        self.metrics.devices.labels("offline").set(len(rows) - online)
+        self.metrics.devices.labels("offline").set(total - online)
 
 
 def _merged_mean(mean: float | None, weight: int, added_sum: float, added_n: int) -> float | None:

@@ -19,12 +19,13 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
+from controller import crud
 from controller.context import ControllerContext
 from controller.db import session_scope
 from controller.errors import Conflict
 from controller.inprocess import InProcessAPI
 from controller.metrics import Metrics
-from controller.models import Deployment, DeploymentState, Device, Rollout, RolloutState
+from controller.models import Deployment, DeploymentState, Rollout, RolloutState
 from controller.services import fleet, instances, jobs, rollouts
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,9 @@ def run_rollout_engine(ctx: ControllerContext, stop: threading.Event) -> None:
 
 def update_gauges(*, session: Session, metrics: Metrics) -> None:
     """Devices online/offline and the deployments of active rollouts, from the DB."""
-    rows = session.exec(select(Device.connected, Device.telemetry_state, Device.revoked)).all()
-    online = sum(1 for c, t, r in rows if (c or t == "online") and not r)
+    online, total = crud.count_devices_online(session=session)
     metrics.devices.labels("online").set(online)
-    metrics.devices.labels("offline").set(len(rows) - online)
+    metrics.devices.labels("offline").set(total - online)
     metrics.rollout_deployments.clear()
     active = session.exec(
         select(Deployment.rollout_id, Deployment.state)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from controller import crud
 from controller.db import session_scope
@@ -17,6 +18,7 @@ from controller.services.commands import command_to_proto
 from controller.services.hub import SessionHub
 
 log = logging.getLogger(__name__)
+BATCH = 2000  # notifications handled together at most (one SELECT for their commands)
 
 
 class BusListener:
@@ -67,33 +69,41 @@ class BusListener:
             if resend:  # what was notified while this listener was away
                 for device_id in self.hub.connected():
                     self._send_open(device_id)
-            while not self._stop.is_set():
-                for note in conn.notifies(timeout=1.0):
-                    self.handle(note.payload)
-                    if self._stop.is_set():
-                        break
+            while not self._stop.is_set():  # a wave's notifications in batches, not one by one
+                self.handle_batch([n.payload for n in conn.notifies(timeout=0.2, stop_after=BATCH)])
 
-    def handle(self, payload: str) -> None:
-        """One message (its JSON payload); one from this process itself is already done."""
-        try:
-            msg = json.loads(payload)
-            origin, kind, device_id = str(msg["o"]), str(msg["k"]), str(msg["d"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("controller bus: unreadable message %.100r ignored", payload)
-            return
-        if origin == self.hub.instance_id:
-            return
-        self.received += 1
-        if kind == KICK:
-            self.on_kick(device_id)
-        elif kind == COMMAND and self.hub.is_connected(device_id):
-            self._send_one(device_id, str(msg.get("c", "")))
+    def handle_batch(self, payloads: list[str]) -> None:
+        """Messages in the order they were sent; those from this process itself are done
+        already. The commands for devices whose streams are here are read in one query."""
+        wanted: list[tuple[str, str]] = []  # (device, command) in order
+        for payload in payloads:
+            try:
+                msg = json.loads(payload)
+                origin, kind, device_id = str(msg["o"]), str(msg["k"]), str(msg["d"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("controller bus: unreadable message %.100r ignored", payload)
+                continue
+            if origin == self.hub.instance_id:
+                continue
+            self.received += 1
+            if kind == KICK:
+                self._send(wanted)
+                wanted = []
+                self.on_kick(device_id)
+            elif kind == COMMAND and self.hub.is_connected(device_id):
+                wanted.append((device_id, str(msg.get("c", ""))))
+        self._send(wanted)
 
-    def _send_one(self, device_id: str, command_id: str) -> None:
+    def _send(self, wanted: list[tuple[str, str]]) -> None:
+        if not wanted:
+            return
         with session_scope(self.engine) as session:
-            command = session.get(Command, command_id)
-        if command is not None and command.device_id == device_id and not command.state.terminal:
-            self.hub.send(device_id, command_to_proto(command))
+            rows = session.exec(select(Command).where(col(Command.id).in_([c for _, c in wanted]))).all()
+            found = {c.id: c for c in rows}
+        for device_id, command_id in wanted:
+            command = found.get(command_id)
+            if command is not None and command.device_id == device_id and not command.state.terminal:
+                self.hub.send(device_id, command_to_proto(command))
 
     def _send_open(self, device_id: str) -> None:
         with session_scope(self.engine) as session:

@@ -8,6 +8,7 @@ as far as the database can tell.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -21,7 +22,7 @@ import pytest
 from ctl_helpers import make_controller, start_agent, wait_until
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, select, update
 
 from controller.broker import start_local_broker
 from controller.broker_auth import BrokerAccounts
@@ -42,8 +43,10 @@ from controller.models import (
     utcnow,
 )
 from controller.services import commands, fleet, instances, rollouts
-from controller.services.hub import SessionHub
+from controller.services.bus_listener import BusListener
+from controller.services.hub import SessionHub, StreamSession
 from controller.telemetry import TelemetryIngest
+from protos import fleet_pb2
 
 
 @pytest.fixture
@@ -197,6 +200,14 @@ def test_commands_and_revocations_reach_the_controller_holding_the_stream(
                 return session.get(Device, device_id).controller_id
 
         wait_until(lambda: holder() == "ctl-a", 10, "A recorded the stream as its own")
+        auth = {"Authorization": "Bearer test-api-token"}
+        listed = httpx.get(
+            f"http://127.0.0.1:{b.http_port}/api/v1/controllers/", headers=auth, timeout=10
+        ).json()
+        assert [(c["id"], c["streams"], c["this"]) for c in listed] == [
+            ("ctl-a", 1, False),
+            ("ctl-b", 0, True),
+        ]
         with session_scope(b.ctx.engine) as session:
             command = commands.send_rollback(session=session, hub=b.ctx.hub, device_id=device_id,
                                              rollback_in=RollbackCreate(reason="from b"))  # fmt: skip
@@ -204,7 +215,7 @@ def test_commands_and_revocations_reach_the_controller_holding_the_stream(
         assert done[0].state.value == "succeeded", done[0].message
         assert ("rollback", "") in agent.executor.calls
         r = httpx.post(f"http://127.0.0.1:{b.http_port}/api/v1/devices/{device_id}/revoke",
-                       headers={"Authorization": "Bearer test-api-token"}, timeout=10)  # fmt: skip
+                       headers=auth, timeout=10)  # fmt: skip
         assert r.status_code == 200, r.text
         wait_until(lambda: not a.ctx.hub.is_connected(device_id), 10, "A closed the revoked stream")
         assert a.ctx.tokens.get(device_id) is None
@@ -269,3 +280,44 @@ def test_two_controllers_share_the_telemetry(pg_engine: Engine, tmp_path: Path) 
         for i in ingests:
             i.stop()
         broker.stop()
+
+
+@pytest.mark.postgres
+def test_the_bus_delivers_only_what_this_process_should(pg_engine: Engine) -> None:
+    """A batch of notifications: only open commands of devices whose streams are here, only
+    the command the notification names for that very device; unreadable ones and this
+    process's own are ignored; a kick reaches ``on_kick``."""
+    ids: dict[str, str] = {}
+    with session_scope(pg_engine) as session:
+        session.add_all([Device(id="held"), Device(id="other")])
+        session.flush()
+        hub = SessionHub("me")
+        for cid, device, state in (("c-open", "held", "pending"), ("c-done", "held", "succeeded"),
+                                   ("c-other", "other", "pending")):  # fmt: skip
+            cmd = commands.create_command(session=session, hub=hub, device_id=device, kind=CommandKind.switch,
+                                          body=fleet_pb2.Switch(model_version="m:2"))  # fmt: skip
+            session.flush()
+            session.exec(update(Command).where(Command.id == cmd.id).values(state=state))
+            ids[cid] = cmd.id
+    loop = asyncio.new_event_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    hub.attach(StreamSession(device_id="held", loop=loop, queue=queue))
+    kicked: list[str] = []
+    listener = BusListener(pg_engine, hub, on_kick=kicked.append)
+
+    def note(origin: str, kind: str, device: str, command: str = "") -> str:
+        return json.dumps({"o": origin, "k": kind, "d": device, "c": ids.get(command, "")})
+
+    listener.handle_batch([
+        "not json", json.dumps({"o": "x"}), note("me", "command", "held", "c-open"),  # own: done already
+        note("peer", "command", "held", "c-open"), note("peer", "command", "held", "c-done"),
+        note("peer", "command", "held", "c-other"),  # another device's command named for this one
+        note("peer", "command", "other", "c-other"),  # a stream held elsewhere
+        note("peer", "kick", "other"),
+    ])  # fmt: skip
+    loop.run_until_complete(asyncio.sleep(0))
+    sent = []
+    while not queue.empty():
+        sent.append(queue.get_nowait().command_id)
+    loop.close()
+    assert sent == [ids["c-open"]] and kicked == ["other"] and listener.received == 5
