@@ -317,10 +317,10 @@ class AgentRuntime:
             raise ArtifactError("benchmark: scenario 'stream' needs a stream clip (Benchmark.stream_clip)")
         counts = tuple(int(n) for n in command.stream_counts) or (1, 2, 4, 8)
         if any(not 1 <= n <= 64 for n in counts):
-            raise ArtifactError(f"benchmark: stream_counts must be 1..64, got {list(counts)}")
+            raise AgentError(f"benchmark: stream_counts must be 1..64, got {list(counts)}")
         step_s = float(command.stream_step_s or 10.0)
         if not 0.2 <= step_s <= 600:
-            raise ArtifactError(f"benchmark: stream_step_s must be 0.2..600 s, got {step_s:g}")
+            raise AgentError(f"benchmark: stream_step_s must be 0.2..600 s, got {step_s:g}")
         return StreamScenario(clip=video_in(folder), counts=counts, step_s=step_s)
 
     def _benchmark_one(
