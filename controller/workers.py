@@ -2,7 +2,7 @@
 
 - the rollout engine: a tick of ``services.rollouts.tick`` whenever the context is woken (a
   status, a report, an operator action) or ``rollout_tick_s`` passes; every two seconds it also
-  writes the heartbeats the hub collected in memory, says this controller process is alive
+  writes the heartbeats and "running" statuses the hub collected in memory, says this controller process is alive
   (``services.instances``: the devices of one gone silent go offline) and refreshes the gauges.
 - the job runner: trainer jobs one at a time (``services.jobs``); what an export produced is
   imported through the in-process API, like any other artifact.
@@ -45,10 +45,11 @@ def run_rollout_engine(ctx: ControllerContext, stop: threading.Event) -> None:
             with session_scope(ctx.engine) as session:
                 rollouts.tick(session=session, hub=ctx.hub)
             if time.monotonic() - last_flush > HEARTBEAT_FLUSH_S:
-                seen = ctx.hub.drain_heartbeats()
+                seen, progress = ctx.hub.drain_heartbeats(), ctx.hub.drain_progress()
                 with session_scope(ctx.engine) as session:
                     if seen:
                         fleet.flush_heartbeats(session=session, seen=seen)
+                    fleet.flush_progress(session=session, seen=progress)
                     instances.beat(
                         session=session, instance_id=ctx.hub.instance_id, holding=ctx.hub.connected()
                     )

@@ -32,6 +32,7 @@ from controller.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from controller.models import CommandState
 from controller.services import bus, enrollment, fleet
 from controller.services.ca import ControllerCA, peer_identity
 from controller.services.commands import command_to_proto
@@ -305,6 +306,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                     )
                 elif kind == "status":
                     try:
+                        if msg.status.state == CommandState.running.value:  # progress: batched
+                            check_device_message(msg.status, "status")
+                            self.ctx.hub.note_progress(device_id, msg.status)
+                            continue
                         await self._db(fleet.record_status, device_id=device_id, status=msg.status)
                     except ControllerError as exc:
                         log.warning("bad status from %s: %s", device_id, exc.message)

@@ -11,7 +11,7 @@ import threading
 from datetime import datetime, timezone
 
 from google.protobuf import json_format
-from sqlalchemy import bindparam, or_
+from sqlalchemy import bindparam, case, or_
 from sqlmodel import Session, col, select, update
 
 from controller import crud
@@ -318,6 +318,35 @@ def flush_heartbeats(*, session: Session, seen: dict[str, HeartbeatSeen]) -> Non
         )
     )
     session.connection().execute(stmt, rows)  # a device deleted meanwhile matches no row
+
+
+def flush_progress(*, session: Session, seen: dict[str, fleet_pb2.CommandStatus]) -> None:
+    """The buffered "running" statuses as one executemany UPDATE. Each touches only a command
+    of the device that sent it, and only while that command is not finished (a final status
+    written meanwhile is never put back to running)."""
+    if not seen:
+        return
+    table = Command.__table__  # type: ignore[attr-defined]
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .where(table.c.device_id == bindparam("b_device"))
+        .where(table.c.state != CommandState.succeeded)  # no IN (...) in an executemany
+        .where(table.c.state != CommandState.failed)
+        .values(
+            state=CommandState.running,
+            progress=bindparam("b_progress"),
+            message=case((bindparam("b_message") == "", table.c.message), else_=bindparam("b_message")),
+            updated_at=bindparam("b_now"),
+        )
+    )
+    now = utcnow()
+    rows = [
+        {"b_id": st.command_id, "b_device": device_id, "b_progress": st.progress, "b_message": st.message,
+         "b_now": now}
+        for device_id, st in seen.items()
+    ]  # fmt: skip
+    session.connection().execute(stmt, rows)
 
 
 def device_ids_connected(*, session: Session) -> list[str]:

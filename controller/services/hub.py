@@ -38,6 +38,7 @@ class SessionHub:
         self._lock = threading.Lock()
         self._sessions: dict[str, StreamSession] = {}
         self._heartbeats: dict[str, HeartbeatSeen] = {}
+        self._progress: dict[str, fleet_pb2.CommandStatus] = {}  # device -> its latest "running"
 
     def attach(self, session: StreamSession) -> StreamSession | None:
         """Register a stream; returns the one it replaces (a reconnect), which is closed."""
@@ -86,4 +87,15 @@ class SessionHub:
     def drain_heartbeats(self) -> dict[str, HeartbeatSeen]:
         with self._lock:
             seen, self._heartbeats = self._heartbeats, {}
+        return seen
+
+    def note_progress(self, device_id: str, status: fleet_pb2.CommandStatus) -> None:
+        """A "running" status (download progress, a note): kept, the latest per device (one
+        command runs at a time on a device), and written with the heartbeats, not one by one."""
+        with self._lock:
+            self._progress[device_id] = status
+
+    def drain_progress(self) -> dict[str, fleet_pb2.CommandStatus]:
+        with self._lock:
+            seen, self._progress = self._progress, {}
         return seen

@@ -32,6 +32,7 @@ from controller.models import (
     Artifact,
     Command,
     CommandKind,
+    CommandState,
     ControllerInstance,
     Device,
     ModelVersion,
@@ -321,3 +322,39 @@ def test_the_bus_delivers_only_what_this_process_should(pg_engine: Engine) -> No
         sent.append(queue.get_nowait().command_id)
     loop.close()
     assert sent == [ids["c-open"]] and kicked == ["other"] and listener.received == 5
+
+
+def test_progress_statuses_written_in_a_batch_touch_only_the_senders_open_commands(db_url: str) -> None:
+    """ "running" statuses are buffered and flushed together (``fleet.flush_progress``): one
+    device cannot move another's command, a finished command stays finished, an empty message
+    keeps the last one."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    try:
+        hub = SessionHub("me")
+        with session_scope(engine) as session:
+            session.add_all([Device(id="dev-a"), Device(id="dev-b")])
+            session.flush()
+            mine, done = (commands.create_command(session=session, hub=hub, device_id="dev-a",
+                                                  kind=CommandKind.switch, body=fleet_pb2.Switch(model_version="m"))
+                          for _ in range(2))  # fmt: skip
+            done.state = CommandState.succeeded
+
+        def status(command_id: str, message: str, progress: float) -> fleet_pb2.CommandStatus:
+            return fleet_pb2.CommandStatus(
+                command_id=command_id, state="running", message=message, progress=progress
+            )
+
+        def flush(seen: dict[str, fleet_pb2.CommandStatus]) -> None:
+            with session_scope(engine) as session:
+                fleet.flush_progress(session=session, seen=seen)
+
+        flush({"dev-a": status(mine.id, "downloading", 0.3), "dev-b": status(mine.id, "forged", 0.9)})
+        flush({"dev-a": status(done.id, "again", 0.1)})
+        flush({"dev-a": status(mine.id, "", 0.5)})
+        with Session(engine) as session:
+            row, finished = session.get(Command, mine.id), session.get(Command, done.id)
+            assert (row.state, row.message, row.progress) == (CommandState.running, "downloading", 0.5)
+            assert finished.state == CommandState.succeeded and finished.message == ""
+    finally:
+        engine.dispose()

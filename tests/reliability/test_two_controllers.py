@@ -50,11 +50,11 @@ def test_one_of_two_controllers_killed_mid_rollout(tmp_path: Path, postgres_url:
         rollout = h.rollout(api_a, "colour:2", eval_id, canary_share=0.34, waves=1)
         h.wait_until(
             lambda: any(d["state"] == "succeeded" for d in api_b.get(f"/rollouts/{rollout['id']}").json()["deployments"]),
-            60, "the canary succeeded",
+            120, "the canary succeeded",  # far less unless the host is overloaded
         )  # fmt: skip
         api_a.close()
         a.kill()
-        done = h.finished(api_b, rollout["id"], timeout=90)
+        done = h.finished(api_b, rollout["id"], timeout=120)
         assert done["state"] == "succeeded", done
         assert {d["state"] for d in done["deployments"]} == {"succeeded"}, done["deployments"]
         h.wait_until(lambda: all(h.online(api_b, n) for n in names), 60, "every agent connected again")
