@@ -135,8 +135,12 @@ class Settings(BaseSettings):
 
     @property
     def instance_id(self) -> str:
-        """``controller_id``, else hostname:gRPC port (the pid when the port is picked at bind)."""
-        return self.controller_id or f"{socket.gethostname()}:{self.grpc_port or os.getpid()}"[:64]
+        """``controller_id``, else hostname:gRPC port; with the port picked at bind (0: tests,
+        several controllers in one process), hostname:pid:<this settings object>."""
+        if self.controller_id:
+            return self.controller_id
+        where = self.grpc_port or f"{os.getpid()}:{id(self):x}"
+        return f"{socket.gethostname()}:{where}"[:64]
 
     @property
     def mqtt_session_id(self) -> str:
