@@ -54,12 +54,10 @@ def join(*, session: Session, instance_id: str, database: str) -> None:
     row.started_at = row.last_seen = utcnow()
     row.database = database
     session.add(row)
-    session.exec(
-        update(Device)
-        .where(col(Device.connected).is_(True))
-        .where(or_(col(Device.controller_id) == instance_id, col(Device.controller_id).is_(None)))
-        .values(connected=False, controller_id=None)
-    )
+    mine = update(Device).where(col(Device.connected).is_(True))
+    if database != "sqlite":  # SQLite: this is the only process, every stream was its own
+        mine = mine.where(or_(col(Device.controller_id) == instance_id, col(Device.controller_id).is_(None)))
+    session.exec(mine.values(connected=False, controller_id=None))
 
 
 def beat(
@@ -100,6 +98,15 @@ def beat(
         )
         session.exec(delete(ControllerInstance).where(col(ControllerInstance.id) == dead))
         log.warning("controller %s stopped answering: its devices are offline until they reconnect", dead)
+    # streams recorded by a process that has no row at all (stopped before its closes were
+    # written, or restarted under another id)
+    session.exec(
+        update(Device)
+        .where(col(Device.connected).is_(True))
+        .where(col(Device.controller_id).is_not(None))
+        .where(col(Device.controller_id).not_in(select(ControllerInstance.id)))
+        .values(connected=False, controller_id=None)
+    )
     return stale
 
 

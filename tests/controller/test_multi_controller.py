@@ -159,10 +159,12 @@ def test_a_silent_controllers_devices_go_offline_and_only_theirs(pg_engine: Engi
         session.add(ControllerInstance(id="alive"))
         session.add(Device(id="on-dead", connected=True, controller_id="dead"))
         session.add(Device(id="on-alive", connected=True, controller_id="alive"))
+        session.add(Device(id="on-nobody", connected=True, controller_id="gone-before"))
     with session_scope(pg_engine) as session:
         assert instances.beat(session=session, instance_id="me") == ["dead"]
     with Session(pg_engine) as session:
         assert not session.get(Device, "on-dead").connected
+        assert not session.get(Device, "on-nobody").connected  # its process left no row
         assert session.get(Device, "on-alive").connected
         assert [i.id for i in instances.live(session=session)] == ["alive", "me"]
         # a late close from the process the device left does not put it offline
