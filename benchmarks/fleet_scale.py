@@ -369,6 +369,8 @@ def run_once(
     data = run_dir / "data"
     data.mkdir(parents=True)
     nginx, extra_env = None, {"EDGELOOP_HEARTBEAT_INTERVAL_S": str(heartbeat_s)}
+    if controllers > 1:  # the telemetry split between them (MQTT shared subscription), not taken twice
+        extra_env["EDGELOOP_TELEMETRY_SHARE_GROUP"] = "bench-controllers"
     if source == "nginx":
         nginx = start_nginx(run_dir / "nginx", data, SECRET)
         extra_env |= {"EDGELOOP_ARTIFACT_URL_BASE": nginx.base_url, "EDGELOOP_ARTIFACT_URL_SECRET": SECRET}
