@@ -44,6 +44,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import random
 import re
 import statistics
 import sys
@@ -126,72 +127,78 @@ async def _agent(
         raise RuntimeError(f"sim-{i} could not register")
     devices.append(reg.device_id)  # for the telemetry publisher of this process
     md = (("authorization", f"Bearer {reg.device_token}"), ("x-edgeloop-device", reg.device_id))
-    out: asyncio.Queue = asyncio.Queue()
-    await out.put(fleet_pb2.AgentMessage(hello=fleet_pb2.Hello(agent_version="sim")))
     active = ""
 
-    async def outgoing():
-        while True:
-            try:
-                msg = await asyncio.wait_for(out.get(), timeout=reg.heartbeat_interval_s or 5)
-            except asyncio.TimeoutError:
-                msg = fleet_pb2.AgentMessage(
-                    heartbeat=fleet_pb2.Heartbeat(timestamp=time.time(), active_version=active)
+    async def deploy(cmd: fleet_pb2.ControllerCommand, out: asyncio.Queue) -> None:
+        nonlocal active
+        ref = cmd.deploy.artifact
+        await out.put(
+            fleet_pb2.AgentMessage(
+                status=fleet_pb2.CommandStatus(command_id=cmd.command_id, state="accepted")
+            )
+        )
+        got, t0 = 0, time.perf_counter()
+        if ref.url:  # bytes from nginx (a signed URL for this device)
+            got = await _http_get_count(ref.url)
+            stats["http_bytes"] += got
+        else:
+            async for raw in download(fleet_pb2.DownloadRequest(artifact_id=ref.artifact_id), metadata=md):
+                got += len(raw)
+        stats["bytes"] += got
+        stats["download_s"].append(time.perf_counter() - t0)
+        report = fleet_pb2.Report(
+            model_version=ref.model_version,
+            backend="onnxruntime",
+            precision=cmd.deploy.precision or "fp32",
+            accuracy={"top1": 0.8},
+            command_id=cmd.command_id,
+            scenarios=[fleet_pb2.ScenarioResult(scenario="offline", throughput_fps=100.0, valid=True)],
+        )
+        await stub.ReportResult(fleet_pb2.ResultReport(report=report), metadata=md, timeout=60)
+        active = ref.model_version
+        await out.put(
+            fleet_pb2.AgentMessage(
+                status=fleet_pb2.CommandStatus(
+                    command_id=cmd.command_id, state="succeeded", kind="deploy", model_version=active
                 )
-            if msg is None:
-                return
-            yield msg
+            )
+        )
 
-    call = stub.Connect(outgoing(), metadata=md)
-    connected.set()
     try:
-        async for cmd in call:
-            if cmd.WhichOneof("body") != "deploy":
-                await out.put(
-                    fleet_pb2.AgentMessage(
-                        status=fleet_pb2.CommandStatus(command_id=cmd.command_id, state="succeeded")
-                    )
-                )
-                continue
-            ref = cmd.deploy.artifact
-            await out.put(
-                fleet_pb2.AgentMessage(
-                    status=fleet_pb2.CommandStatus(command_id=cmd.command_id, state="accepted")
-                )
-            )
-            got, t0 = 0, time.perf_counter()
-            if ref.url:  # bytes from nginx (a signed URL for this device)
-                got = await _http_get_count(ref.url)
-                stats["http_bytes"] += got
-            else:
-                async for raw in download(
-                    fleet_pb2.DownloadRequest(artifact_id=ref.artifact_id), metadata=md
-                ):
-                    got += len(raw)
-            stats["bytes"] += got
-            stats["download_s"].append(time.perf_counter() - t0)
-            report = fleet_pb2.Report(
-                model_version=ref.model_version,
-                backend="onnxruntime",
-                precision=cmd.deploy.precision or "fp32",
-                accuracy={"top1": 0.8},
-                command_id=cmd.command_id,
-                scenarios=[fleet_pb2.ScenarioResult(scenario="offline", throughput_fps=100.0, valid=True)],
-            )
-            await stub.ReportResult(fleet_pb2.ResultReport(report=report), metadata=md, timeout=60)
-            active = ref.model_version
-            await out.put(
-                fleet_pb2.AgentMessage(
-                    status=fleet_pb2.CommandStatus(
-                        command_id=cmd.command_id, state="succeeded", kind="deploy", model_version=active
-                    )
-                )
-            )
+        while True:  # like the real agent: a broken stream is opened again (backoff with jitter)
+            out: asyncio.Queue = asyncio.Queue()
+            await out.put(fleet_pb2.AgentMessage(hello=fleet_pb2.Hello(agent_version="sim")))
+
+            async def outgoing(out: asyncio.Queue = out):
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(out.get(), timeout=reg.heartbeat_interval_s or 5)
+                    except asyncio.TimeoutError:
+                        msg = fleet_pb2.AgentMessage(
+                            heartbeat=fleet_pb2.Heartbeat(timestamp=time.time(), active_version=active)
+                        )
+                    if msg is None:
+                        return
+                    yield msg
+
+            call = stub.Connect(outgoing(), metadata=md)
+            connected.set()
+            try:
+                async for cmd in call:
+                    if cmd.WhichOneof("body") == "deploy":
+                        await deploy(cmd, out)
+                    else:
+                        status = fleet_pb2.CommandStatus(command_id=cmd.command_id, state="succeeded")
+                        await out.put(fleet_pb2.AgentMessage(status=status))
+            except grpc.aio.AioRpcError:
+                stats["reconnects"] += 1
+            finally:
+                await out.put(None)
+                call.cancel()
+            await asyncio.sleep(0.5 + random.random())
     except asyncio.CancelledError:
         pass
     finally:
-        await out.put(None)
-        call.cancel()
         await channel.close()
 
 
@@ -257,7 +264,7 @@ def _agents_proc(
     seconds between two metrics messages of one device) or None."""
 
     async def main() -> None:
-        stats = {"bytes": 0, "http_bytes": 0, "download_s": [], "telemetry_sent": 0}
+        stats = {"bytes": 0, "http_bytes": 0, "download_s": [], "telemetry_sent": 0, "reconnects": 0}
         devices: list[str] = []
         sem = asyncio.Semaphore(64)
 
@@ -473,7 +480,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
         rid.append(r.json()["id"])
         bases = [f"http://127.0.0.1:{c.http_port}/api/v1" for c in ctls]
         prober = threading.Thread(
-            target=_probe, args=(bases, dict(http.headers), stop, latencies, rid, by_path)
+            target=_probe, args=(bases, dict(http.headers), stop, latencies, rid, by_path), daemon=True
         )
         prober.start()
         while True:
@@ -494,7 +501,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
     for pipe in pipes:
         pipe.send("stop")
     for pipe, proc in zip(pipes, children, strict=True):
-        empty = {"bytes": 0, "http_bytes": 0, "download_s": [], "telemetry_sent": 0}
+        empty = {"bytes": 0, "http_bytes": 0, "download_s": [], "telemetry_sent": 0, "reconnects": 0}
         stats.append(pipe.recv() if pipe.poll(60) else empty)
         proc.join(timeout=30)
     cpu_each = [(b.user - a.user) + (b.system - a.system) for a, b in zip(cpu0, cpu1, strict=True)]
@@ -517,6 +524,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
         "nginx_cpu_s": nginx_cpu_s,
         "agents_cpu_s": agents_cpu_s,
         "telemetry_sent": sum(s["telemetry_sent"] for s in stats),
+        "reconnects": sum(s["reconnects"] for s in stats),
         "telemetry_per_s": ingested / rollout_s if telemetry else 0.0,
         "telemetry_ingested": ingested,
         "api_p50_ms": statistics.median(lat) if lat else float("nan"),
@@ -614,7 +622,7 @@ def _print_row(row: dict) -> None:
     )
     print(
         f"N={row['agents']:5d} controllers={row['controllers']} bytes from {row['source']:5s}  "
-        f"rollout {row['state']} {row['counts']}  "
+        f"rollout {row['state']} {row['counts']}  agent streams reopened {row['reconnects']}  "
         f"enrol+connect {row['enrol_s']:.1f} s  time to 100% {row['rollout_s']:.1f} s  "
         f"data {row['bytes'] / 1e9:.1f} GB ({row['http_bytes'] / 1e9:.1f} GB over HTTP)  "
         f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core: {each})  {nginx}{telemetry}"
