@@ -66,6 +66,7 @@ from _controller_proc import start_controller  # noqa: E402
 from _nginx_proc import NGINX, start_nginx  # noqa: E402
 
 TAG = "sim"
+ROLLOUT_LIMIT_S = 1800.0  # a rollout still running then is measured and shown as "running"
 TAG_PREFIX = "edgeloop"  # the controllers' telemetry prefix (their default)
 SECRET = "bench-secure-link-secret"
 
@@ -487,8 +488,8 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
             state = http.get(f"/rollouts/{rid[0]}", params={"deployments": "false"}).json()
             if state["state"] != "running":
                 break
-            if time.perf_counter() - t0 > 900:
-                raise TimeoutError(f"rollout still running: {state['counts']}")
+            if time.perf_counter() - t0 > ROLLOUT_LIMIT_S:  # reported as still running, with its figures
+                break
             time.sleep(0.2)
     rollout_s = time.perf_counter() - t0
     cpu1 = [c.cpu_times() for c in cprocs]
