@@ -313,7 +313,8 @@ def test_compose_load_balancer_reaches_every_controller_on_the_default_ports() -
         nets = service["networks"]
         aliases = nets["edgeloop"].get("aliases", []) if isinstance(nets, dict) else []
         names |= {name, *aliases}
-    assert len({s["environment"]["EDGELOOP_MQTT_CLIENT_ID"] for s in controllers.values()}) == 2
+    assert len({s["environment"]["EDGELOOP_CONTROLLER_ID"] for s in controllers.values()}) == 2
+    assert len({s["environment"]["EDGELOOP_TELEMETRY_SHARE_GROUP"] for s in controllers.values()}) == 1
     lb = services["lb"]
     assert lb["image"].startswith("haproxy:")
     assert {p.split(":")[-1] for p in lb["ports"]} >= {"8000", "50051", "50052"}
@@ -334,13 +335,14 @@ def test_controller_probes_use_the_path_the_image_healthcheck_uses() -> None:
         assert container[probe]["httpGet"]["path"] == path, probe
 
 
-def test_k8s_controller_replicas_share_one_volume_and_have_their_own_mqtt_sessions() -> None:
+def test_k8s_controller_replicas_share_one_volume_and_have_their_own_ids() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for _, d in k8s_documents()}
     deployment = docs[("Deployment", "edgeloop-controller")]
     assert deployment["spec"]["replicas"] >= 2
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["EDGELOOP_MQTT_CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EDGELOOP_CONTROLLER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EDGELOOP_TELEMETRY_SHARE_GROUP"]["value"]
     (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
     claim = docs[("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every replica mounts the data dir"
