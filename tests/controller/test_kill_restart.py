@@ -4,35 +4,21 @@ finishes, each device deploying once."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
-from ctl_helpers import ScriptedExecutor, manifest_json, start_agent, wait_until, write_onnx
+from ctl_helpers import ScriptedExecutor, manifest_json, serve_controller, start_agent, wait_until, write_onnx
 
 from controller.broker import free_port
 
+ENV = {"EDGELOOP_API_TOKEN": "kill-api", "EDGELOOP_ENROLLMENT_TOKEN": "kill-enrol"}
+
 
 def _serve(data: Path, db_url: str, grpc_port: int, http_port: int, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, EDGELOOP_API_TOKEN="kill-api", EDGELOOP_ENROLLMENT_TOKEN="kill-enrol",
-               EDGELOOP_HEARTBEAT_INTERVAL_S="1", EDGELOOP_ROLLOUT_TICK_S="0.1")  # fmt: skip
-    cmd = [sys.executable, "-m", "edgeloop.cli", "controller", "serve", "--data-dir", str(data), "--host", "127.0.0.1",
-           "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--no-broker", "--db", db_url]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    wait_until(lambda: _healthy(http_port) or proc.poll() is not None, 60, "controller healthy")
-    assert proc.poll() is None, log.read_text()[-3000:]
-    return proc
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return serve_controller(data, db_url, log, grpc_port=grpc_port, http_port=http_port, env=ENV)
 
 
 def test_sigkill_mid_rollout_then_restart(tmp_path: Path, db_url: str) -> None:
