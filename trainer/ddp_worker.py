@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     t = get_task(task)
     spec = load_spec(t.schema, spec_file)
     _, local_rank, _ = dist_env()
-    device = getattr(getattr(spec.train, "device", "auto"), "value", "auto")
+    device = getattr(getattr(getattr(spec, "train", None), "device", "auto"), "value", "auto")
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(local_rank)

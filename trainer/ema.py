@@ -17,7 +17,8 @@ from torch import nn
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)  # DDP / DataParallel hold the trained module here
+    return inner if isinstance(inner, nn.Module) else model
 
 
 class ModelEMA:
@@ -69,6 +70,7 @@ class ModelEMA:
     ) -> ModelEMA:
         """Move the copy like the trained model (same device and memory format: the fused
         update then runs on tensors laid out alike)."""
-        self.module.to(device, memory_format=memory_format)
+        # Module.to accepts device and memory_format together; torch's overloads list them apart.
+        self.module.to(device, memory_format=memory_format)  # type: ignore[call-overload]
         self._pairs = None
         return self

@@ -48,12 +48,12 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW or SGD over ``params`` (tensors, or parameter groups with their own ``lr``).
     ``fused`` (CUDA only) runs AdamW's update as one kernel per dtype instead of a few per tensor."""
-    items = list(params)
+    items: list[Any] = list(params)  # all parameters or all groups: the first item says which
     if items and isinstance(items[0], dict):
-        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]  # type: ignore[index]
-        params = [g for g in params if g["params"]]
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
+        params = [g for g in groups if g["params"]]
     else:
-        params = [p for p in items if p.requires_grad]  # type: ignore[union-attr]
+        params = [p for p in items if p.requires_grad]
     if cfg.optimizer.value == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     return torch.optim.SGD(
@@ -247,7 +247,8 @@ def fit(
     trained weights travel in ``resume_state["train_state_dict"]`` for resume).
     ``param_groups`` replaces ``model.parameters()`` (each group may set its own ``lr``)."""
     fmt = torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
-    model.to(device, memory_format=fmt)
+    # Module.to accepts device and memory_format together; torch's overloads list them apart.
+    model.to(device, memory_format=fmt)  # type: ignore[call-overload]
     extra = list(extra_params)
     for p in extra:
         p.data = p.data.to(device)

@@ -216,6 +216,7 @@ def _to_container(
     from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    base: DictConfig | ListConfig
     if source is None:
         base = OmegaConf.create({})
         origin = "<defaults>"

@@ -117,7 +117,8 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | Image.Image, int]:
+        """The transformed image (a tensor with the usual transforms), or the PIL image without one."""
         path, label = self.items[i]
         img = load_rgb(path)
         return (self.transform(img) if self.transform else img), label

@@ -219,8 +219,8 @@ def render(cls: str, rng: np.random.Generator, size: int, difficulty: str = "sta
     angle = float(rng.uniform(-15, 15))
     if d.rotation_deg != 15.0:  # scaled only off the standard set, whose files stay byte-identical
         angle *= d.rotation_deg / 15.0
-    img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=board)
-    img = img.resize((size, size), Image.BILINEAR)
+    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=board)
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
     if rng.random() < d.blur_prob:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.7)))
     arr = np.asarray(img, dtype=np.float32)

@@ -49,7 +49,7 @@ def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The channel counts of every module that has any (plain ints and lists)."""
     out: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
-        attrs = {}
+        attrs: dict[str, Any] = {}
         for a in STRUCTURE_ATTRS:
             v = getattr(module, a, None)
             if isinstance(v, int) and not isinstance(v, bool):
@@ -176,7 +176,7 @@ def load_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> C
             raise CheckpointError(
                 f"checkpoint {path} does not fit backbone {payload['backbone']!r}: {exc}"
             ) from None
-    resume = {
+    resume: dict[str, Any] = {
         k: payload[k]
         for k in ("epoch", "optimizer", "scheduler", "scaler", "best_metric", "history")
         if k in payload

@@ -41,9 +41,9 @@ def _transform(cfg: SSLSpec, image_size: int, mean, std):
 
     return DINOTransform(
         global_crop_size=image_size,
-        global_crop_scale=tuple(cfg.global_crop_scale),
+        global_crop_scale=cfg.global_crop_scale,
         local_crop_size=local_crop_size(cfg, image_size),
-        local_crop_scale=tuple(cfg.local_crop_scale),
+        local_crop_scale=cfg.local_crop_scale,
         n_local_views=cfg.local_views,
         vf_prob=cfg.vflip,
         cj_prob=cfg.color_jitter,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from trainer.datasets.folder import (
     ImageListDataset,
@@ -75,7 +75,7 @@ def train_data(spec: ClassificationSpec, ctx: RunContext, classes: list[str] | N
     classes = classes or class_names(Path(ds.root), "train")
     tr = scan_split(Path(ds.root), "train", classes, ds.corrupt_images.value)
     va = scan_split(Path(ds.root), "val", classes, ds.corrupt_images.value)
-    sampler = None
+    sampler: Sampler[int] | None = None
     if ctx.world_size > 1:
         from torch.utils.data.distributed import DistributedSampler
 

@@ -30,7 +30,8 @@ def run(spec: ClassificationSpec, ctx: RunContext) -> ActionOutput:
     folder = Path(spec.inference.input_dir) if spec.inference.input_dir else Path(spec.dataset.root) / "test"
     from trainer.datasets.folder import image_ok
 
-    paths, corrupt = [], []
+    paths: list[Path] = []
+    corrupt: list[Path] = []
     for p in list_images(folder):
         (paths if image_ok(p) else corrupt).append(p)
     if corrupt:
