@@ -100,7 +100,11 @@ class BackboneFeatures(nn.Module):
 
 
 def backbone_module(model: nn.Module) -> BackboneFeatures:
-    return model.model.backbone.model  # type: ignore[return-value]
+    """The backbone ``build_detector`` placed in the transformers RT-DETR."""
+    feats = model.get_submodule("model.backbone.model")
+    if not isinstance(feats, BackboneFeatures):
+        raise TypeError(f"not one of our detectors: its backbone is a {type(feats).__name__}")
+    return feats
 
 
 # ------------------------------------------------------------------ weights

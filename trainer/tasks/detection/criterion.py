@@ -133,7 +133,7 @@ def assign(cost: torch.Tensor, sizes: list[int]) -> tuple[np.ndarray, ...]:
     if not gi:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
-    return tuple(np.concatenate(x).astype(np.int64) for x in (gi, bi, qi, ti))  # type: ignore[return-value]
+    return tuple(np.concatenate(x).astype(np.int64) for x in (gi, bi, qi, ti))
 
 
 def hungarian_match(
@@ -221,7 +221,7 @@ class BatchedRTDetrLoss:
         idx = tuple(torch.from_numpy(a).to(cls.device, non_blocking=True) for a in host_idx)
         terms = _terms(cls, box, tgt, idx, num_boxes, self.w)  # type: ignore[arg-type]
         loss_dict = {f"loss_{k}": v for k, v in terms.items()}
-        if dn is not None and self.aux and outputs_class is not None and sum(tgt.sizes):
+        if dn is not None and self.aux and outputs_class is not None and sum(tgt.sizes) > 0:
             groups = int(dn["dn_num_group"])
             dn_cls = outputs_class[:, :, :n_dn].transpose(0, 1)
             dn_box = outputs_coord[:, :, :n_dn].transpose(0, 1)
@@ -247,5 +247,6 @@ class BatchedRTDetrLoss:
 
 def install(model: torch.nn.Module) -> torch.nn.Module:
     """Make ``model`` (a transformers RT-DETR) train with :class:`BatchedRTDetrLoss`."""
-    model.loss_function = BatchedRTDetrLoss(model.config)
+    # a plain attribute transformers calls; torch's stubs type Module attributes as Tensor | Module
+    model.loss_function = BatchedRTDetrLoss(model.config)  # type: ignore[assignment]
     return model

@@ -374,7 +374,7 @@ def loader(
         corrupt_images=spec.dataset.corrupt_images.value,
         cache_mb=spec.dataset.cache_mb,
     )
-    sampler = None
+    sampler: torch.utils.data.Sampler[int] | None = None
     if distributed:
         sampler = torch.utils.data.distributed.DistributedSampler(
             ds, shuffle=True, seed=spec.seed, drop_last=True

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.distill import Binding, FeatureBindings
-from trainer.models.checkpoint import unwrap
 from trainer.tasks.detection.criterion import assign, box_iou_giou, xyxy
 from trainer.tasks.detection.loss import targets_to
+from trainer.tasks.detection.model import attached_config
 from trainer.tasks.detection.spec import DistillSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class DetectionDistiller(nn.Module):
             for b in cfg.bindings
         ]
         self.features = FeatureBindings(teacher, student, bindings, bias=True, relative=True)
-        probe_size = int(student.detector_config.image_size)
+        probe_size = int(attached_config(student).image_size)
         with torch.no_grad():  # channel counts of each binding, from one probe image
             x = torch.zeros(1, 3, probe_size, probe_size, device=device)
             self.teacher(pixel_values=x)
@@ -107,7 +107,7 @@ class DetectionDistiller(nn.Module):
         with torch.no_grad():
             t_out = self.teacher(pixel_values=images)
         s_out = model(pixel_values=images, labels=targets_to(targets, images.device))
-        q = unwrap(model).detector_config.num_queries
+        q = attached_config(model).num_queries
         # in training the student's outputs start with the denoising queries: keep the last q
         s_logits, s_boxes = s_out.logits[:, -q:], s_out.pred_boxes[:, -q:]
         loss = self.cfg.gt_weight * s_out.loss

@@ -124,8 +124,18 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
     _reinit(model.model.encoder_input_proj)
     _reinit(model.model.decoder_input_proj)
     model.model.backbone.model = BackboneFeatures(cfg.backbone)
-    model.detector_config = cfg  # type: ignore[attr-defined]
+    model.detector_config = cfg
     return model
+
+
+def attached_config(model: nn.Module) -> DetectorConfig:
+    """The config ``build_detector`` set on the model (also under DDP / torch.compile wrappers)."""
+    from trainer.models.checkpoint import unwrap
+
+    cfg = getattr(unwrap(model), "detector_config", None)
+    if not isinstance(cfg, DetectorConfig):
+        raise TypeError(f"{type(model).__name__} has no detector config: not built by build_detector")
+    return cfg
 
 
 def save_detector(
@@ -142,9 +152,9 @@ def save_detector(
 ) -> Path:
     """Our checkpoint format (``trainer.models.checkpoint``) with the detector config added;
     ``half=True`` stores float tensors as fp16 (half the size; loading casts back)."""
-    from trainer.models.checkpoint import Checkpoint, save_checkpoint, unwrap
+    from trainer.models.checkpoint import Checkpoint, save_checkpoint
 
-    cfg: DetectorConfig = unwrap(model).detector_config  # type: ignore[assignment]
+    cfg = attached_config(model)
     ckpt = Checkpoint(
         model=model,
         backbone=cfg.backbone,

@@ -108,10 +108,12 @@ class DetectionTrainSpec(TrainSpec):
     optimizer: Optimizer = Optimizer.adamw
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int | None = Field(
+    # int | None over TrainSpec's int: null is sized here (trainer.tasks.detection.training, data);
+    # the shared engine reads neither
+    batch_size: int | None = Field(  # type: ignore[assignment]
         None, ge=1, description="per process; null = from the GPU's memory (16 on CPU)"
     )
-    num_workers: int | None = Field(None, ge=0, description="loader processes; null = from the CPU cores")
+    num_workers: int | None = Field(None, ge=0, description="loader processes; null = from the CPU cores")  # type: ignore[assignment]
     epochs: int = Field(50, ge=1)
     val_interval: int = Field(1, ge=1, description="epochs between mAP measurements on val")
     time_limit_s: float = Field(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -146,8 +147,8 @@ def render(
                 for a, rr in zip(angles, radii, strict=True)
             ]
             draw.polygon(pts, fill=copper)
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            box = _clip_box(min(xs) - 2, min(ys) - 2, max(xs) + 2, max(ys) + 2, size)
+            px, py = [p[0] for p in pts], [p[1] for p in pts]
+            box = _clip_box(min(px) - 2, min(py) - 2, max(px) + 2, max(py) + 2, size)
         if box is not None:
             defects.append((cls, box))
     hole_colour = (int(rng.integers(5, 30)),) * 3
@@ -194,7 +195,8 @@ def synthesize(
     for s_idx, (split, n) in enumerate(counts.items()):
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         names = [f"{split}_{i:06d}.png" for i in range(n)]
         jobs = [(seed, s_idx, i, image_size, str(folder / names[i])) for i in range(n)]
         if workers > 1 and n > 1:

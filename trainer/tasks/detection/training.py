@@ -55,7 +55,8 @@ def auto_batch_size(spec: DetectionSpec, device: torch.device) -> int:
 
 def param_groups(model: nn.Module, spec: DetectionSpec) -> list[dict[str, Any]] | None:
     """The backbone at ``lr x train.backbone_lr_mult``, the rest at ``lr`` (None when 1)."""
-    return backbone_param_groups(model, unwrap(model).model.backbone.parameters(), spec.train)
+    backbone = unwrap(model).get_submodule("model.backbone")
+    return backbone_param_groups(model, backbone.parameters(), spec.train)
 
 
 def _validator(spec: DetectionSpec, val: CocoSplit, device: torch.device, budget: Budget):
@@ -129,7 +130,7 @@ def fit_detector(
     )
     best_path = ctx.out_dir / "model.pth"
     last_path = ctx.out_dir / "last.pth"
-    common = {
+    common: dict[str, Any] = {
         "labels": labels,
         "mean": list(spec.dataset.mean),
         "std": list(spec.dataset.std),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from trainer.runtime import ActionOutput, RunContext, select_device
+from trainer.spec import SpecError
 from trainer.tasks.detection.data import open_split
 from trainer.tasks.detection.distill import DetectionDistiller
-from trainer.tasks.detection.model import load_detector, make_model
+from trainer.tasks.detection.model import attached_config, load_detector, make_model
 from trainer.tasks.detection.spec import DetectionSpec
 from trainer.tasks.detection.training import fit_detector, seed_all
 
@@ -16,9 +17,10 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
         raise ValueError("distill runs on one process (train.num_gpus=1): its projections are outside DDP")
     seed_all(spec.seed)
     labels = open_split(spec, "train").labels
-    teacher = load_detector(
-        spec.distill.teacher.checkpoint, allow_unsafe_pickle=spec.model.allow_unsafe_pickle
-    )  # type: ignore[arg-type]
+    teacher_path = spec.distill.teacher.checkpoint
+    if not teacher_path:  # check_paths refuses such a spec before any action runs
+        raise SpecError("key 'distill.teacher.checkpoint': required for distill (a detection model.pth)")
+    teacher = load_detector(teacher_path, allow_unsafe_pickle=spec.model.allow_unsafe_pickle)
     if spec.distill.teacher.backbone and spec.distill.teacher.backbone != teacher.config.backbone:
         raise ValueError(
             f"distill.teacher.backbone={spec.distill.teacher.backbone!r} but the checkpoint is a "
@@ -37,7 +39,7 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
     lineage = {
         "history": ["distill"],
         "teacher": f"{teacher.config.backbone}:{spec.distill.teacher.checkpoint}",
-        "backbone": student.detector_config.backbone,
+        "backbone": attached_config(student).backbone,
     }
     out = fit_detector(
         spec, ctx, student, distiller.loss, lineage=lineage, extra_params=distiller.projections.parameters()

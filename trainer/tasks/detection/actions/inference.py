@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,13 +42,14 @@ def run(spec: DetectionSpec, ctx: RunContext) -> ActionOutput:
         }
     images_out = ctx.out_dir / "annotated"
     images_out.mkdir(exist_ok=True)
-    results, index, unreadable = [], [], []
+    results, unreadable = [], []
+    index: list[dict[str, Any]] = []
     for start in range(0, len(paths), cfg.batch_size):
         chunk, arrays, sizes = [], [], []
         for p in paths[start : start + cfg.batch_size]:
             try:
-                with Image.open(p) as im:
-                    im = im.convert("RGB")
+                with Image.open(p) as raw:
+                    im = raw.convert("RGB")
             except Exception as exc:
                 unreadable.append(f"{p}: {type(exc).__name__}: {exc}")
                 continue
