@@ -65,8 +65,8 @@ def _device_views(cfg: SSLSpec, image_size: int, mean, std) -> DeviceMultiCrop:
         global_size=image_size,
         local_size=local_crop_size(cfg, image_size),
         local_views=cfg.local_views,
-        global_scale=tuple(cfg.global_crop_scale),  # type: ignore[arg-type]
-        local_scale=tuple(cfg.local_crop_scale),  # type: ignore[arg-type]
+        global_scale=cfg.global_crop_scale,
+        local_scale=cfg.local_crop_scale,
         mean=list(mean),
         std=list(std),
         vflip=cfg.vflip,
