@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.runtime import ActionOutput, RunContext, amp_dtype, select_device
+from trainer.runtime import ActionOutput, RunContext, amp_dtype, auto_workers, select_device
 from trainer.ssl.data import MultiViewDataset, Uint8Image, scan_unlabeled
 from trainer.ssl.device_views import DeviceMultiCrop
 from trainer.ssl.dino import DINO, backbone_state, classification_name, headless_backbone
@@ -113,7 +113,10 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         )
     n = len(data.paths)
     bs = min(cfg.batch_size, n)
-    nw = spec.train.num_workers
+    # the detection spec leaves the loader's workers unset (null): the same rule as its training
+    nw = (
+        spec.train.num_workers if spec.train.num_workers is not None else auto_workers(device, ctx.world_size)
+    )
     gpu_views = _device_views(cfg, ds.image_size, ds.mean, ds.std) if on_device(cfg, device) else None
     per_image = Uint8Image(ds.image_size) if gpu_views else _transform(cfg, ds.image_size, ds.mean, ds.std)
     loader = DataLoader(
