@@ -330,7 +330,7 @@ def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d:
     _set(
         d,
         DeploymentState.deploying,
-        "deploy sent" if hub.is_connected(d.device_id) else "waiting for the device",
+        "deploy sent" if device.connected or hub.is_connected(d.device_id) else "waiting for the device",
     )
 
 
@@ -444,7 +444,9 @@ def _watch(
         return
     device = session.get(Device, d.device_id)
     unhealthy = ""
-    if device is None or not hub.is_connected(d.device_id):
+    # device.connected, not this process's hub: with several controllers the device's stream
+    # may be held by another process, which records it in the database
+    if device is None or not (device.connected or hub.is_connected(d.device_id)):
         unhealthy = "the device went offline"
     elif device.active_version and device.active_version != rollout.model_version:
         unhealthy = f"the device no longer runs it (active: {device.active_version})"
