@@ -37,7 +37,7 @@ from controller.services.hub import SessionHub
 from controller.services.signing import load_or_create_signer
 from controller.services.storage import store_from_settings
 from controller.telemetry import TelemetryIngest
-from controller.workers import run_job_runner, run_rollout_engine
+from controller.workers import run_job_runner, run_liveness, run_rollout_engine
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Controller(InProcessAPI):
         self.grpc = GrpcServer(ctx, s.grpc_host, s.grpc_port).start()
         self._spawn("rollout-engine", lambda: run_rollout_engine(ctx, self._stop))
         self._spawn("job-runner", lambda: run_job_runner(ctx, self._stop))
+        self._spawn("controller-liveness", lambda: run_liveness(ctx, self._stop))
         self.loops = LoopRunner(ctx)
         if http:
             self.start_http()

@@ -1,9 +1,11 @@
-"""The controller's two background loops, each run in its own thread by the lifecycle.
+"""The controller's background loops, each run in its own thread by the lifecycle.
 
 - the rollout engine: a tick of ``services.rollouts.tick`` whenever the context is woken (a
   status, a report, an operator action) or ``rollout_tick_s`` passes; every two seconds it also
-  writes the heartbeats and "running" statuses the hub collected in memory, says this controller process is alive
-  (``services.instances``: the devices of one gone silent go offline) and refreshes the gauges.
+  writes the heartbeats and "running" statuses the hub collected in memory and refreshes the gauges.
+- liveness: every two seconds, says this controller process is alive (``services.instances``:
+  the devices of one gone silent go offline), apart from the engine so a long tick cannot
+  make it look dead.
 - the job runner: trainer jobs one at a time (``services.jobs``); what an export produced is
   imported through the in-process API, like any other artifact.
 
@@ -50,14 +52,24 @@ def run_rollout_engine(ctx: ControllerContext, stop: threading.Event) -> None:
                     if seen:
                         fleet.flush_heartbeats(session=session, seen=seen)
                     fleet.flush_progress(session=session, seen=progress)
-                    instances.beat(
-                        session=session, instance_id=ctx.hub.instance_id, holding=ctx.hub.connected()
-                    )
                     update_gauges(session=session, metrics=ctx.metrics)
                 last_flush = time.monotonic()
         except Exception:
             if not stop.is_set():
                 log.exception("rollout engine tick failed")
+
+
+def run_liveness(ctx: ControllerContext, stop: threading.Event) -> None:
+    """Say every two seconds that this process is alive (``services.instances.beat``), in a
+    thread of its own: a rollout tick over a large fleet can take longer than the 30 s after
+    which the other controllers take this one for gone and put its devices offline."""
+    while not stop.wait(HEARTBEAT_FLUSH_S):
+        try:
+            with session_scope(ctx.engine) as session:
+                instances.beat(session=session, instance_id=ctx.hub.instance_id, holding=ctx.hub.connected())
+        except Exception:
+            if not stop.is_set():
+                log.exception("controller liveness beat failed")
 
 
 def update_gauges(*, session: Session, metrics: Metrics) -> None:
