@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from ctl_helpers import make_controller
+from sqlalchemy.engine import Engine
 
+from controller.db import make_engine, migrate
 from controller.runtime import Controller
 
 
@@ -17,6 +19,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'controller.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def db_engine(db_url: str) -> Iterator[Engine]:
+    """A migrated engine on ``db_url`` (SQLite and PostgreSQL), for tests of the database code."""
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -12,27 +12,18 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from controller.db import make_engine, migrate, session_scope
+from controller.db import session_scope
 from controller.models import Command, CommandKind, CommandState, Device
 from controller.services import fleet
 from controller.services.hub import SessionHub
 from protos import fleet_pb2
 
 
-@pytest.fixture
-def engine(db_url: str) -> Engine:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-def _device_with_switch(engine: Engine) -> str:
-    with session_scope(engine) as session:
+def _device_with_switch(db_engine: Engine) -> str:
+    with session_scope(db_engine) as session:
         session.add(Device(id="d1", active_version="m:1", connected=True))
         session.flush()
         session.add(
@@ -47,38 +38,38 @@ def _device_with_switch(engine: Engine) -> str:
     return "d1"
 
 
-def test_a_heartbeat_from_before_a_switch_does_not_put_the_old_version_back(engine: Engine) -> None:
-    device_id = _device_with_switch(engine)
+def test_a_heartbeat_from_before_a_switch_does_not_put_the_old_version_back(db_engine: Engine) -> None:
+    device_id = _device_with_switch(db_engine)
     hub = SessionHub("me")
     hub.note_heartbeat(device_id, "m:1", "m:2")  # sent by the agent before it switched
     time.sleep(0.01)
-    with session_scope(engine) as session:
+    with session_scope(db_engine) as session:
         fleet.record_status(
             session=session,
             device_id=device_id,
             status=fleet_pb2.CommandStatus(command_id="c-switch", state="succeeded", model_version="m:2"),
         )
-    with session_scope(engine) as session:
+    with session_scope(db_engine) as session:
         fleet.flush_heartbeats(session=session, seen=hub.drain_heartbeats())
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         device = session.get(Device, device_id)
         assert (device.active_version, device.previous_version) == ("m:2", "m:1")
 
     # a heartbeat received after the switch is written as usual
     time.sleep(0.01)
     hub.note_heartbeat(device_id, "m:2", "", "m:1")
-    with session_scope(engine) as session:
+    with session_scope(db_engine) as session:
         fleet.flush_heartbeats(session=session, seen=hub.drain_heartbeats())
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         device = session.get(Device, device_id)
         assert (device.active_version, device.candidate_version) == ("m:2", "")
         assert device.last_seen is not None
 
 
-def test_heartbeats_of_a_deleted_device_are_dropped(engine: Engine) -> None:
+def test_heartbeats_of_a_deleted_device_are_dropped(db_engine: Engine) -> None:
     hub = SessionHub("me")
     hub.note_heartbeat("gone", "m:1", "")
-    with session_scope(engine) as session:
+    with session_scope(db_engine) as session:
         fleet.flush_heartbeats(session=session, seen=hub.drain_heartbeats())
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         assert session.get(Device, "gone") is None

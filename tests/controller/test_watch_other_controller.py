@@ -10,24 +10,16 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from controller.db import make_engine, migrate, session_scope
+from controller.db import session_scope
 from controller.models import Command, Deployment, DeploymentState, Device, Rollout, Strategy, utcnow
 from controller.services import rollouts
 from controller.services.hub import SessionHub
 
 
-@pytest.fixture
-def engine(db_url: str) -> Engine:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.parametrize(("connected", "expected"), [(True, DeploymentState.succeeded), (False, None)])
-def test_health_window_uses_the_fleet_wide_connection(engine: Engine, connected: bool, expected) -> None:  # noqa: ANN001
+def test_health_window_uses_the_fleet_wide_connection(db_engine: Engine, connected: bool, expected) -> None:  # noqa: ANN001
     strategy = Strategy(mode="activate_then_watch", health_window_s=1.0)
-    with session_scope(engine) as session:
+    with session_scope(db_engine) as session:
         session.add(Device(id="d1", active_version="m:2", connected=connected, controller_id="other"))
         rollout = Rollout(model_version="m:2", strategy=strategy.model_dump(mode="json"))
         session.add(rollout)
@@ -41,7 +33,7 @@ def test_health_window_uses_the_fleet_wide_connection(engine: Engine, connected:
         rollouts._watch(session=session, hub=SessionHub("me"), rollout=rollout, d=d, now=utcnow(),
                         reason="gate passed", strategy=strategy)  # fmt: skip
         state, message = d.state, d.message
-    with Session(engine) as session:
+    with Session(db_engine) as session:
         sent = session.exec(select(Command)).all()
     if expected is not None:
         assert state == expected, message
