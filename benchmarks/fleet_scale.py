@@ -380,7 +380,7 @@ def run_once(
     if controllers > 1:  # the telemetry split between them (MQTT shared subscription), not taken twice
         extra_env["EDGELOOP_TELEMETRY_SHARE_GROUP"] = "bench-controllers"
     if source == "nginx":
-        nginx = start_nginx(run_dir / "nginx", data, SECRET)
+        nginx = start_nginx(run_dir / "nginx", data, SECRET, worker_connections=max(1024, 2 * n))
         extra_env |= {"EDGELOOP_ARTIFACT_URL_BASE": nginx.base_url, "EDGELOOP_ARTIFACT_URL_SECRET": SECRET}
     broker = None
     if telemetry_s:

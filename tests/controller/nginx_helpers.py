@@ -63,7 +63,9 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15
     raise RuntimeError(f"nginx did not listen on {port}")
 
 
-def start_nginx(prefix: Path, root: Path, secret: str, *, worker_user: str = "root") -> Nginx:
+def start_nginx(
+    prefix: Path, root: Path, secret: str, *, worker_user: str = "root", worker_connections: int = 256
+) -> Nginx:
     """nginx serving ``root/artifacts/`` with secure_link checked against ``secret``. Run as root,
     its workers run as ``worker_user`` (pytest's tmp dirs are 0700: "root" reaches them; another
     user, as in a real deployment, needs a ``root`` it can traverse)."""
@@ -91,7 +93,8 @@ def start_nginx(prefix: Path, root: Path, secret: str, *, worker_user: str = "ro
 daemon off;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} info;
-events {{ worker_connections 256; }}
+worker_rlimit_nofile {2 * worker_connections + 64};
+events {{ worker_connections {worker_connections}; }}
 http {{
     log_format edgeloop '$status "$request" "$http_range" $body_bytes_sent';
     client_body_temp_path {temp["body"]};
