@@ -8,13 +8,12 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nginx_helpers import wait_port
 
 from controller.broker import free_port
 
@@ -100,19 +99,6 @@ def render(backends: list[Backend], ports: tuple[int, int, int]) -> str:
     return cfg
 
 
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"haproxy exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"haproxy did not listen on {port}")
-
-
 def start_haproxy(prefix: Path, backends: list[Backend]) -> Haproxy:
     """haproxy in the foreground (``-db``) over ``backends``; its log (stdout) in ``prefix``."""
     assert HAPROXY is not None
@@ -129,7 +115,7 @@ def start_haproxy(prefix: Path, backends: list[Backend]) -> Haproxy:
     )  # noqa: SIM115 - the file lives with the process
     try:
         for port in ports:
-            _wait_port(port, proc, log)
+            wait_port(port, proc, log, name="haproxy")
     except BaseException:
         proc.kill()
         proc.wait(5)

@@ -50,17 +50,19 @@ class Nginx:
                 self.proc.wait(5)
 
 
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen, log: Path, *, name: str, timeout: float = 15.0) -> None:
+    """Until ``proc`` (a server started by a test: nginx, haproxy) listens on ``port``; its log's
+    tail in the error if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(f"{name} exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nginx did not listen on {port}")
+    raise RuntimeError(f"{name} did not listen on {port}")
 
 
 def start_nginx(
@@ -114,7 +116,7 @@ http {{
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_port(port, proc, log)
+        wait_port(port, proc, log, name="nginx")
     except BaseException:
         proc.kill()
         proc.wait(5)
