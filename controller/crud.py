@@ -19,6 +19,7 @@ from controller.models import (
     CommandState,
     Deployment,
     DeploymentPublic,
+    DeploymentState,
     Device,
     DevicePublic,
     DeviceUpdate,
@@ -130,25 +131,37 @@ def get_rollout(*, session: Session, rollout_id: str, lock: bool = False) -> Rol
     return rollout
 
 
-def list_deployments(*, session: Session, rollout_id: str) -> list[Deployment]:
+def list_deployments(
+    *, session: Session, rollout_id: str, skip: int = 0, limit: int | None = None
+) -> list[Deployment]:
     stmt = (
         select(Deployment)
         .where(Deployment.rollout_id == rollout_id)
         .order_by(col(Deployment.wave), col(Deployment.device_id))
+        .offset(skip)
     )
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return list(session.exec(stmt).all())
 
 
-def rollout_public(*, session: Session, rollout: Rollout, with_deployments: bool = True) -> RolloutPublic:
-    deployments = list_deployments(session=session, rollout_id=rollout.id)
+def rollout_public(
+    *, session: Session, rollout: Rollout, with_deployments: bool = True, skip: int = 0, limit: int = 1000
+) -> RolloutPublic:
+    """The rollout, its per-state counts and waves (counted by the database: no deployment row
+    loaded) and, ``with_deployments``, a page of its deployments (``skip``/``limit``, in wave and
+    device order; ``counts`` sums to their total)."""
     out = RolloutPublic.model_validate(rollout)
-    counts: dict[str, int] = {}
-    for d in deployments:
-        counts[d.state.value] = counts.get(d.state.value, 0) + 1
-    out.counts = counts
-    out.waves_total = (max((d.wave for d in deployments), default=0) + 1) if deployments else 0
+    rows = session.exec(
+        select(Deployment.state, func.count(), func.max(Deployment.wave))
+        .where(Deployment.rollout_id == rollout.id)
+        .group_by(col(Deployment.state))
+    ).all()
+    out.counts = {DeploymentState(state).value: int(n) for state, n, _ in rows}
+    out.waves_total = (max(int(w) for _, _, w in rows) + 1) if rows else 0
     if with_deployments:
-        out.deployments = [DeploymentPublic.model_validate(d) for d in deployments]
+        page = list_deployments(session=session, rollout_id=rollout.id, skip=skip, limit=limit)
+        out.deployments = [DeploymentPublic.model_validate(d) for d in page]
     return out
 
 

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
-from sqlalchemy import JSON, BigInteger, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Index, UniqueConstraint
 from sqlalchemy import DateTime as _SADateTime
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -415,7 +415,12 @@ class DeploymentPublic(SQLModel):
 
 
 class Deployment(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("rollout_id", "device_id", name="uq_deployment_rollout_device"),)
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "device_id", name="uq_deployment_rollout_device"),
+        # the rollout engine's reads (migration 0011): in flight / pending of a wave, a wave's counts
+        Index("ix_deployment_rollout_state_wave", "rollout_id", "state", "wave"),
+        Index("ix_deployment_rollout_wave_state", "rollout_id", "wave", "state"),
+    )
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     rollout_id: str = Field(foreign_key="rollout.id", index=True, max_length=64)
     device_id: str = Field(foreign_key="device.id", index=True, max_length=64)

@@ -37,7 +37,7 @@ from controller.services.hub import SessionHub
 from controller.services.signing import load_or_create_signer
 from controller.services.storage import store_from_settings
 from controller.telemetry import TelemetryIngest
-from controller.workers import run_job_runner, run_liveness, run_rollout_engine
+from controller.workers import run_job_runner, run_liveness, run_rollout_engine, run_status_writer
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class Controller(InProcessAPI):
         self.bus = BusListener(engine, ctx.hub, on_kick=self._kicked).start()
         self.grpc = GrpcServer(ctx, s.grpc_host, s.grpc_port).start()
         self._spawn("rollout-engine", lambda: run_rollout_engine(ctx, self._stop))
+        self._spawn("status-writer", lambda: run_status_writer(ctx, self._stop))
         self._spawn("job-runner", lambda: run_job_runner(ctx, self._stop))
         self._spawn("controller-liveness", lambda: run_liveness(ctx, self._stop))
         self.loops = LoopRunner(ctx)

@@ -306,14 +306,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                     )
                 elif kind == "status":
                     try:
-                        if msg.status.state == CommandState.running.value:  # progress: batched
-                            check_device_message(msg.status, "status")
-                            self.ctx.hub.note_progress(device_id, msg.status)
-                            continue
-                        await self._db(fleet.record_status, device_id=device_id, status=msg.status)
+                        check_device_message(msg.status, "status")
                     except ControllerError as exc:
                         log.warning("bad status from %s: %s", device_id, exc.message)
-                    self.ctx.wake()
+                        continue
+                    if msg.status.state == CommandState.running.value:  # progress: the latest, batched
+                        self.ctx.hub.note_progress(device_id, msg.status)
+                    else:  # written in batches by the status writer, which wakes the engine
+                        self.ctx.hub.note_status(device_id, msg.status)
                 elif kind == "hello":
                     try:
                         await self._db(fleet.record_connected, device_id=device_id, hello=msg.hello,

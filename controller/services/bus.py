@@ -14,16 +14,41 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlmodel import Session
 
 CHANNEL = "edgeloop_fleet"
 COMMAND, KICK = "command", "kick"
 
 
+PENDING = "edgeloop_bus"  # session.info key: this transaction's messages, sent just before commit
+NOTIFY_BATCH = 1000
+
+
 def publish(session: Session, *, origin: str, kind: str, device_id: str, command_id: str = "") -> None:
-    """Tell the other controllers, at this transaction's commit (nothing on SQLite)."""
+    """Tell the other controllers, at this transaction's commit (nothing on SQLite). The
+    messages of one transaction go out in one statement just before it commits (a wave's
+    thousands of commands: one round trip, not one each); PostgreSQL delivers them at commit,
+    in order, and never for a rolled-back transaction."""
     if session.get_bind().dialect.name != "postgresql":
         return
     payload = json.dumps({"o": origin, "k": kind, "d": device_id, "c": command_id}, separators=(",", ":"))
-    session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+    pending = session.info.get(PENDING)
+    if pending is None:
+        pending = session.info[PENDING] = []
+        event.listen(session, "before_commit", _notify_pending, once=True)
+        event.listen(session, "after_soft_rollback", _drop_pending, once=True)
+    pending.append(payload)
+
+
+def _notify_pending(session: Session) -> None:
+    payloads = session.info.pop(PENDING, None) or []
+    for start in range(0, len(payloads), NOTIFY_BATCH):
+        session.execute(
+            text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            {"channel": CHANNEL, "payloads": payloads[start : start + NOTIFY_BATCH]},
+        )
+
+
+def _drop_pending(session: Session, _previous_transaction: object = None) -> None:
+    session.info.pop(PENDING, None)

@@ -68,7 +68,10 @@ def create_command(
     | fleet_pb2.Pipeline,
     model_version: str = "",
     rollout_id: str | None = None,
+    flush: bool = True,
 ) -> Command:
+    """Store a command and put it on the device's stream at commit. ``flush=False``: the caller
+    flushes once for many (a rollout wave), an INSERT batch instead of one round trip each."""
     command_id = new_id()
     msg = fleet_pb2.ControllerCommand(command_id=command_id)
     getattr(msg, kind.value).CopyFrom(body)
@@ -81,7 +84,8 @@ def create_command(
         rollout_id=rollout_id,
     )
     session.add(command)
-    session.flush()
+    if flush:
+        session.flush()
     dispatch_after_commit(session, hub, command)
     # the device's stream may be held by another controller process: it learns at this commit
     bus.publish(session, origin=hub.instance_id, kind=bus.COMMAND, device_id=device_id, command_id=command_id)

@@ -146,7 +146,43 @@ def record_connected(
 def record_status(*, session: Session, device_id: str, status: fleet_pb2.CommandStatus) -> Command | None:
     """A command's progress, accepted only from the device the command was sent to."""
     check_device_message(status, "status")
-    command = session.get(Command, status.command_id)
+    command = _apply_status(
+        session=session, device_id=device_id, status=status, command=session.get(Command, status.command_id)
+    )
+    session.flush()
+    return command
+
+
+def record_statuses(*, session: Session, seen: list[tuple[str, fleet_pb2.CommandStatus]]) -> int:
+    """Many (device, status) pairs in the order they came, in this one transaction: their
+    commands (and the devices whose active version may change) read in batches of 500, one
+    flush at the end. A status that names an unknown state is logged and skipped, the others
+    are written. Returns how many changed a command. The caller checked each with
+    ``check_device_message`` when it arrived."""
+    ids = sorted({st.command_id for _, st in seen if st.command_id})
+    commands: dict[str, Command] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.exec(select(Command).where(col(Command.id).in_(ids[start : start + 500]))).all()
+        commands.update((c.id, c) for c in rows)
+    devices = sorted({d for d, st in seen if st.state == CommandState.succeeded.value})
+    for start in range(0, len(devices), 500):  # into the identity map: get_device below reads none
+        session.exec(select(Device).where(col(Device.id).in_(devices[start : start + 500]))).all()
+    changed = 0
+    for device_id, status in seen:
+        try:
+            before = commands.get(status.command_id)
+            state = before.state if before is not None else None
+            done = _apply_status(session=session, device_id=device_id, status=status, command=before)
+            changed += done is not None and done.state != state
+        except InvalidInput as exc:
+            log.warning("bad status from %s: %s", device_id, exc.message)
+    session.flush()
+    return changed
+
+
+def _apply_status(
+    *, session: Session, device_id: str, status: fleet_pb2.CommandStatus, command: Command | None
+) -> Command | None:
     if command is None or command.device_id != device_id:
         log.warning("status for a command not sent to %s (%.64s) ignored", device_id, status.command_id)
         return None
@@ -173,7 +209,6 @@ def record_status(*, session: Session, device_id: str, status: fleet_pb2.Command
                 # (flush_heartbeats writes versions only from heartbeats newer than last_seen)
                 device.last_seen = utcnow()
         session.add(device)
-    session.flush()
     return command
 
 

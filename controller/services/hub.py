@@ -39,6 +39,8 @@ class SessionHub:
         self._sessions: dict[str, StreamSession] = {}
         self._heartbeats: dict[str, HeartbeatSeen] = {}
         self._progress: dict[str, fleet_pb2.CommandStatus] = {}  # device -> its latest "running"
+        self._statuses: list[tuple[str, fleet_pb2.CommandStatus]] = []  # in arrival order
+        self.statuses_waiting = threading.Event()  # set when ``_statuses`` has something
 
     def attach(self, session: StreamSession) -> StreamSession | None:
         """Register a stream; returns the one it replaces (a reconnect), which is closed."""
@@ -99,3 +101,25 @@ class SessionHub:
         with self._lock:
             seen, self._progress = self._progress, {}
         return seen
+
+    def note_status(self, device_id: str, status: fleet_pb2.CommandStatus) -> None:
+        """A status that moves a command (accepted, succeeded, failed): kept in arrival order
+        and written by the status writer (``workers.run_status_writer``) in one transaction
+        with the others of the same moment, not one transaction each. One lost in a crash is
+        like one lost on the wire: the agent repeats a command's final status when the
+        command is resent at its next connect."""
+        with self._lock:
+            self._statuses.append((device_id, status))
+        self.statuses_waiting.set()
+
+    def drain_statuses(self) -> list[tuple[str, fleet_pb2.CommandStatus]]:
+        with self._lock:
+            seen, self._statuses = self._statuses, []
+            self.statuses_waiting.clear()
+        return seen
+
+    def requeue_statuses(self, seen: list[tuple[str, fleet_pb2.CommandStatus]]) -> None:
+        """Put back statuses a failed write did not record, before any that came since."""
+        with self._lock:
+            self._statuses[:0] = seen
+        self.statuses_waiting.set()

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import or_
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from controller import crud
@@ -270,12 +270,39 @@ def _send_rollback(*, session: Session, hub: SessionHub, rollout: Rollout, d: De
     _set(d, DeploymentState.rolling_back, d.message or why)
 
 
-def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment) -> None:
-    device = session.get(Device, d.device_id)
+def _deploy_body(*, session: Session, rollout: Rollout, strategy: Strategy) -> fleet_pb2.Deploy:
+    """The deploy every device of the rollout gets (nothing in it is per device): made once per
+    engine pass, not once per device."""
+    mv = crud.get_model_version(session=session, version=rollout.model_version)
+    body = fleet_pb2.Deploy(
+        artifact=artifact_ref(crud.get_artifact(session=session, artifact_id=mv.artifact_id), mv.version),
+        backend=rollout.backend,
+        precision=rollout.precision,
+        activate=strategy.mode == WATCH,  # gate first: into the inactive slot, switched in on a pass
+        rollout_id=rollout.id,
+    )
+    if strategy.preferred_batch_sizes or strategy.max_queue_delay_us:
+        body.batching.preferred_batch_sizes.extend(strategy.preferred_batch_sizes)
+        body.batching.max_queue_delay_us = strategy.max_queue_delay_us
+    if rollout.evaluation_artifact_id:
+        body.evaluation.CopyFrom(
+            artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.evaluation_artifact_id))
+        )
+    if rollout.calibration_artifact_id:
+        body.calibration.CopyFrom(
+            artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.calibration_artifact_id))
+        )
+    return body
+
+
+def _start_deployment(
+    *, session: Session, hub: SessionHub, rollout: Rollout, d: Deployment, strategy: Strategy,
+    body: fleet_pb2.Deploy,
+) -> None:  # fmt: skip
+    device = session.get(Device, d.device_id)  # loaded with its wave (``_start_wave``): no query
     if device is None or device.revoked:
         _set(d, DeploymentState.failed, "device revoked or gone")
         return
-    strategy = Strategy.model_validate(rollout.strategy)
     d.previous_version = device.active_version
     if device.active_version == rollout.model_version:
         _set(d, DeploymentState.succeeded, "already running this version")
@@ -298,33 +325,15 @@ def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d:
     if baseline is not None:
         d.baseline_accuracy = primary_accuracy(baseline.metrics, strategy.accuracy_metric)
         d.baseline_fps = baseline.fps
-    mv = crud.get_model_version(session=session, version=rollout.model_version)
-    body = fleet_pb2.Deploy(
-        artifact=artifact_ref(crud.get_artifact(session=session, artifact_id=mv.artifact_id), mv.version),
-        backend=rollout.backend,
-        precision=rollout.precision,
-        activate=strategy.mode == WATCH,  # gate first: into the inactive slot, switched in on a pass
-        rollout_id=rollout.id,
-    )
-    if strategy.preferred_batch_sizes or strategy.max_queue_delay_us:
-        body.batching.preferred_batch_sizes.extend(strategy.preferred_batch_sizes)
-        body.batching.max_queue_delay_us = strategy.max_queue_delay_us
-    if rollout.evaluation_artifact_id:
-        body.evaluation.CopyFrom(
-            artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.evaluation_artifact_id))
-        )
-    if rollout.calibration_artifact_id:
-        body.calibration.CopyFrom(
-            artifact_ref(crud.get_artifact(session=session, artifact_id=rollout.calibration_artifact_id))
-        )
     command = create_command(
         session=session,
         hub=hub,
         device_id=d.device_id,
         kind=CommandKind.deploy,
         body=body,
-        model_version=mv.version,
+        model_version=rollout.model_version,
         rollout_id=rollout.id,
+        flush=False,  # the wave's commands go in with one flush at the end of the pass
     )
     d.command_id = command.id
     _set(
@@ -332,6 +341,20 @@ def _start_deployment(*, session: Session, hub: SessionHub, rollout: Rollout, d:
         DeploymentState.deploying,
         "deploy sent" if device.connected or hub.is_connected(d.device_id) else "waiting for the device",
     )
+
+
+def _start_wave(
+    *, session: Session, hub: SessionHub, rollout: Rollout, pending: list[Deployment], strategy: Strategy
+) -> None:
+    """Deploy commands for the pending deployments of a wave: their devices read in batches of
+    500 and the deploy body made once, not a query and a body per device."""
+    body = _deploy_body(session=session, rollout=rollout, strategy=strategy)
+    ids = [d.device_id for d in pending]
+    for start in range(0, len(ids), 500):
+        session.exec(select(Device).where(col(Device.id).in_(ids[start : start + 500]))).all()
+    for d in pending:
+        _start_deployment(session=session, hub=hub, rollout=rollout, d=d, strategy=strategy, body=body)
+        session.add(d)
 
 
 def gate(d: Deployment, result: Result, strategy: Strategy) -> tuple[bool, str]:
@@ -370,9 +393,9 @@ def _observe(
     now: datetime,
     commands: dict[str, Command],
     results: dict[str, Result],
+    strategy: Strategy,
 ) -> None:
     """Move one in-flight deployment forward from its command's state and its report."""
-    strategy = Strategy.model_validate(rollout.strategy)
     command = commands.get(d.command_id) if d.command_id else None
     if d.state == DeploymentState.rolling_back:
         if command is not None and command.state.terminal:
@@ -462,13 +485,83 @@ def _watch(
         )
 
 
-def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: datetime) -> None:
-    deployments = crud.list_deployments(session=session, rollout_id=rollout.id)
-    inflight = [
-        d
-        for d in deployments
-        if d.state in (DeploymentState.deploying, DeploymentState.gating, DeploymentState.rolling_back)
-    ]
+INFLIGHT = (DeploymentState.deploying, DeploymentState.gating, DeploymentState.rolling_back)
+# a wave is decided when none of its deployments is still in one of these
+UNDECIDED = (DeploymentState.pending, DeploymentState.deploying, DeploymentState.gating)
+
+
+def _inflight(session: Session, rollout_id: str) -> list[Deployment]:
+    """The deployments waiting on a device (index ``ix_deployment_rollout_state``): a pass reads
+    these, never the rollout's settled or pending ones."""
+    return list(
+        session.exec(
+            select(Deployment)
+            .where(Deployment.rollout_id == rollout_id)
+            .where(col(Deployment.state).in_(INFLIGHT))
+            .order_by(col(Deployment.wave), col(Deployment.device_id))
+        ).all()
+    )
+
+
+def _inflight_changed(
+    session: Session, rollout_id: str, *, since: datetime, now: datetime, timeout_s: float
+) -> list[Deployment]:
+    """The in-flight deployments that may move: their command or the deployment itself changed,
+    or a report for their command came, at ``since`` or later, or they waited longer than the
+    deploy timeout. The database picks them among the in-flight ones (an index on the rollout
+    and state, the command by its key): a pass builds rows for what changed, not for every
+    device of a wave."""
+    report_since = (
+        select(Result.id)
+        .where(Result.command_id == Deployment.command_id)
+        .where(col(Result.created_at) >= since)
+        .exists()
+    )
+    return list(
+        session.exec(
+            select(Deployment)
+            .outerjoin(Command, col(Command.id) == Deployment.command_id)
+            .where(Deployment.rollout_id == rollout_id)
+            .where(col(Deployment.state).in_(INFLIGHT))
+            .where(
+                or_(
+                    col(Command.updated_at) >= since,
+                    col(Deployment.updated_at) >= since,
+                    col(Deployment.updated_at) < now - timedelta(seconds=timeout_s),
+                    report_since,
+                )
+            )
+            .order_by(col(Deployment.wave), col(Deployment.device_id))
+        ).all()
+    )
+
+
+def _wave_counts(session: Session, rollout_id: str, wave: int) -> dict[DeploymentState, int]:
+    rows = session.exec(
+        select(Deployment.state, func.count())
+        .where(Deployment.rollout_id == rollout_id)
+        .where(Deployment.wave == wave)
+        .group_by(col(Deployment.state))
+    ).all()
+    return {DeploymentState(state): int(n) for state, n in rows}
+
+
+def _advance(
+    *, session: Session, hub: SessionHub, rollout: Rollout, now: datetime, since: datetime | None = None
+) -> None:
+    """One step of one rollout. It reads the in-flight deployments (and their commands and
+    reports), the pending ones of the current wave only when that wave starts, and per-state
+    counts of the current wave: never the whole rollout. With ``since``, only the in-flight
+    deployments that changed from then on (``_inflight_changed``); a health window
+    (activate_then_watch) is judged on time and device state, so those rollouts read all their
+    in-flight deployments every pass."""
+    strategy = Strategy.model_validate(rollout.strategy)
+    if since is None or strategy.mode == WATCH:
+        inflight = _inflight(session, rollout.id)
+    else:
+        inflight = _inflight_changed(
+            session, rollout.id, since=since, now=now, timeout_s=strategy.deploy_timeout_s
+        )
     ids = [d.command_id for d in inflight if d.command_id]
     commands: dict[str, Command] = {}
     results: dict[str, Result] = {}
@@ -480,30 +573,49 @@ def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: dateti
         for r in session.exec(select(Result).where(col(Result.command_id).in_(batch))).all():
             results.setdefault(r.command_id, r)
     for d in inflight:
-        _observe(session=session, hub=hub, rollout=rollout, d=d, now=now, commands=commands, results=results)
+        _observe(session=session, hub=hub, rollout=rollout, d=d, now=now, commands=commands, results=results,
+                 strategy=strategy)  # fmt: skip
     if rollout.state != RolloutState.running:
         return
-    strategy = Strategy.model_validate(rollout.strategy)
-    last_wave = max(d.wave for d in deployments)
+    last_wave = session.exec(
+        select(func.max(Deployment.wave)).where(Deployment.rollout_id == rollout.id)
+    ).one()
     while True:
-        wave = [d for d in deployments if d.wave == rollout.current_wave]
-        for d in wave:
-            if d.state == DeploymentState.pending:
-                _start_deployment(session=session, hub=hub, rollout=rollout, d=d)
-                session.add(d)
-        if any(not (d.state.terminal or d.state == DeploymentState.rolling_back) for d in wave):
+        pending = list(
+            session.exec(
+                select(Deployment)
+                .where(Deployment.rollout_id == rollout.id)
+                .where(Deployment.state == DeploymentState.pending)
+                .where(Deployment.wave == rollout.current_wave)
+                .order_by(col(Deployment.device_id))
+            ).all()
+        )
+        if pending:
+            _start_wave(session=session, hub=hub, rollout=rollout, pending=pending, strategy=strategy)
+        session.flush()
+        counts = _wave_counts(session, rollout.id, rollout.current_wave)
+        if any(counts.get(state) for state in UNDECIDED):
             return
-        failed = [d for d in wave if d.state in FAILED]
-        share = len(failed) / len(wave) if wave else 0.0
+        size = sum(counts.values())
+        failed = sum(counts.get(state, 0) for state in FAILED)
+        share = failed / size if size else 0.0
         name = (
             "canary"
             if rollout.current_wave == 0 and strategy.canary_share > 0
             else f"wave {rollout.current_wave}"
         )
         if share > strategy.max_failure_share:
+            first = session.exec(
+                select(Deployment.message)
+                .where(Deployment.rollout_id == rollout.id)
+                .where(Deployment.wave == rollout.current_wave)
+                .where(col(Deployment.state).in_(FAILED))
+                .order_by(col(Deployment.device_id))
+                .limit(1)
+            ).first()
             reason = (
-                f"{name}: {len(failed)}/{len(wave)} failed ({share:.0%} > max {strategy.max_failure_share:.0%}): "
-                + failed[0].message
+                f"{name}: {failed}/{size} failed ({share:.0%} > max {strategy.max_failure_share:.0%}): "
+                + (first or "")
             )
             log.warning("rollout %s aborted: %s", rollout.id, reason)
             _stop(
@@ -515,10 +627,14 @@ def _advance(*, session: Session, hub: SessionHub, rollout: Rollout, now: dateti
                 rollback=strategy.rollback_on_abort,
             )
             return
-        if rollout.current_wave >= last_wave:
+        if last_wave is None or rollout.current_wave >= last_wave:
             rollout.state = RolloutState.succeeded
-            done = sum(d.state == DeploymentState.succeeded for d in deployments)
-            rollout.reason = f"{done}/{len(deployments)} devices run {rollout.model_version}"
+            done, total = session.exec(
+                select(
+                    func.count().filter(col(Deployment.state) == DeploymentState.succeeded), func.count()
+                ).where(Deployment.rollout_id == rollout.id)
+            ).one()
+            rollout.reason = f"{done}/{total} devices run {rollout.model_version}"
             crud.touch(rollout)
             session.add(rollout)
             log.info("rollout %s succeeded", rollout.id)
@@ -551,14 +667,18 @@ def claim_rollouts(*, session: Session) -> list[Rollout]:
     )
 
 
-def tick(*, session: Session, hub: SessionHub) -> int:
+def tick(*, session: Session, hub: SessionHub, since: datetime | None = None) -> int:
     """One pass over every rollout that still has work and that no other controller is moving
     right now (``claim_rollouts``). Everything a step does (deployment states, the commands it
     creates) commits in the caller's one transaction, and commands go on the wire only after
-    that commit: a step is recorded whole or not at all. Returns how many it looked at."""
+    that commit: a step is recorded whole or not at all. Returns how many it looked at.
+
+    ``since``: look only at in-flight deployments changed from then on (the engine passes the
+    start of its previous pass less a margin, and every few seconds None: a full pass, which
+    also sees what another controller wrote with a clock behind this one's)."""
     now = utcnow()
     active = claim_rollouts(session=session)
     for rollout in active:
-        _advance(session=session, hub=hub, rollout=rollout, now=now)
+        _advance(session=session, hub=hub, rollout=rollout, now=now, since=since)
     session.flush()
     return len(active)

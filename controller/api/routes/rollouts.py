@@ -33,10 +33,19 @@ def list_rollouts(
 
 
 @router.get("/{rollout_id}", response_model=RolloutPublic)
-def get_rollout(session: SessionDep, rollout_id: str, deployments: bool = True) -> RolloutPublic:
-    """One rollout; ``deployments=false`` returns only its counts (cheap for large fleets)."""
+def get_rollout(
+    session: SessionDep,
+    rollout_id: str,
+    deployments: bool = True,
+    deployments_skip: int = Query(0, ge=0),
+    deployments_limit: int = Query(1000, ge=1, le=100_000),
+) -> RolloutPublic:
+    """One rollout with its counts and a page of its deployments (``deployments_skip`` /
+    ``deployments_limit``, wave and device order; ``counts`` gives their total);
+    ``deployments=false`` returns only the counts."""
     rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
-    return crud.rollout_public(session=session, rollout=rollout, with_deployments=deployments)
+    return crud.rollout_public(session=session, rollout=rollout, with_deployments=deployments,
+                               skip=deployments_skip, limit=deployments_limit)  # fmt: skip
 
 
 def _done(session: SessionDep, ctx: ContextDep, rollout) -> RolloutPublic:  # noqa: ANN001
