@@ -69,6 +69,7 @@ TAG = "sim"
 ROLLOUT_LIMIT_S = 1800.0  # a rollout still running then is measured and shown as "running"
 TAG_PREFIX = "edgeloop"  # the controllers' telemetry prefix (their default)
 SECRET = "bench-secure-link-secret"
+IDLE_S = 10.0  # seconds of connected, idle fleet measured before the rollout
 
 
 def make_model(dest: Path, size_mb: int) -> tuple[Path, Path]:
@@ -301,14 +302,16 @@ def _probe(
     by_path: dict[str, list[float]],
 ) -> None:
     """Two REST reads every 0.1 s, each to the next controller of ``bases`` (a load balancer's
-    round robin)."""
+    round robin): a page of 50 devices, and the rollout with its counts and a page of 50 of
+    its deployments (what an operator's screen shows; before 2026-12-03 evening the probe read
+    the whole deployment list, 10,000 rows at 10,000 agents)."""
     clients = [httpx.Client(base_url=b, headers=headers, timeout=30) for b in bases]
     turn = itertools.cycle(clients)
     try:
         while not stop.is_set():
             for name, path in (
                 ("devices page", "/devices/?limit=50"),
-                ("rollout detail", f"/rollouts/{rollout_id[0]}"),
+                ("rollout detail", f"/rollouts/{rollout_id[0]}?deployments_limit=50"),
             ):
                 http = next(turn)
                 t0 = time.perf_counter()
@@ -452,10 +455,18 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
             time.sleep(0.5)
     enrol_s = time.perf_counter() - t_enrol
     time.sleep(1.0)  # a heartbeat round with everyone connected
+    idle0, t_idle = [c.cpu_times() for c in cprocs], time.perf_counter()
+    time.sleep(IDLE_S)  # the fleet's standing cost: heartbeats (and telemetry), no rollout, no probe
+    idle_s = time.perf_counter() - t_idle
+    idle_cpu_s = sum(
+        (b.user - a.user) + (b.system - a.system)
+        for a, b in zip(idle0, [c.cpu_times() for c in cprocs], strict=True)
+    )
     latencies: list[float] = []
     by_path: dict[str, list[float]] = {}
     stop = threading.Event()
     rid: list[str] = []
+    profilers = _start_py_spy(cprocs)
     cpu0 = [c.cpu_times() for c in cprocs]
     agents_cpu0 = _cpu_s([p.pid for p in children])
     nginx0 = _nginx_cpu_s(nginx)
@@ -490,9 +501,10 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
                 break
             if time.perf_counter() - t0 > ROLLOUT_LIMIT_S:  # reported as still running, with its figures
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)  # the harness's own poll: time to 100 % is known to 0.5 s
     rollout_s = time.perf_counter() - t0
     cpu1 = [c.cpu_times() for c in cprocs]
+    _stop_py_spy(profilers)
     agents_cpu_s = _cpu_s([p.pid for p in children]) - agents_cpu0
     nginx_cpu_s = _nginx_cpu_s(nginx) - nginx0
     ingested = (_telemetry_ingested(ctls) - ingested0) if telemetry else 0.0
@@ -521,6 +533,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
         "bytes": sum(s["bytes"] for s in stats),
         "controller_cpu_s": cpu_s,
         "controller_cpu_pct": 100 * cpu_s / rollout_s,
+        "controller_idle_cpu_pct": 100 * idle_cpu_s / idle_s,
         "controller_cpu_pct_each": [100 * c / rollout_s for c in cpu_each],
         "nginx_cpu_s": nginx_cpu_s,
         "agents_cpu_s": agents_cpu_s,
@@ -583,6 +596,52 @@ def main() -> int:
     return 0
 
 
+PY_SPY_DIR = os.environ.get("EDGELOOP_BENCH_PY_SPY_DIR", "")
+
+
+def _start_py_spy(cprocs: list) -> list:  # noqa: ANN001 - psutil.Process
+    """With ``$EDGELOOP_BENCH_PY_SPY_DIR`` set, a ``py-spy record`` (raw folded stacks) of each
+    controller for the rollout alone (not the enrolment); none otherwise. ``--gil``: only the
+    thread holding the GIL is sampled, so the stacks say where the Python CPU goes (not where
+    threads wait); ``--nonblocking``: the controller is not paused to be sampled."""
+    if not PY_SPY_DIR:
+        return []
+    import subprocess
+
+    Path(PY_SPY_DIR).mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(c.pid),
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--threads",
+                "--gil",
+                "--nonblocking",
+                "-o",
+                str(Path(PY_SPY_DIR) / f"controller-{k + 1}.txt"),
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for k, c in enumerate(cprocs)
+    ]
+
+
+def _stop_py_spy(profilers: list) -> None:  # noqa: ANN001 - subprocess.Popen
+    import signal
+
+    for p in profilers:
+        p.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for p in profilers:
+        p.wait(timeout=60)
+
+
 def _cpu_s(pids: list[int]) -> float:
     """CPU seconds the processes ``pids`` have used so far (those still running)."""
     total = 0.0
@@ -626,7 +685,8 @@ def _print_row(row: dict) -> None:
         f"rollout {row['state']} {row['counts']}  agent streams reopened {row['reconnects']}  "
         f"enrol+connect {row['enrol_s']:.1f} s  time to 100% {row['rollout_s']:.1f} s  "
         f"data {row['bytes'] / 1e9:.1f} GB ({row['http_bytes'] / 1e9:.1f} GB over HTTP)  "
-        f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core: {each})  {nginx}{telemetry}"
+        f"controller CPU {row['controller_cpu_s']:.1f} s ({row['controller_cpu_pct']:.0f}% of one core: {each}; "
+        f"{row['controller_idle_cpu_pct']:.0f}% with the fleet connected and no rollout)  {nginx}{telemetry}"
         f"API p50 {row['api_p50_ms']:.1f} ms p99 {row['api_p99_ms']:.1f} ms ({row['api_requests']} requests: {paths})",
         flush=True,
     )
