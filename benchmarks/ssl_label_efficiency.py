@@ -1,7 +1,8 @@
 """Label efficiency of self-supervised pretraining on the synthetic PCB classification set.
 
 For each label fraction (1 %, 10 %, 100 % of the train split, stratified, nested), fine-tune
-``--backbone`` (a) from scratch and (b) from the ``ssl`` action's DINO backbone, with the same
+``--backbone`` (a) from scratch and (b) from the ``ssl`` action's backbone (``--ssl-method``: mim,
+masked image modelling, by default; dino), with the same
 fine-tuning recipe and budget, and report test accuracy per cell. Everything runs through the
 trainer's own actions (``ssl``, ``train``, ``evaluate``).
 
@@ -18,10 +19,12 @@ Protocol (stated so the numbers can be judged):
   labelled validation split, which a 1 % user would not have); best validation accuracy is
   printed beside it for reference.
 
-Goal: at 10 % labels the SSL start beats scratch by >= 10 accuracy points.
+Goal: at 10 % labels the SSL start beats scratch by >= 10 accuracy points (met with mim on two
+seeds: +20.7 and +15.6; DINO gave +1.3 to +6.6; docs/trainer.md). After the cells, a diagnostic
+(``--no-probe`` skips it): kNN and linear probes of the frozen SSL and random features.
 
     python benchmarks/ssl_label_efficiency.py --quick                 # CPU smoke run, numbers meaningless
-    python benchmarks/ssl_label_efficiency.py --device cuda --workers 14 --json $OUT/ssl.json   # GPU
+    OMP_NUM_THREADS=4 python benchmarks/ssl_label_efficiency.py --device cuda --workers 7 --seed 0 --json $OUT/ssl.json
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from trainer.datasets.folder import class_names, list_images  # noqa: E402
 from trainer.datasets.synth_pcb import synthesize  # noqa: E402
@@ -56,9 +61,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--ssl-epochs", type=int, default=200)
+    ap.add_argument("--ssl-method", default="mim", choices=["dino", "mim"], help="ssl.method")
+    ap.add_argument("--ssl-epochs", type=int, default=2000, help="horizon; the time limit shortens it")
     ap.add_argument(
-        "--ssl-time-limit", type=float, default=120.0, help="seconds; the DINO schedule fits in it"
+        "--ssl-time-limit", type=float, default=150.0, help="seconds; the SSL schedule fits in it"
     )
     ap.add_argument("--ssl-batch-size", type=int, default=256)
     ap.add_argument("--ssl-lr", type=float, default=1e-3)
@@ -77,7 +83,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--ssl-augment-on", default="auto", choices=["auto", "cpu", "device"], help="ssl.augment_on"
     )
-    ap.add_argument("--ft-epochs", type=int, default=15)
+    ap.add_argument("--ft-epochs", type=int, default=12)
     ap.add_argument("--ft-batch-size", type=int, default=128)
     ap.add_argument("--ft-lr", type=float, default=1e-3)
     ap.add_argument("--ft-max-steps", type=int, default=0)
@@ -88,7 +94,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=[1.0],
         help="train.backbone_lr_mult of the SSL cells, one cell each; the first is the goal's",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the labelled subsets, SSL and fine-tuning draws")
+    ap.add_argument(
+        "--data-seed", type=int, default=0, help="the synthetic set's seed (fixed across --seed runs)"
+    )
+    ap.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the frozen-feature probes (kNN and linear, 10 %% labels) of the SSL and a random backbone",
+    )
     ap.add_argument("--json", type=Path, default=None, help="results, rewritten after every cell")
     ap.add_argument("--quick", action="store_true", help="tiny CPU settings (a test runs this)")
     a = ap.parse_args(argv)
@@ -152,6 +166,61 @@ def unlabelled_root(order: dict[str, list[Path]], held: dict[str, list[Path]], d
                     link.symlink_to(f.resolve())
                 n += 1
     return n
+
+
+def _features(net, paths: list[Path], a: argparse.Namespace, device) -> torch.Tensor:
+    from trainer.datasets.folder import eval_transform, load_rgb
+    from trainer.tasks.classification.spec import IMAGENET_MEAN, IMAGENET_STD
+
+    tf = eval_transform(a.image_size, IMAGENET_MEAN, IMAGENET_STD)  # the spec defaults used here
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(paths), 256):
+            x = torch.stack([tf(load_rgb(p)) for p in paths[i : i + 256]]).to(device)
+            out.append(net(x).float().cpu())
+    return torch.cat(out)
+
+
+def probe(a: argparse.Namespace, data: Path, held: dict[str, list[Path]], backbone: Path) -> dict:
+    """Do the frozen features carry the defect class? kNN (k=20, cosine) and a linear
+    classifier (standardised features, full-batch AdamW) fitted on the 10 % labelled subset,
+    scored on the test split; the same for a randomly initialised backbone as the floor."""
+    import torch
+
+    from trainer.runtime import select_device
+    from trainer.ssl.dino import classification_name, headless_backbone
+
+    device = select_device(a.device, 0)
+    classes = sorted(held)
+    tr = [(p, classes.index(c)) for c in classes for p in held[c]]
+    te = [(p, classes.index(c)) for c in classes for p in list_images(data / "test" / c)]
+    ytr, yte = torch.tensor([y for _, y in tr]), torch.tensor([y for _, y in te])
+    out = {}
+    for name, path in (("random init", None), ("ssl", backbone)):
+        torch.manual_seed(a.seed)
+        net, _ = headless_backbone(classification_name(a.backbone), a.image_size)
+        if path is not None:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net = net.to(device).eval()
+        ftr, fte = (
+            _features(net, [p for p, _ in tr], a, device),
+            _features(net, [p for p, _ in te], a, device),
+        )
+        sim = torch.nn.functional.normalize(fte, dim=1) @ torch.nn.functional.normalize(ftr, dim=1).T
+        top = sim.topk(min(20, len(tr)), dim=1).indices
+        votes = torch.zeros(len(te), len(classes)).scatter_add_(1, ytr[top], torch.ones(top.shape))
+        knn = float((votes.argmax(1) == yte).float().mean())
+        mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+        lin = torch.nn.Linear(ftr.shape[1], len(classes))
+        opt = torch.optim.AdamW(lin.parameters(), lr=1e-2, weight_decay=1e-2)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin((ftr - mu) / sd), ytr).backward()
+            opt.step()
+        with torch.no_grad():
+            linear = float((lin((fte - mu) / sd).argmax(1) == yte).float().mean())
+        out[name] = {"knn_accuracy": round(knn, 4), "linear_accuracy": round(linear, 4)}
+    return out
 
 
 def base_spec(a: argparse.Namespace, root: Path, results: Path) -> dict:
@@ -227,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     data = a.data or a.work / "data"
     if not (data / "test").is_dir():
         synthesize(
-            data, a.num_images, a.image_size, seed=a.seed, workers=max(1, a.workers), difficulty=a.difficulty
+            data,
+            a.num_images,
+            a.image_size,
+            seed=a.data_seed,
+            workers=max(1, a.workers),
+            difficulty=a.difficulty,
         )
     order = stratified_order(data, a.seed)
     res: dict = {"args": {k: str(v) for k, v in vars(a).items()}, "cells": {}}
@@ -244,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = base_spec(a, data, a.work / "runs" / "ssl")
     spec["dataset"]["unlabeled_root"] = str(pool)
     spec["ssl"] = {
+        "method": a.ssl_method,
         "epochs": a.ssl_epochs,
         "time_limit_s": a.ssl_time_limit,
         "batch_size": a.ssl_batch_size,
@@ -270,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             cell[name] = run_cell(a, root, a.work / "runs" / f"{pct:g}_{i}", start, mult)
             print(f"{key} {name}: {cell[name]}", flush=True)
             dump()
+    if not a.no_probe:  # after the cells: a diagnostic, never in the way of the goal's figures
+        res["probe"] = probe(a, data, held, ssl.model_path)
+        print(f"probe (frozen features, 10 % labels, test split): {res['probe']}", flush=True)
+        dump()
     names = [ssl_name(m) for m in a.ssl_lr_mults]
     print(table(res, names))
     if a.quick:

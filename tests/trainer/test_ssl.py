@@ -183,6 +183,101 @@ def test_detection_task_has_ssl_action(tmp_path, unlabeled: Path) -> None:
     assert counts["loaded"] > 50 and counts["missing"] == 0
 
 
+@pytest.fixture(scope="module")
+def mim_run(tiny_data: Path, unlabeled: Path, make_spec, tmp_path_factory):
+    results = tmp_path_factory.mktemp("mim_runs")
+    cfg = {"method": "mim", "epochs": 2, "batch_size": 8, "max_steps_per_epoch": 2, "decoder_dim": 16}
+    spec = make_spec(tiny_data, results, ssl=cfg)
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    return spec, run_action("classification", "ssl", spec)
+
+
+def test_mim_action_learns_and_writes_backbone(mim_run) -> None:
+    """ssl.method=mim end to end: two epochs of masked-image modelling, progress per epoch, and
+    a headless backbone of plain tensors (no decoder, no classifier head)."""
+    _, res = mim_run
+    out = res.output_dir
+    assert res.metrics["method"] == "mim" and res.metrics["epochs"] == 2
+    progress = [s for s in _status(out) if s["status"] == "progress" and "epoch" in s]
+    assert [p["epoch"] for p in progress] == [1, 2] and "teacher_momentum" not in progress[0]
+    assert all(0 < p["ssl_loss"] < 10 for p in progress)
+    state = torch.load(out / "backbone.pth", map_location="cpu", weights_only=True)
+    assert "layer4.1.conv2.weight" in state
+    assert not any(k.startswith(("fc.", "lateral", "fuse", "head")) for k in state)
+    assert json.loads((out / "backbone.json").read_text())["method"] == "mim"
+
+
+def test_mim_backbone_loads_in_both_tasks(mim_run) -> None:
+    from trainer.models.backbones import build_model, load_pretrained
+    from trainer.tasks.detection.backbones import backbone_module, load_pretrained_backbone
+    from trainer.tasks.detection.model import DetectorConfig, build_detector
+
+    _, res = mim_run
+    state = torch.load(res.model_path, weights_only=True)
+    model = build_model("resnet18", 6)
+    counts = load_pretrained(model, res.model_path, "resnet18")
+    assert counts["loaded"] == len(state) and counts["missing"] == 0
+    assert torch.equal(model.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+    det = build_detector(
+        DetectorConfig(
+            backbone="resnet18",
+            d_model=32,
+            num_queries=5,
+            decoder_layers=1,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            attention_heads=2,
+        )
+    )
+    counts = load_pretrained_backbone(det, res.model_path)
+    assert counts["loaded"] == len(state) and counts["missing"] == 0
+    assert torch.equal(backbone_module(det).body.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+
+
+def test_mim_hides_masked_squares_from_the_encoder() -> None:
+    """Exactly mask_ratio of the squares is hidden; the encoder sees 0 there and the image
+    elsewhere; what is under the hidden squares is the target (the loss moves with it) but
+    never the input."""
+    from trainer.ssl.dino import headless_backbone
+    from trainer.ssl.mim import MaskedConvAE, stage_names
+
+    torch.manual_seed(0)
+    net, _ = headless_backbone("resnet18", 32)
+    m = MaskedConvAE(net, stage_names("resnet18"), 32, patch=8, mask_ratio=0.5, dim=8).eval()
+    seen: list[torch.Tensor] = []
+    net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    x = torch.randn(2, 3, 32, 32)
+    mask = m.random_mask(2, 32, x.device)
+    assert mask.sum(1).tolist() == [8, 8]  # half of the 4 x 4 squares of each image
+    hidden = torch.nn.functional.interpolate(mask.view(2, 1, 4, 4).float(), scale_factor=8).bool()
+    hidden = hidden.expand_as(x)
+    with torch.no_grad():
+        base = m(x, mask)
+        changed = m(torch.where(hidden, torch.randn_like(x), x), mask)
+    assert torch.equal(seen[0][hidden], torch.zeros(int(hidden.sum())))
+    assert torch.equal(seen[0][~hidden], x[~hidden])
+    assert torch.equal(seen[1], seen[0])  # new pixels under the mask: the same input
+    assert not torch.allclose(changed, base)  # ... and another target
+
+
+def test_mim_refusals(tiny_data: Path, unlabeled: Path, make_spec, tmp_path) -> None:
+    spec = make_spec(tiny_data, tmp_path)
+    spec["dataset"]["unlabeled_root"] = str(unlabeled)
+    with pytest.raises(SpecError, match="key 'ssl.mask_ratio'"):
+        resolve_spec("classification", spec, ["ssl.method=mim", "ssl.mask_ratio=1.5"], action="ssl")
+    with pytest.raises(SpecError, match=r"unknown key 'ssl.mask_ration' \(did you mean 'mask_ratio'\?\)"):
+        resolve_spec("classification", spec, ["ssl.mask_ration=0.5"], action="ssl")
+    bad = make_spec(tiny_data, tmp_path / "a", ssl={"method": "mim", "mask_patch": 5})
+    bad["dataset"]["unlabeled_root"] = str(unlabeled)
+    with pytest.raises(ValueError, match="ssl.mask_patch=5 must divide dataset.image_size=32"):
+        run_action("classification", "ssl", bad)
+    vit = make_spec(tiny_data, tmp_path / "b", model={"backbone": "vit_tiny"}, ssl={"method": "mim"})
+    vit["dataset"]["unlabeled_root"] = str(unlabeled)
+    with pytest.raises(ValueError, match="ssl.method=mim supports the resnet backbones.*use ssl.method=dino"):
+        run_action("classification", "ssl", vit)
+    assert _status(tmp_path / "b" / "ssl")[-1]["kind"] == "invalid_input"
+
+
 def test_crop_too_small_for_backbone_refused(tiny_data: Path, unlabeled: Path, make_spec, tmp_path) -> None:
     spec = make_spec(
         tiny_data, tmp_path, model={"backbone": "convnext_atto"}, ssl={**TINY_SSL, "local_crop_size": 16}

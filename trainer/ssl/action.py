@@ -1,4 +1,4 @@
-"""The ``ssl`` action: DINO pretraining of ``model.backbone`` on ``dataset.unlabeled_root``.
+"""The ``ssl`` action: DINO or MIM pretraining of ``model.backbone`` on ``dataset.unlabeled_root``.
 
 Writes ``<results_dir>/ssl/backbone.pth`` (the teacher's backbone, as DINO evaluates it: a flat
 state dict of plain tensors, rewritten atomically after every epoch) and ``backbone.json``
@@ -25,7 +25,7 @@ from trainer.runtime import ActionOutput, RunContext, amp_dtype, auto_workers, s
 from trainer.ssl.data import MultiViewDataset, Uint8Image, scan_unlabeled
 from trainer.ssl.device_views import DeviceMultiCrop
 from trainer.ssl.dino import DINO, backbone_state, classification_name, headless_backbone
-from trainer.ssl.spec import AugmentOn, SSLSpec
+from trainer.ssl.spec import AugmentOn, SSLMethod, SSLSpec
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,129 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp.replace(path)  # atomic: a kill mid-save leaves the previous epoch's backbone
 
 
+class OneView:
+    """The mim method's CPU view (the loader workers): crop by ``ssl.global_crop_scale``, flips,
+    normalisation; a list of one tensor, as the multi-crop transforms return lists."""
+
+    def __init__(self, cfg: SSLSpec, image_size: int, mean, std):
+        from torchvision import transforms as T
+
+        ops: list = [
+            T.RandomResizedCrop(image_size, scale=tuple(cfg.global_crop_scale)),
+            T.RandomHorizontalFlip(),
+        ]
+        if cfg.vflip:
+            ops.append(T.RandomVerticalFlip(cfg.vflip))
+        self.tf = T.Compose([*ops, T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        return [self.tf(image)]
+
+
+class DeviceOneView:
+    """:class:`OneView` on the device, for a uint8 batch (trainer.ssl.device_views' crop)."""
+
+    def __init__(self, cfg: SSLSpec, image_size: int, mean, std):
+        self.cfg, self.size, self.mean, self.std = cfg, image_size, list(mean), list(std)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        from trainer.ssl.device_views import resized_crop
+
+        x = resized_crop(images.float().div_(255), self.size, self.cfg.global_crop_scale, 0.5, self.cfg.vflip)
+        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        return [(x - mean) / std]
+
+
+class DinoStep:
+    """One DINO step: EMA teacher on the global views, student on all (lightly's loss, head,
+    schedules); the teacher's backbone is the one kept."""
+
+    def __init__(self, cfg: SSLSpec, net: torch.nn.Module, feat_dim: int, device: torch.device):
+        from lightly.loss import DINOLoss
+
+        self.cfg = cfg
+        self.model = DINO(
+            net,
+            feat_dim,
+            hidden=cfg.hidden_dim,
+            bottleneck=cfg.bottleneck_dim,
+            out=cfg.output_dim,
+            freeze_last=cfg.freeze_last_layer_epochs,
+        ).to(device)
+        self.criterion = DINOLoss(
+            output_dim=cfg.output_dim, student_temp=cfg.student_temp, teacher_temp=cfg.teacher_temp
+        ).to(device)
+        self.momentum = 0.0
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.model.teacher_backbone
+
+    def before_step(self, step: int, total: int) -> None:
+        from lightly.utils.scheduler import cosine_schedule
+
+        self.momentum = float(cosine_schedule(step, max(1, total), self.cfg.momentum_start, 1.0))
+        self.model.update_teacher(self.momentum)
+
+    def loss(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        glob = torch.cat(views[:2])
+        t_out = self.model.forward_teacher(glob).chunk(2)
+        s_out = list(self.model(glob).chunk(2))
+        if len(views) > 2:
+            s_out += list(self.model(torch.cat(views[2:])).chunk(len(views) - 2))
+        return self.criterion(list(t_out), s_out, teacher_temp=_teacher_temp(self.cfg, epoch))
+
+    def after_backward(self, epoch: int) -> None:
+        self.model.student_head.cancel_last_layer_gradients(current_epoch=epoch)
+
+    def record(self) -> dict[str, Any]:
+        return {"teacher_momentum": round(self.momentum, 6)}
+
+
+class MimStep:
+    """One masked-image-modelling step (trainer.ssl.mim); the encoder is the backbone kept."""
+
+    def __init__(
+        self, cfg: SSLSpec, net: torch.nn.Module, backbone: str, image_size: int, device: torch.device
+    ):
+        from trainer.ssl.mim import MaskedConvAE, default_patch, stage_names
+
+        self.model = MaskedConvAE(
+            net,
+            stage_names(backbone),
+            image_size,
+            patch=cfg.mask_patch or default_patch(image_size),
+            mask_ratio=cfg.mask_ratio,
+            dim=cfg.decoder_dim,
+        ).to(device)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.model.backbone
+
+    def before_step(self, step: int, total: int) -> None:
+        pass
+
+    def loss(self, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        return self.model(views[0])
+
+    def after_backward(self, epoch: int) -> None:
+        pass
+
+    def record(self) -> dict[str, Any]:
+        return {}
+
+
 def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None = None) -> ActionOutput:
     """Shared by every task's ssl action; ``backbone`` is the task's ``model.backbone``."""
-    from lightly.loss import DINOLoss
-    from lightly.utils.scheduler import cosine_schedule
-
     cfg: SSLSpec = spec.ssl
+    mim = cfg.method == SSLMethod.mim
+    if mim:
+        from trainer.ssl.mim import stage_names
+
+        stage_names(classification_name(backbone))  # refused before the folder is read
     torch.manual_seed(spec.seed)
     ds = spec.dataset
     device = select_device(spec.train.device, ctx.local_rank)
@@ -117,8 +234,14 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
     nw = (
         spec.train.num_workers if spec.train.num_workers is not None else auto_workers(device, ctx.world_size)
     )
-    gpu_views = _device_views(cfg, ds.image_size, ds.mean, ds.std) if on_device(cfg, device) else None
-    per_image = Uint8Image(ds.image_size) if gpu_views else _transform(cfg, ds.image_size, ds.mean, ds.std)
+    gpu_views: Any = None
+    if on_device(cfg, device):
+        gpu_views = (DeviceOneView if mim else _device_views)(cfg, ds.image_size, ds.mean, ds.std)
+    per_image = (
+        Uint8Image(ds.image_size)
+        if gpu_views
+        else (OneView if mim else _transform)(cfg, ds.image_size, ds.mean, ds.std)
+    )
     loader = DataLoader(
         MultiViewDataset(data.paths, per_image),
         batch_size=bs,
@@ -131,26 +254,16 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
     name = classification_name(backbone)
     local = local_crop_size(cfg, ds.image_size)
     net, feat_dim = headless_backbone(
-        name, ds.image_size, init_path, min_size=local if cfg.local_views else None
+        name, ds.image_size, init_path, min_size=local if (cfg.local_views and not mim) else None
     )
-    model = DINO(
-        net,
-        feat_dim,
-        hidden=cfg.hidden_dim,
-        bottleneck=cfg.bottleneck_dim,
-        out=cfg.output_dim,
-        freeze_last=cfg.freeze_last_layer_epochs,
-    ).to(device)
+    method = MimStep(cfg, net, name, ds.image_size, device) if mim else DinoStep(cfg, net, feat_dim, device)
+    model = method.model
     fmt = (
         torch.channels_last
         if (device.type == "cuda" and spec.train.channels_last)
         else torch.contiguous_format
     )
     model = model.to(memory_format=fmt)
-    criterion = DINOLoss(
-        output_dim=cfg.output_dim, student_temp=cfg.student_temp, teacher_temp=cfg.teacher_temp
-    )
-    criterion = criterion.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     dtype = amp_dtype(device, spec.train.amp)
@@ -178,10 +291,9 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         model.train()
         # warmup never longer than the (possibly time-shortened) schedule
         total, warm = horizon * spe, min(cfg.warmup_epochs, max(0, horizon - 1)) * spe
-        t_temp = _teacher_temp(cfg, epoch)
         loss_sum = torch.zeros((), device=device)
         seen, steps, t0 = 0, 0, time.perf_counter()
-        lr = momentum = 0.0
+        lr = 0.0
         feat_std = float("nan")
         t_first = t0
         for i, views in enumerate(loader):
@@ -193,22 +305,16 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
             lr = _schedule(cfg, step, total, warm)
             for g in opt.param_groups:
                 g["lr"] = lr
-            momentum = float(cosine_schedule(step, max(1, total), cfg.momentum_start, 1.0))
-            model.update_teacher(momentum)
+            method.before_step(step, total)
             if gpu_views is not None:
                 views = gpu_views(views.to(device, non_blocking=True))
             views = [v.to(device, non_blocking=True, memory_format=fmt) for v in views]
             b = views[0].shape[0]
             with autocast():
-                glob = torch.cat(views[:2])
-                t_out = model.forward_teacher(glob).chunk(2)
-                s_out = list(model(glob).chunk(2))
-                if len(views) > 2:
-                    s_out += list(model(torch.cat(views[2:])).chunk(len(views) - 2))
-                loss = criterion(list(t_out), s_out, teacher_temp=t_temp)
+                loss = method.loss(views, epoch)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            model.student_head.cancel_last_layer_gradients(current_epoch=epoch)
+            method.after_backward(epoch)
             scaler.step(opt)
             scaler.update()
             loss_sum += loss.detach().float()
@@ -216,7 +322,7 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
             steps += 1
             if i == spe - 1:
                 with torch.no_grad():  # collapse check: spread of the normalised teacher features
-                    f = torch.nn.functional.normalize(model.teacher_backbone(views[0]).float(), dim=1)
+                    f = torch.nn.functional.normalize(method.backbone(views[0]).float(), dim=1)
                     feat_std = float(f.std(0).mean())
         elapsed = time.perf_counter() - t0
         mean_loss = float(loss_sum) / max(1, steps)
@@ -241,7 +347,7 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
             "ssl_loss": round(mean_loss, 5),
             "images_per_s": round(seen / max(elapsed, 1e-9), 1),
             "lr": lr,
-            "teacher_momentum": round(momentum, 6),
+            **method.record(),
             "feature_std": round(feat_std, 5),
             "horizon_epochs": horizon,
         }
@@ -249,7 +355,7 @@ def run_ssl(spec: Any, ctx: RunContext, *, backbone: str, init_path: str | None 
         log.info("ssl epoch %d/%d %s", epoch + 1, horizon, record)
         if ctx.is_main:
             ctx.status.progress(**record)
-            _save(backbone_state(model.teacher_backbone), out_path)
+            _save(backbone_state(method.backbone), out_path)
     epochs_done = len(history)
     meta = {
         "format": FORMAT,

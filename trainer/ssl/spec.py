@@ -11,7 +11,8 @@ from trainer.spec import Section, SpecError
 
 
 class SSLMethod(str, Enum):
-    dino = "dino"
+    dino = "dino"  # lightly's DINO: invariance across multi-crop views (CNN and ViT)
+    mim = "mim"  # masked image modelling for CNNs (trainer.ssl.mim): reconstruct hidden squares
 
 
 class AugmentOn(str, Enum):
@@ -30,7 +31,11 @@ class SSLSpec(Section):
     """Self-supervised pretraining on ``dataset.unlabeled_root``; device, AMP and loader workers
     come from the ``train`` section (``train.device``, ``train.amp``, ``train.num_workers``)."""
 
-    method: SSLMethod = Field(SSLMethod.dino, description="DINO (lightly): suits CNN and ViT backbones")
+    method: SSLMethod = Field(
+        SSLMethod.dino,
+        description="dino (lightly; CNN and ViT backbones) or mim (masked image modelling, resnet "
+        "backbones; one view cropped by global_crop_scale, the multi-crop keys unused)",
+    )
     epochs: int = Field(100, ge=1, description="schedule horizon (lr, teacher momentum) in epochs")
     time_limit_s: float = Field(
         0.0, ge=0, description="0 = none; else the schedule is shortened to the epochs that fit it"
@@ -57,6 +62,11 @@ class SSLSpec(Section):
     vflip: float = Field(0.0, ge=0, le=1, description="vertical flip probability (top-down images)")
     color_jitter: float = Field(0.8, ge=0, le=1, description="probability of colour jitter")
     solarization: float = Field(0.2, ge=0, le=1)
+    mask_ratio: float = Field(0.6, gt=0, lt=1, description="mim: fraction of the squares hidden")
+    mask_patch: int | None = Field(
+        None, ge=2, description="mim: side of a mask square in px; default dataset.image_size // 8"
+    )
+    decoder_dim: int = Field(256, ge=8, description="mim: width of the (discarded) decoder")
     augment_on: AugmentOn = Field(
         AugmentOn.auto,
         description="where the multi-crop views are made: auto = the GPU when training on one, else "

@@ -1,4 +1,4 @@
-"""``ssl``: self-supervised (DINO) pretraining of the detector's backbone (:mod:`trainer.ssl`)."""
+"""``ssl``: self-supervised (DINO or MIM) pretraining of the detector's backbone (:mod:`trainer.ssl`)."""
 
 from __future__ import annotations
 
