@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
 import socket
 from pathlib import Path
 
+from agent.backends.base import usable_cores
 from protos import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,6 @@ def _cpu_info() -> tuple[str, list[str]]:
         model = platform.processor() or platform.machine()
     wanted = X86_FLAGS if platform.machine() in ("x86_64", "AMD64", "i686") else ARM_FLAGS
     return model, [f for f in wanted if f in flags]
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity, so a pinned agent sees its own share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _memory_bytes() -> int:

@@ -48,7 +48,14 @@ from agent.engine_cache import EngineCache  # noqa: E402
 from agent.engines import build_engine  # noqa: E402
 from agent.model_spec import resolve_model  # noqa: E402
 from agent.probe import probe_hardware  # noqa: E402
-from agent.stream.infer import Inference, _active_model, build_fixed_engine, engine_threads, model_input  # noqa: E402
+from agent.stream.infer import (  # noqa: E402
+    Inference,
+    _active_model,
+    build_fixed_engine,
+    engine_inflight,
+    engine_threads,
+    model_input,
+)
 from agent.stream.metrics import StageTimes  # noqa: E402
 from agent.stream.pipeline import Pipeline  # noqa: E402
 from agent.stream.sinks import Sink  # noqa: E402
@@ -132,8 +139,11 @@ def plain_loop(model, clip: Path, streams: int, out: Path, threshold: float) -> 
     return frames, elapsed, cpu
 
 
-def bare_engine(model, clip: Path, batch: int, seconds: float = 5.0) -> tuple[float, float]:
-    """(images/s, CPU ms per image) of ``engine.run`` on one ready batch, again and again."""
+def bare_engine(model, clip: Path, batch: int, seconds: float = 5.0, calls: int = 1) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of ``engine.run`` on one ready batch, again and again, from
+    ``calls`` threads at once (the pipeline's ``model.inflight``)."""
+    import threading
+
     import av
 
     with av.open(str(clip)) as c:
@@ -141,16 +151,30 @@ def bare_engine(model, clip: Path, batch: int, seconds: float = 5.0) -> tuple[fl
     tensors = np.stack([model_input(f, model.preprocess) for f in frames])
     infer = Inference(Postprocess(), StageTimes())
     infer._run_engine(model, tensors)  # warm-up
-    n, start, cpu = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        infer._run_engine(model, tensors)
-        n += len(tensors)
+    done = [0] * calls
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def loop(i: int) -> None:
+        while time.perf_counter() - start < seconds:
+            infer._run_engine(model, tensors)
+            done[i] += len(tensors)
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = sum(done)
     return n / (time.perf_counter() - start), (time.process_time() - cpu) / n * 1000
 
 
 def best_bare(engines: dict, clip: Path, batch: int = 8) -> dict:
-    """The bare engine at each thread setting: {label: (images/s, CPU ms/image)}."""
-    return {label: bare_engine(m, clip, batch) for label, m in engines.items()}
+    """The bare engine at each setting: {label: (images/s, CPU ms/image)}. A label "T thread(s)
+    xN" runs N calls at once, as the pipeline does with ``model.inflight`` = N."""
+    out = {}
+    for label, (m, calls) in engines.items():
+        out[label] = bare_engine(m, clip, batch, calls=calls)
+    return out
 
 
 def load() -> float:
@@ -198,7 +222,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--fps", type=float, default=15.0)
     ap.add_argument("--precision", default="int8")
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="model.threads (0: the pipeline's default)")
+    ap.add_argument("--inflight", type=int, default=0, help="model.inflight (0: the pipeline's default)")
     ap.add_argument("--overload-s", type=float, default=60.0)
     ap.add_argument("--score-threshold", type=float, default=0.65,
                     help="the briefly trained detector scores many boxes near 0.5; 0.65 leaves ~5 a frame, like real defects")  # fmt: skip
@@ -222,18 +247,29 @@ def main() -> int:
         f"model.precision={args.precision}",
         f"postprocess.score_threshold={args.score_threshold}",
     ] + ([f"model.calib={calib}"] if calib else [])
-    pipe_threads = engine_threads(load_pipeline_spec({"sources": []}, model_args).model, args.threads or None)
-    engines = {}  # the baselines run on both: ONNX Runtime's default threads and the pipeline's
+    model_args += [f"model.inflight={args.inflight}"] if args.inflight else []
+    pipe_model = load_pipeline_spec({"sources": []}, model_args).model
+    pipe_threads = engine_threads(pipe_model, args.threads or None)
+    pipe_inflight = engine_inflight(pipe_model)
+    plain_engines = {}  # the plain loop runs on both: ONNX Runtime's default threads and the pipeline's
     wanted = {args.threads or None: "default", pipe_threads: f"{pipe_threads} thread(s)"}  # one when equal
     for threads, label in wanted.items():
         built = build_engine(resolved, profile=profile, cache=cache, precision=args.precision, calib_dir=calib,
                              threads=threads)  # fmt: skip
-        engines[label] = _active_model(resolved.manifest.version, built.engine, resolved.manifest)
-    model = next(iter(engines.values()))
+        plain_engines[label] = _active_model(resolved.manifest.version, built.engine, resolved.manifest)
+    model = next(iter(plain_engines.values()))
+    # the bare engine: one call at a time on each, and the pipeline's calls in flight on its engine
+    engines = {label: (m, 1) for label, m in plain_engines.items()}
+    if pipe_inflight > 1:
+        engines[f"{pipe_threads} thread(s) x{pipe_inflight}"] = (
+            plain_engines[f"{pipe_threads} thread(s)"],
+            pipe_inflight,
+        )
     # each pipeline loads its own engine from the cache (a hit: the INT8 calibration is not redone)
     build = lambda spec: build_fixed_engine(spec, profile, cache, args.threads or None)  # noqa: E731
     print(f"detector {model.version} {built.backend}/{built.precision}, input {model.preprocess.width}x"
-          f"{model.preprocess.height}; clip {clip.name}; pipeline engine threads {pipe_threads}; "
+          f"{model.preprocess.height}; clip {clip.name}; pipeline engine {pipe_inflight} call(s) in flight of "
+          f"{pipe_threads} thread(s); "
           f"baselines on engines {list(engines)}; load average {load()}", flush=True)  # fmt: skip
 
     first_bare = best_bare(engines, clip)
@@ -243,7 +279,7 @@ def main() -> int:
     for n in [int(x) for x in args.streams.split(",")]:
         load_before = load()
         plains = {}
-        for label, m in engines.items():
+        for label, m in plain_engines.items():
             f, secs, cpu = plain_loop(m, clip, n, args.work / f"plain_{n}.jsonl", args.score_threshold)
             plains[label] = (round(f / secs, 2), round(cpu / f * 1000, 1))
         plain_label = max(plains, key=lambda k: plains[k][0])
@@ -264,6 +300,7 @@ def main() -> int:
                "bare_cpu_ms_per_image": round(bare_cpu, 1), "bare_runs": {"before": before, "after": after},
                "vs_bare": round(pipe["fps"] / row_bare, 2),
                "mean_batch": pipe["stats"]["mean_batch"], "frames": frames,
+               "inflight": pipe["stats"]["inflight"], "inflight_peak": pipe["stats"]["inflight_peak"],
                "objects_per_frame": round(sum(len(e["objects"]) for e in events) / max(1, len(events)), 1),
                "stage_ms_per_frame": stages, "load_average": [load_before, load()]}  # fmt: skip
         rows.append(row)

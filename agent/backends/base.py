@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,15 @@ from typing import ClassVar
 import numpy as np
 
 from protos import artifact_pb2, fleet_pb2
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity, so a pinned agent sees its own share). Here so
+    that backends can size their CPU work; ``agent.probe`` reports it."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class Precision(str, enum.Enum):
@@ -117,6 +127,13 @@ class Engine(abc.ABC):
     def fixed_batch(self) -> int | None:
         """The batch every run must have (a static-batch graph), None when the batch is dynamic."""
         return fixed_batch(self.inputs[0].shape) if self.inputs else None
+
+    @property
+    def concurrency(self) -> int | None:
+        """How many ``run`` calls this engine admits at once (more callers wait their turn);
+        None: not limited. A caller that keeps several batches in flight (the video pipeline)
+        gains no engine time beyond it."""
+        return 1
 
     @property
     def max_batch(self) -> int | None:

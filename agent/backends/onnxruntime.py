@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from agent.backends.base import Availability, Backend, BuildInfo, BuildOptions, Engine, Precision, TensorInfo
+from agent.backends.base import (
+    Availability,
+    Backend,
+    BuildInfo,
+    BuildOptions,
+    Engine,
+    Precision,
+    TensorInfo,
+    usable_cores,
+)
 from agent.errors import BackendUnavailable, BuildError, CalibrationError, InvalidInput
 from protos import artifact_pb2, fleet_pb2, ort_int8
 
@@ -135,6 +144,20 @@ def _rss() -> int:
         return 0
 
 
+def cpu_runs_at_once(threads: int | None) -> int:
+    """Runs a CPU session admits at once: as many as its intra-op pools fit in the cores.
+
+    One run's intra-op pool uses every thread it was given, so runs beyond ``cores // threads``
+    only fight over cores (and spinning workers wait for each other's). With the runtime's
+    default threads (every core) that is one run at a time: concurrent requests queue here
+    while their bytes are received and decoded, which overlaps transport with compute. An
+    engine built with one thread on two cores runs two batches at once, which a caller that
+    keeps two in flight (the video pipeline's ``batching.inflight``) turns into twice the
+    engine's images/s. ``InferenceSession.run`` is thread-safe: the limit is about cores only.
+    """
+    return max(1, usable_cores() // threads) if threads else 1
+
+
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
@@ -165,10 +188,9 @@ class OnnxRuntimeEngine(Engine):
         self._inputs = [self._info(a, layouts.get(a.name, "")) for a in self.session.get_inputs()]
         self._outputs = [self._info(a, "") for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
-        # On CPU the intra-op pool already uses every core it was given: two runs at once only
-        # fight over them. One run at a time; concurrent requests queue here while their bytes
-        # are received and decoded, which overlaps transport with compute.
-        self._run_lock = threading.Lock() if options.device == "cpu" else None
+        # a GPU session queues runs on its own stream: not limited here
+        self._concurrency = cpu_runs_at_once(options.threads) if options.device == "cpu" else None
+        self._admit = threading.BoundedSemaphore(self._concurrency) if self._concurrency else None
 
     @staticmethod
     def _info(arg, layout: str) -> TensorInfo:
@@ -183,13 +205,17 @@ class OnnxRuntimeEngine(Engine):
         return self._inputs
 
     @property
+    def concurrency(self) -> int | None:
+        return self._concurrency
+
+    @property
     def outputs(self) -> list[TensorInfo]:
         return self._outputs
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            if self._run_lock is not None:
-                with self._run_lock:
+            if self._admit is not None:
+                with self._admit:
                     results = self.session.run(self._output_names, dict(feeds))
             else:
                 results = self.session.run(self._output_names, dict(feeds))

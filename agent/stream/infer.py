@@ -12,7 +12,6 @@ frame prepared for another model is prepared again here.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -165,6 +164,14 @@ class Inference:
     def __init__(self, post: Postprocess, times: StageTimes) -> None:
         self.post = post
         self.times = times
+        self._running = 0  # batches inside the engine's run now (incl. waiting for its admission)
+        self.peak_running = 0  # the most at once so far: > 1 shows ``model.inflight`` at work
+        self._count_lock = threading.Lock()
+
+    def _enter(self, delta: int) -> None:
+        with self._count_lock:
+            self._running += delta
+            self.peak_running = max(self.peak_running, self._running)
 
     def _run_engine(self, model: ActiveModel, tensors: np.ndarray) -> dict[str, np.ndarray]:
         engine = model.engine
@@ -176,7 +183,12 @@ class Inference:
             n = len(chunk)
             if fixed and n < fixed:
                 chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-            out = engine.run(feeds_for(model.manifest, chunk))
+            feeds = feeds_for(model.manifest, chunk)
+            self._enter(1)
+            try:
+                out = engine.run(feeds)
+            finally:
+                self._enter(-1)
             outputs.append({k: v[:n] for k, v in out.items()})
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
@@ -238,13 +250,26 @@ class Inference:
         return out
 
 
+def engine_inflight(spec: ModelSpec) -> int:
+    """Engine calls a pipeline keeps in flight: ``model.inflight``, else two where there are two
+    cores or more. Two is enough to keep every core busy when each call has ``cores / 2``
+    threads, and it overlaps one batch's stacking and decoding with the other's engine time;
+    more only holds more frames (and latency) between the sources and the sinks."""
+    from agent.probe import usable_cores
+
+    return spec.inflight or min(2, usable_cores())
+
+
 def engine_threads(spec: ModelSpec, agent_threads: int | None = None) -> int:
-    """Intra-op threads of a pipeline's own engine: ``model.threads``, else the agent's
-    ``--threads``, else one fewer than the cores (at least one). The engine runs one batch at a
-    time while the source threads decode and the publishing thread draws: an engine spread over
-    every core makes its parallel sections wait for whichever core a decoder holds (measured on
-    2 cores: twice the CPU per frame, see docs/stream.md)."""
-    return spec.threads or agent_threads or max(1, (os.cpu_count() or 1) - 1)
+    """Intra-op threads of each call of a pipeline's own engine: ``model.threads``, else the
+    agent's ``--threads``, else the cores shared out over the calls in flight (at least one):
+    on 2 cores, two calls of one thread. The engine then admits that many runs at once
+    (``OnnxRuntimeEngine.concurrency``). One call spread over every core was measured at twice
+    the CPU per frame on 2 cores: its parallel sections wait for whichever core a decoder holds
+    (docs/stream.md)."""
+    from agent.probe import usable_cores
+
+    return spec.threads or agent_threads or max(1, usable_cores() // engine_inflight(spec))
 
 
 def build_fixed_engine(

@@ -1,16 +1,17 @@
 """One pipeline: sources -> muxer -> engine -> tracker -> events -> sinks (DeepStream's
 ``uridecodebin -> nvstreammux -> nvinfer -> nvtracker -> nvdsosd / nvmsgbroker``).
 
-Threads: one per source (decode, pace, preprocess), one for the engine (batches from the
-muxer), one after it (decode outputs are already done; tracking, events, drawing, sinks), so the
-engine runs while the previous batch is being published. Sources are added and removed while it
+Threads: one per source (decode, pace, preprocess), ``model.inflight`` engine workers (each
+takes a numbered batch from the muxer, runs it and decodes its outputs; several run at once on
+an engine that admits it), and one publisher after them (tracking, events, drawing, sinks) that
+takes the results back in batch order, so each source's frames are tracked and published in
+order while the engines run the next batches. Sources are added and removed while it
 runs; a source that fails is reported (its metrics say why, naming it) and the others go on.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +19,10 @@ from collections.abc import Callable
 from agent.errors import AgentError
 from agent.stream.events import RateGate, build_event
 from agent.stream.http import ViewServer
-from agent.stream.infer import ActiveModel, Detections, Inference, ModelProvider, prepare
+from agent.stream.infer import ActiveModel, Detections, Inference, ModelProvider, engine_inflight, prepare
 from agent.stream.metrics import StageTimes, StreamMetrics
 from agent.stream.muxer import Frame, FrameMuxer
+from agent.stream.order import InOrder
 from agent.stream.sinks import JsonlSink, MqttSink, Sink, VideoSink
 from agent.stream.sources import Source
 from agent.stream.spec import PipelineSpec, SourceSpec
@@ -68,7 +70,13 @@ class Pipeline:
         self.batches = 0
         self.batched_frames = 0
         self._model: ActiveModel | None = None
-        self._post: queue.Queue = queue.Queue(maxsize=4)
+        self.inflight = engine_inflight(spec.model)
+        # results wait here for the batches taken before them: at most 4 beyond those in flight
+        self._post: InOrder[tuple[ActiveModel | None, list[Frame], list[Detections] | None]] = InOrder(
+            self.inflight + 4
+        )
+        self._take_lock = threading.Lock()  # a batch and its number are taken together
+        self._taken_batches = 0
         self._stop = threading.Event()
         self._settled = 0  # frames taken from the muxer and published (or failed)
         self._settled_lock = threading.Lock()
@@ -104,7 +112,8 @@ class Pipeline:
             import trackers  # noqa: F401 - its first import takes seconds: not inside the first frame's time
         self._make_sinks()
         self.started = True
-        for target, name in ((self._infer_loop, "infer"), (self._post_loop, "post")):
+        loops = [(self._infer_loop, f"infer{i}") for i in range(self.inflight)] + [(self._post_loop, "post")]
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"pipeline-{self.name}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -121,6 +130,7 @@ class Pipeline:
         self.muxer.close()
         for t in self._threads:
             t.join(5.0)
+        self._post.close()
         for sink in self.sinks:
             try:
                 sink.close()
@@ -197,9 +207,20 @@ class Pipeline:
             self._model = model
         return model
 
-    def _infer_loop(self) -> None:
-        while not self._stop.is_set():
+    def _next_batch(self) -> tuple[int, list[Frame]]:
+        """A batch from the muxer and its number (the order the publisher restores)."""
+        with self._take_lock:
             batch = self.muxer.next_batch(timeout_s=0.2)
+            if not batch:
+                return -1, batch
+            seq = self._taken_batches
+            self._taken_batches += 1
+            return seq, batch
+
+    def _infer_loop(self) -> None:
+        """One engine worker: ``model.inflight`` of them run batches at once."""
+        while not self._stop.is_set():
+            seq, batch = self._next_batch()
             if not batch:
                 continue
             model = self._current_model()
@@ -207,6 +228,7 @@ class Pipeline:
                 time.sleep(0.1)
                 model = self._current_model()
             if model is None:
+                self._post.put(seq, (None, batch, None))
                 break
             try:
                 dets = self.inference(model, batch)
@@ -216,11 +238,12 @@ class Pipeline:
                 for f in batch:
                     if f.source_id in self.metrics:
                         self.metrics[f.source_id].count("errors")
-                self._settle(len(batch))
+                self._post.put(seq, (model, batch, None))
                 continue
-            self.batches += 1
-            self.batched_frames += len(batch)
-            self._post.put((model, batch, dets))
+            with self._settled_lock:
+                self.batches += 1
+                self.batched_frames += len(batch)
+            self._post.put(seq, (model, batch, dets))
 
     def _tracker(self, source_id: str, task: str) -> SourceTracker | None:
         got = self._trackers.get(source_id)
@@ -231,12 +254,16 @@ class Pipeline:
         return got[1]
 
     def _post_loop(self) -> None:
+        """The publisher: results in batch order, so each source's frames stay in order."""
         while True:
-            try:
-                model, batch, dets = self._post.get(timeout=0.2)
-            except queue.Empty:
+            got, item = self._post.get(timeout_s=0.2)
+            if not got or item is None:
                 if self._stop.is_set():
                     return
+                continue
+            model, batch, dets = item
+            if model is None or dets is None:  # failed (counted) or stopped before it ran
+                self._settle(len(batch))
                 continue
             draw = self.view is not None or any(s.wants_image for s in self.sinks)
             try:
@@ -308,6 +335,8 @@ class Pipeline:
             "model_error": self.model_error,
             "follows_slot": self.provider.follows_slots,
             "batches": self.batches,
+            "inflight": self.inflight,
+            "inflight_peak": self.inference.peak_running,
             "mean_batch": round(self.batched_frames / self.batches, 2) if self.batches else 0.0,
             "stage_s": {k: round(v, 4) for k, v in self.times.snapshot().items()},
             "view": self.view.url if self.view is not None else None,

@@ -98,8 +98,11 @@ class ModelSpec(_Strict):
     precision: str = "fp32"  # fp32 | fp16 | int8
     device: str | None = None  # cpu | gpu:N | dla:N
     calib: str | None = None  # INT8 calibration images
-    # CPU intra-op threads of the pipeline's own engine (model.path: MODEL.onnx); 0 = the agent's
-    # --threads, else one fewer than the cores: decoding, drawing and sinks keep a core
+    # engine calls in flight at once (batches numbered, published back in order); 0 = two when
+    # there are two cores or more, else one (infer.engine_inflight)
+    inflight: int = Field(default=0, ge=0, le=16)
+    # CPU intra-op threads of each call of the pipeline's own engine (model.path: MODEL.onnx);
+    # 0 = the agent's --threads, else the cores shared out over the calls in flight
     threads: int = Field(default=0, ge=0, le=256)
 
     @field_validator("precision")

@@ -133,6 +133,37 @@ def board_boxes(gt: dict, frame: int) -> list[dict]:
     return [o for o in gt["frames"][frame]["objects"] if o["label"] == "board"]
 
 
+def assert_one_track_per_board(events: list[dict], gt: dict) -> None:
+    """Each ground-truth board seen for 8 frames or more is one confirmed track (found from its
+    second frame on, give or take three frames), and each track is one board. Tracking only
+    manages this when it sees the source's frames in order."""
+    from collections import defaultdict
+
+    gt_to_tracks: dict = defaultdict(set)
+    track_to_gt: dict = defaultdict(set)
+    matched: dict = defaultdict(int)
+    for e in events:
+        for o in e["objects"]:
+            best = max(board_boxes(gt, e["frame"]), key=lambda g: iou(o["box"], g["box"]), default=None)
+            if best is None or iou(o["box"], best["box"]) < 0.5:
+                continue
+            if o["track_id"] is not None and o["track_id"] >= 0:
+                gt_to_tracks[best["id"]].add(o["track_id"])
+                track_to_gt[o["track_id"]].add(best["id"])
+                matched[best["id"]] += 1
+    visible: dict = defaultdict(int)
+    for f in gt["frames"]:
+        for o in f["objects"]:
+            if o["label"] == "board":
+                visible[o["id"]] += 1
+    long_lived = [b for b, count in visible.items() if count >= 8]
+    assert len(long_lived) >= 3
+    for board in long_lived:
+        assert len(gt_to_tracks[board]) == 1, (board, gt_to_tracks[board])
+        assert matched[board] >= visible[board] - 3, (board, matched[board], visible[board])
+    assert all(len(boards) == 1 for boards in track_to_gt.values()), dict(track_to_gt)
+
+
 def encode_clip(path: Path, frames: list[np.ndarray], fps: int = 15, codec: str = "libx264") -> Path:
     """Frames into a clip through PyAV (FFmpeg's encoders): H.264, H.265 (libx265), mp4 or mkv."""
     import av

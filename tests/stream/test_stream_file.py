@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from stream_testkit import board_boxes, detector_artifact, encode_clip, iou, read_jsonl
+from stream_testkit import assert_one_track_per_board, detector_artifact, encode_clip, read_jsonl
 
 from agent.stream.pipeline import PipelineError
 from agent.stream.spec import source_spec
@@ -39,29 +39,7 @@ def test_every_frame_of_a_file_gives_one_event_and_identities_follow_the_boards(
     }
     stats = p.stats()["sources"][0]
     assert stats["decoded"] == stats["processed"] == n and stats["dropped"] == 0 and stats["state"] == "ended"
-    # identities: each ground-truth board is one track, each track one board
-    gt_to_tracks, track_to_gt = defaultdict(set), defaultdict(set)
-    matched = defaultdict(int)
-    for e in events:
-        for o in e["objects"]:
-            best = max(board_boxes(gt, e["frame"]), key=lambda g: iou(o["box"], g["box"]), default=None)
-            if best is None or iou(o["box"], best["box"]) < 0.5:
-                continue
-            if o["track_id"] is not None and o["track_id"] >= 0:
-                gt_to_tracks[best["id"]].add(o["track_id"])
-                track_to_gt[o["track_id"]].add(best["id"])
-                matched[best["id"]] += 1
-    visible = defaultdict(int)
-    for f in gt["frames"]:
-        for o in f["objects"]:
-            if o["label"] == "board":
-                visible[o["id"]] += 1
-    long_lived = [b for b, count in visible.items() if count >= 8]
-    assert len(long_lived) >= 3
-    for board in long_lived:
-        assert len(gt_to_tracks[board]) == 1, (board, gt_to_tracks[board])
-        assert matched[board] >= visible[board] - 3  # confirmed from its second frame, boxes on the board
-    assert all(len(boards) == 1 for boards in track_to_gt.values()), dict(track_to_gt)
+    assert_one_track_per_board(events, gt)  # identities: one track per board, one board per track
     # the annotated mp4 has every frame
     with av.open(str(tmp_path / "annotated.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == n
