@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
@@ -33,6 +34,8 @@ from controller.models import (
     TelemetryAggregate,
     utcnow,
 )
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- devices
@@ -299,6 +302,18 @@ def get_job(*, session: Session, job_id: str) -> Job:
 def list_jobs(*, session: Session, skip: int = 0, limit: int = 100) -> tuple[list[Job], int]:
     rows = session.exec(select(Job).order_by(col(Job.created_at).desc()).offset(skip).limit(limit)).all()
     return list(rows), int(session.exec(select(func.count()).select_from(Job)).one())
+
+
+def load_by_ids(*, session: Session, model: type[T], ids: Sequence[str]) -> list[T]:
+    """The rows of ``model`` with these primary keys, 500 per query, for code that then reads
+    them one by one with ``session.get`` (answered from the identity map, no query each). The
+    caller must hold the returned list meanwhile: the identity map keeps only weak references."""
+    key = model.id  # type: ignore[attr-defined]
+    ids = list(ids)
+    rows: list[T] = []
+    for start in range(0, len(ids), 500):
+        rows.extend(session.exec(select(model).where(col(key).in_(ids[start : start + 500]))).all())
+    return rows
 
 
 def touch(obj: object) -> None:

@@ -6,8 +6,9 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlmodel import Session
 
 from controller.context import ControllerContext
@@ -17,14 +18,16 @@ from controller.loop.service import LoopRunner
 _bearer = HTTPBearer(auto_error=False, description="EDGELOOP_API_TOKEN")
 
 
-def get_context(request: Request) -> ControllerContext:
+async def get_context(request: Request) -> ControllerContext:
+    """``async``: FastAPI runs a plain ``def`` dependency in its thread pool, one hand-off per
+    request for an attribute read; an ``async`` one runs on the event loop (it never blocks)."""
     return request.app.state.ctx
 
 
 ContextDep = Annotated[ControllerContext, Depends(get_context)]
 
 
-def get_loop_runner(request: Request) -> LoopRunner:
+async def get_loop_runner(request: Request) -> LoopRunner:
     return request.app.state.loop_runner
 
 
@@ -48,9 +51,17 @@ def get_session(ctx: ContextDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def require_token(
+def json_response(model: BaseModel) -> Response:
+    """A model already built by the handler as the response, serialised once: FastAPI would
+    validate a returned model against the route's ``response_model`` again (every device of a
+    page, a second time). For the read paths a dashboard polls; ``response_model`` stays on the
+    route for the OpenAPI schema."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+async def require_token(
     ctx: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+) -> None:  # async: a constant-time compare, no thread-pool hand-off (see get_context)
     expected = ctx.settings.api_token or ""
     if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
         raise Unauthenticated("missing or invalid API token (Authorization: Bearer $EDGELOOP_API_TOKEN)")

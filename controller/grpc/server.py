@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
@@ -137,10 +137,56 @@ def add_servicer(servicer: FleetServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+REPORT_COALESCE_S = 0.02  # after a report comes, how long others are gathered into its transaction
+
+
+class ReportBatcher:
+    """Measured reports written together: those that arrive within ``REPORT_COALESCE_S`` of one
+    another go into one transaction (``fleet.record_reports``, one thread-pool job), and each
+    caller gets its own result id or the error that refused its report. Only touched from the
+    gRPC event loop."""
+
+    def __init__(self, run: Callable[..., Awaitable[list]]) -> None:
+        self._run = run  # FleetServicer._db
+        self._items: list[tuple[str, fleet_pb2.Report, asyncio.Future]] = []
+        self._writing: set[asyncio.Task] = set()
+
+    async def submit(self, device_id: str, report: fleet_pb2.Report) -> str:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        if not self._items:
+            loop.call_later(REPORT_COALESCE_S, self._flush)
+        self._items.append((device_id, report, future))
+        return await future
+
+    def _flush(self) -> None:
+        items, self._items = self._items, []
+        task = asyncio.ensure_future(self._write(items))
+        self._writing.add(task)  # a reference until done (the loop keeps only weak ones)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write(self, items: list[tuple[str, fleet_pb2.Report, asyncio.Future]]) -> None:
+        try:
+            outcomes = await self._run(fleet.record_reports, seen=[(d, r) for d, r, _ in items])
+        except Exception as exc:  # the transaction is gone: every caller hears it (agents resend)
+            for *_, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), outcome in zip(items, outcomes, strict=True):
+            if future.done():  # the caller went away
+                continue
+            if isinstance(outcome, ControllerError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome.id)
+
+
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, ctx: ControllerContext, pool: ThreadPoolExecutor) -> None:
         self.ctx = ctx
         self.pool = pool
+        self._reports = ReportBatcher(self._db)
         self._artifacts: dict[str, _ArtifactFile] = {}
         self._chunks = ChunkCache(ctx.settings.artifact_cache_bytes)
         self._sent: set[tuple[str, str]] = set()
@@ -412,12 +458,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def ReportResult(self, request: fleet_pb2.ResultReport, context: grpc.aio.ServicerContext):
         device_id = await self._auth(context)
         try:
-            result = await self._db(fleet.record_report, device_id=device_id, report=request.report)
+            result_id = await self._reports.submit(device_id, request.report)
         except ControllerError as exc:
             await self._abort(context, exc)
         self.ctx.metrics.reports.inc()
         self.ctx.wake()
-        return fleet_pb2.ReportAck(result_id=result.id)
+        return fleet_pb2.ReportAck(result_id=result_id)
 
 
 class GrpcServer:

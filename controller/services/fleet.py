@@ -15,7 +15,7 @@ from sqlalchemy import bindparam, case, or_
 from sqlmodel import Session, col, select, update
 
 from controller import crud
-from controller.errors import InvalidInput, PermissionDenied, Unauthenticated
+from controller.errors import ControllerError, InvalidInput, PermissionDenied, Unauthenticated
 from controller.models import (
     Command,
     CommandKind,
@@ -160,13 +160,12 @@ def record_statuses(*, session: Session, seen: list[tuple[str, fleet_pb2.Command
     are written. Returns how many changed a command. The caller checked each with
     ``check_device_message`` when it arrived."""
     ids = sorted({st.command_id for _, st in seen if st.command_id})
-    commands: dict[str, Command] = {}
-    for start in range(0, len(ids), 500):
-        rows = session.exec(select(Command).where(col(Command.id).in_(ids[start : start + 500]))).all()
-        commands.update((c.id, c) for c in rows)
-    devices = sorted({d for d, st in seen if st.state == CommandState.succeeded.value})
-    for start in range(0, len(devices), 500):  # into the identity map: get_device below reads none
-        session.exec(select(Device).where(col(Device.id).in_(devices[start : start + 500]))).all()
+    commands = {c.id: c for c in crud.load_by_ids(session=session, model=Command, ids=ids)}
+    held = crud.load_by_ids(  # noqa: F841 - held: get_device below is answered from the identity map
+        session=session,
+        model=Device,
+        ids=sorted({d for d, st in seen if st.state == CommandState.succeeded.value}),
+    )
     changed = 0
     for device_id, status in seen:
         try:
@@ -321,6 +320,28 @@ def record_report(*, session: Session, device_id: str, report: fleet_pb2.Report)
     session.add(result)
     session.flush()
     return result
+
+
+def record_reports(
+    *, session: Session, seen: list[tuple[str, fleet_pb2.Report]]
+) -> list[Result | ControllerError]:
+    """Many devices' reports in this one transaction, each checked and stored as
+    ``record_report`` does, each with its own outcome: its result, or the error that refused it
+    (raised before it wrote anything, so one refused report leaves the others standing). The
+    devices and commands they name are read first, 500 at a time."""
+    held = [  # noqa: F841 - held: record_report's gets are answered from the identity map
+        crud.load_by_ids(session=session, model=Device, ids=sorted({d for d, _ in seen})),
+        crud.load_by_ids(
+            session=session, model=Command, ids=sorted({r.command_id for _, r in seen if r.command_id})
+        ),
+    ]
+    out: list[Result | ControllerError] = []
+    for device_id, report in seen:
+        try:
+            out.append(record_report(session=session, device_id=device_id, report=report))
+        except ControllerError as exc:
+            out.append(exc)
+    return out
 
 
 def flush_heartbeats(*, session: Session, seen: dict[str, HeartbeatSeen]) -> None:

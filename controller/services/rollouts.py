@@ -349,9 +349,7 @@ def _start_wave(
     """Deploy commands for the pending deployments of a wave: their devices read in batches of
     500 and the deploy body made once, not a query and a body per device."""
     body = _deploy_body(session=session, rollout=rollout, strategy=strategy)
-    ids = [d.device_id for d in pending]
-    for start in range(0, len(ids), 500):
-        session.exec(select(Device).where(col(Device.id).in_(ids[start : start + 500]))).all()
+    held = crud.load_by_ids(session=session, model=Device, ids=[d.device_id for d in pending])  # noqa: F841
     for d in pending:
         _start_deployment(session=session, hub=hub, rollout=rollout, d=d, strategy=strategy, body=body)
         session.add(d)

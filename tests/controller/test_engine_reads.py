@@ -235,3 +235,45 @@ def test_rollout_detail_counts_in_the_database_and_pages_its_deployments(db_engi
         assert [d.device_id for d in page.deployments] == [d.device_id for d in everything[8:13]]
         assert [d.wave for d in page.deployments] == [0, 0, 1, 1, 1]
         assert page.counts == light.counts
+
+
+def test_a_report_batch_answers_each_report_and_one_refusal_leaves_the_others(db_engine: Engine) -> None:
+    """Reports of several devices in one transaction: each gets its own result, a report for a
+    command of another device is refused with the reason (and writes nothing), a resent report
+    is the same result; the commands and devices are read once for the batch."""
+    from controller.errors import PermissionDenied
+    from controller.models import Result
+
+    rid = _rollout(db_engine, 4, waves=1)
+    _tick(db_engine, SessionHub())
+    with Session(db_engine) as session:
+        deps = session.exec(
+            select(Deployment).where(Deployment.rollout_id == rid).order_by(col(Deployment.device_id))
+        ).all()
+
+    def report(d: Deployment) -> fleet_pb2.Report:
+        return fleet_pb2.Report(model_version="m:2", backend="onnxruntime", precision="fp32",
+                                command_id=d.command_id, accuracy={"top1": 0.9})  # fmt: skip
+
+    seen = [(d.device_id, report(d)) for d in deps[:3]]
+    seen.append((deps[3].device_id, report(deps[0])))  # device 3 reports on device 0's command
+    seen.append((deps[1].device_id, report(deps[1])))  # a resend
+    statements: list[str] = []
+
+    def on_execute(_conn, _cursor, statement, _params, _context, _many) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(db_engine, "before_cursor_execute", on_execute)
+    try:
+        with session_scope(db_engine) as session:
+            out = fleet.record_reports(session=session, seen=seen)
+    finally:
+        event.remove(db_engine, "before_cursor_execute", on_execute)
+    assert [type(o).__name__ for o in out] == ["Result", "Result", "Result", "PermissionDenied", "Result"]
+    assert isinstance(out[3], PermissionDenied) and "was not sent to this device" in out[3].message
+    assert out[4].id == out[1].id
+    by_pk = [s for s in statements if "FROM command" in s or "FROM device" in s]
+    assert len(by_pk) == 2, by_pk  # one read of the devices, one of the commands
+    with Session(db_engine) as session:
+        rows = session.exec(select(Result)).all()
+        assert sorted(r.device_id for r in rows) == sorted(d.device_id for d in deps[:3])

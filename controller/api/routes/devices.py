@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from sqlmodel import Session
 
 from controller import crud
-from controller.api.deps import ContextDep, SessionDep
+from controller.api.deps import ContextDep, SessionDep, json_response
 from controller.errors import InvalidInput, NotFound
 from controller.models import (
     BenchmarkCreate,
@@ -36,17 +37,20 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 
 @router.get("/", response_model=DevicesPublic)
 def list_devices(
-    session: SessionDep,
+    ctx: ContextDep,
     tag: str | None = None,
     hardware_class: str | None = None,
     online: bool | None = None,
     skip: int = Query(0, ge=0),
     limit: int = Query(1000, ge=1, le=10_000),
-) -> DevicesPublic:
-    rows, count = crud.list_devices(
-        session=session, tag=tag, hardware_class=hardware_class, online=online, skip=skip, limit=limit
-    )
-    return DevicesPublic(data=[crud.device_public(d) for d in rows], count=count)
+) -> Response:
+    """A read: its own session in the handler (one thread-pool hand-off per request, not one for
+    the session dependency's start and end besides), the page serialised once."""
+    with Session(ctx.engine) as session:
+        rows, count = crud.list_devices(
+            session=session, tag=tag, hardware_class=hardware_class, online=online, skip=skip, limit=limit
+        )
+        return json_response(DevicesPublic(data=[crud.device_public(d) for d in rows], count=count))
 
 
 @router.get("/{device_id}", response_model=DevicePublic)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from sqlmodel import Session
 
 from controller import crud
-from controller.api.deps import ContextDep, SessionDep
+from controller.api.deps import ContextDep, SessionDep, json_response
 from controller.models import RolloutCreate, RolloutPublic, RolloutsPublic
 from controller.services import rollouts
 
@@ -34,18 +35,20 @@ def list_rollouts(
 
 @router.get("/{rollout_id}", response_model=RolloutPublic)
 def get_rollout(
-    session: SessionDep,
+    ctx: ContextDep,
     rollout_id: str,
     deployments: bool = True,
     deployments_skip: int = Query(0, ge=0),
     deployments_limit: int = Query(1000, ge=1, le=100_000),
-) -> RolloutPublic:
+) -> Response:
     """One rollout with its counts and a page of its deployments (``deployments_skip`` /
     ``deployments_limit``, wave and device order; ``counts`` gives their total);
-    ``deployments=false`` returns only the counts."""
-    rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
-    return crud.rollout_public(session=session, rollout=rollout, with_deployments=deployments,
-                               skip=deployments_skip, limit=deployments_limit)  # fmt: skip
+    ``deployments=false`` returns only the counts. A read with its own session, like the
+    devices page."""
+    with Session(ctx.engine) as session:
+        rollout = crud.get_rollout(session=session, rollout_id=rollout_id)
+        return json_response(crud.rollout_public(session=session, rollout=rollout, with_deployments=deployments,
+                                                 skip=deployments_skip, limit=deployments_limit))  # fmt: skip
 
 
 def _done(session: SessionDep, ctx: ContextDep, rollout) -> RolloutPublic:  # noqa: ANN001
