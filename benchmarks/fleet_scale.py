@@ -66,7 +66,9 @@ from _controller_proc import start_controller  # noqa: E402
 from _nginx_proc import NGINX, start_nginx  # noqa: E402
 
 TAG = "sim"
-ROLLOUT_LIMIT_S = 1800.0  # a rollout still running then is measured and shown as "running"
+ROLLOUT_LIMIT_S = (
+    1800.0  # a rollout still running then is measured and shown as "running" (--rollout-limit-s)
+)
 TAG_PREFIX = "edgeloop"  # the controllers' telemetry prefix (their default)
 SECRET = "bench-secure-link-secret"
 IDLE_S = 10.0  # seconds of connected, idle fleet measured before the rollout
@@ -550,6 +552,7 @@ def _rollout(n, ctls, cprocs, nginx, telemetry, pipes, children, t_enrol, source
 
 
 def main() -> int:
+    global ROLLOUT_LIMIT_S
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--procs", type=int, default=2, help="processes the simulated agents are spread over")
@@ -562,6 +565,8 @@ def main() -> int:
     ap.add_argument(
         "--heartbeat-s", type=int, default=5, help="the agents' heartbeat interval (controller setting)"
     )
+    ap.add_argument("--rollout-limit-s", type=float, default=ROLLOUT_LIMIT_S,
+                    help="stop waiting then and print the figures of a rollout still running (partial counts)")  # fmt: skip
     ap.add_argument("--bytes-from", nargs="+", choices=["grpc", "nginx"], default=["grpc"],
                     help="where agents fetch the artifact: the controller's gRPC, or nginx by signed URL")  # fmt: skip
     args = ap.parse_args()
@@ -569,6 +574,7 @@ def main() -> int:
         ap.error("--bytes-from nginx needs nginx (apt-get install nginx)")
     if args.controllers > 1 and (args.db is None or args.db.startswith("sqlite")):
         ap.error("--controllers > 1 needs PostgreSQL (--db postgres or a URL): SQLite is one process's")
+    ROLLOUT_LIMIT_S = args.rollout_limit_s
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeloop-scale-") as tmp:
         for n in args.agents:
