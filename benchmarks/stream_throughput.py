@@ -130,7 +130,7 @@ def plain_loop(model, clip: Path, streams: int, out: Path, threshold: float) -> 
                 index[s] += 1
                 frame.tensor, frame.tensor_key = model_input(vf, model.preprocess), model.preprocess
                 det = infer(model, [frame])[0]
-                annotate(frame.image, det)
+                annotate(frame.canvas(), det)
                 sink.write(json.dumps(build_event("plain", frame, det, model.version)) + "\n")
                 frames += 1
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -26,9 +26,10 @@ def _colour(key: str) -> tuple[int, int, int]:
     return _PALETTE[zlib.crc32(key.encode()) % len(_PALETTE)]
 
 
-def annotate(image: np.ndarray, det: Detections, caption: str = "") -> Image.Image:
-    """A copy of ``image`` with the detections drawn."""
-    out = Image.fromarray(image)
+def annotate(image: np.ndarray | Image.Image, det: Detections, caption: str = "") -> Image.Image:
+    """``image`` with the detections drawn: a copy of an array, or a PIL image drawn on in place
+    (``Frame.canvas()`` gives a fresh one, cheaper than the array's copy)."""
+    out = image if isinstance(image, Image.Image) else Image.fromarray(image)
     draw = ImageDraw.Draw(out)
     width = max(2, round(min(out.size) / 240))
     for i in range(len(det.scores)):

@@ -83,7 +83,7 @@ class ViewServer:
         if item is None:
             return None
         seq, frame, det, caption = item
-        return seq, jpeg(annotate(frame.image, det, caption), self.quality)
+        return seq, jpeg(annotate(frame.canvas(), det, caption), self.quality)
 
     def _wait_newer(self, source_id: str, seq: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -300,7 +300,7 @@ class Pipeline:
                 if any(s.wants_image for s in self.sinks):
                     from agent.stream.annotate import annotate
 
-                    annotated = annotate(frame.image, det, caption)
+                    annotated = annotate(frame.canvas(), det, caption)
             for sink in self.sinks:
                 sink.write(event, annotated)
         elif draw and self.view is not None:

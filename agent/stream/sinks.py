@@ -134,7 +134,8 @@ class VideoSink(Sink):
                 container, stream, count = self._out[sid]
                 if annotated.size != (stream.width, stream.height):
                     annotated = annotated.resize((stream.width, stream.height))
-                frame = av.VideoFrame.from_ndarray(np.asarray(annotated), format="rgb24")
+                pixels = np.asarray(annotated)  # RGB, or RGBX from Frame.canvas() (the X is ignored)
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgba" if pixels.shape[2] == 4 else "rgb24")
                 frame.pts, frame.time_base = count[0], Fraction(1) / stream.codec_context.framerate
                 count[0] += 1
                 for packet in stream.encode(frame):

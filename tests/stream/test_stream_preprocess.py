@@ -73,3 +73,26 @@ def test_the_detector_finds_the_same_boards_on_both_paths(clip, detector, profil
         matched += sum(1 for box in a.boxes if any(iou(box, other) >= 0.8 for other in b.boxes))
     assert total > 0
     assert matched >= 0.95 * total, (matched, total)
+
+
+def test_the_drawing_canvas_has_the_frames_own_rgb_pixels(clip) -> None:
+    """``Frame.canvas()`` (swscale to RGBX, for drawing) holds exactly the pixels of
+    ``Frame.image`` (swscale to RGB), is a fresh image each time, and drawing on it leaves the
+    frame alone."""
+    from agent.stream.annotate import annotate
+    from agent.stream.infer import Detections
+
+    video, _ = clip
+    with av.open(str(video)) as container:
+        decoded = next(container.decode(video=0))
+    frame = Frame("belt", 0, None, 0.0, decoded)
+    canvas = frame.canvas()
+    assert canvas.size == (frame.width, frame.height)
+    assert np.array_equal(np.asarray(canvas)[..., :3], Frame("belt", 0, None, 0.0, decoded).image)
+    det = Detections(np.array([[10.0, 10.0, 60.0, 50.0]], np.float32), np.array([0.9], np.float32),
+                     np.array([0]), ["board"])  # fmt: skip
+    drawn = annotate(canvas, det, "caption")
+    assert drawn is canvas and not np.array_equal(np.asarray(drawn)[..., :3], frame.image)
+    assert np.array_equal(np.asarray(frame.canvas())[..., :3], frame.image)  # a new canvas, undrawn
+    folder_frame = Frame("dir", 0, None, 0.0, frame.image.copy())  # an image folder's RGB array
+    assert np.array_equal(np.asarray(folder_frame.canvas())[..., :3], frame.image)
